@@ -1,0 +1,1 @@
+"""Pure active-learning scoring and selection (numpy + FAISS only, no I/O)."""
