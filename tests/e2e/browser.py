@@ -1,0 +1,105 @@
+"""Look at a task the way an annotator does: headless Debian Chromium driven by Playwright.
+
+Playwright's own browser download cannot run here, so this drives the distribution's
+``/usr/bin/chromium`` (``scripts/system-deps.sh`` installs it). Selectors are those of
+Label Studio 1.23's editor: ``.lsf-outliner-item`` is one entry of the Regions panel.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+REGION_ENTRY = ".lsf-outliner-item"
+# The editor's <img> is replaced by a blob: URL once fetched; any decoded image will do.
+_IMAGE_SHOWN = """() => [...document.querySelectorAll('.lsf-main-view img')]
+    .some(img => img.complete && img.naturalWidth > 0)"""
+_ENTRIES_AT_LEAST = "n => document.querySelectorAll('.lsf-outliner-item').length >= n"
+
+
+class BrowserError(RuntimeError):
+    """The browser could not log in or did not show the labeling editor."""
+
+
+def find_chromium() -> Path | None:
+    """Path of the system Chromium, or None when it is not installed."""
+    if CHROMIUM.is_file():
+        return CHROMIUM
+    found = shutil.which("chromium")
+    return Path(found) if found else None
+
+
+def count_task_regions(
+    base_url: str,
+    username: str,
+    password: str,
+    project_id: int,
+    task_id: int,
+    screenshot: Path,
+    *,
+    expected_regions: int | None = None,
+    chromium: Path = CHROMIUM,
+    timeout_s: float = 60.0,
+) -> int:
+    """Log in, open a task in the labeling editor and count the entries of its Regions panel.
+
+    Waits until the task's image is decoded and, when ``expected_regions`` is given, until at
+    least that many entries are listed (LS adds prediction regions a moment after the image).
+    A full-page screenshot is written to ``screenshot`` in every case, failures included, so a
+    failed run leaves something to look at.
+    """
+    # Imported here so the e2e tests that need no browser still run without Playwright.
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import sync_playwright
+
+    timeout_ms = timeout_s * 1000
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.set_default_timeout(timeout_ms)
+            try:
+                page.goto(f"{base_url}/user/login/")
+                page.fill("input[name=email]", username)
+                page.fill("input[name=password]", password)
+                page.click("button[type=submit]")
+                page.wait_for_url(lambda url: "/user/login" not in url)
+                logger.debug("Logged into %s as %s", base_url, username)
+
+                page.goto(f"{base_url}/projects/{project_id}/data?task={task_id}")
+                page.wait_for_function(_IMAGE_SHOWN)
+                page.wait_for_selector(".lsf-outliner")
+                if expected_regions:
+                    page.wait_for_function(_ENTRIES_AT_LEAST, arg=expected_regions)
+                count = page.locator(REGION_ENTRY).count()
+            except PlaywrightError as error:
+                raise BrowserError(
+                    f"task {task_id} of project {project_id} did not show in the editor at "
+                    f"{page.url} (screenshot {screenshot}): {error.message.splitlines()[0]}"
+                ) from error
+            finally:
+                try:
+                    page.screenshot(path=str(screenshot), full_page=True)
+                except PlaywrightError as error:
+                    logger.warning("No screenshot of task %d: %s", task_id, error.message)
+        finally:
+            browser.close()
+    logger.info("Task %d shows %d region entries; screenshot %s", task_id, count, screenshot)
+    return count
