@@ -1,0 +1,137 @@
+"""Settings, read once from the environment into a frozen dataclass.
+
+Nothing else in the backend reads `os.environ`: `create_app()` and the CLI build one
+`Settings` and pass it down. Names follow the official Label Studio ML backends where one
+exists (LABEL_STUDIO_URL, MODEL_DIR, BASIC_AUTH_USER, ...).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from backend.errors import ConfigError
+
+
+def _get(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    return value if value not in (None, "") else None
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _path(env: Mapping[str, str], name: str) -> Path | None:
+    raw = _get(env, name)
+    return Path(raw).expanduser().resolve() if raw else None
+
+
+def _hosts(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    raw = _get(env, name) or ""
+    return tuple(h.strip().lower() for h in raw.split(",") if h.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable, with the environment variable that sets it in the comment."""
+
+    model_dir: Path = field(default_factory=lambda: Path("models").resolve())  # MODEL_DIR
+    model_path: Path | None = None  # MODEL_PATH: base weights (.pt) used before any retraining
+    model_yaml: str = "yolo11n.yaml"  # MODEL_YAML: architecture for a randomly initialised model
+    label_studio_url: str | None = None  # LABEL_STUDIO_URL
+    label_studio_api_key: str | None = field(default=None, repr=False)  # LABEL_STUDIO_API_KEY
+    basic_auth_user: str | None = None  # BASIC_AUTH_USER
+    basic_auth_pass: str | None = field(default=None, repr=False)  # BASIC_AUTH_PASS
+    log_level: str = "INFO"  # LOG_LEVEL
+    host: str = "0.0.0.0"  # HOST
+    port: int = 9090  # PORT
+    workers: int = 1  # WORKERS
+    threads: int = 4  # THREADS
+    score_threshold: float = 0.25  # MODEL_SCORE_THRESHOLD: boxes below are not shown
+    detect_conf_floor: float = 0.05  # DETECT_CONF_FLOOR: boxes kept for uncertainty scoring
+    image_size: int = 640  # IMAGE_SIZE: inference size in pixels
+    device: str = "cpu"  # DEVICE: torch device ("cpu", "cuda:0", ...)
+    torch_threads: int = 0  # TORCH_THREADS: 0 = all cores
+    predict_batch: int = 8  # PREDICT_BATCH: images per forward pass
+    max_loaded_models: int = 4  # MAX_LOADED_MODELS: detectors kept in memory per process
+    image_root: Path | None = None  # IMAGE_ROOT: local paths allowed under this folder
+    local_files_root: Path | None = None  # LOCAL_FILES_DOCUMENT_ROOT: LS local storage on disk
+    allowed_image_hosts: tuple[str, ...] = ()  # ALLOWED_IMAGE_HOSTS: extra hosts, "*" = any
+    max_image_bytes: int = 50 * 1024 * 1024  # MAX_IMAGE_BYTES
+    max_image_pixels: int = 64_000_000  # MAX_IMAGE_PIXELS
+    fetch_timeout: float = 15.0  # IMAGE_FETCH_TIMEOUT (seconds)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate every setting; raises ConfigError naming the bad variable."""
+        env = os.environ if env is None else env
+        user, password = _get(env, "BASIC_AUTH_USER"), _get(env, "BASIC_AUTH_PASS")
+        if (user is None) != (password is None):
+            raise ConfigError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
+        ls_url = _get(env, "LABEL_STUDIO_URL")
+        if ls_url is not None:
+            parts = urlsplit(ls_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(f"LABEL_STUDIO_URL must be an http(s) URL, got {ls_url!r}")
+            ls_url = ls_url.rstrip("/")
+        model_path = _path(env, "MODEL_PATH")
+        if model_path is not None and not model_path.is_file():
+            raise ConfigError(f"MODEL_PATH {model_path} does not exist")
+        threshold = _float(env, "MODEL_SCORE_THRESHOLD", 0.25, 0.0, 1.0)
+        floor = _float(env, "DETECT_CONF_FLOOR", min(0.05, threshold), 0.0, 1.0)
+        if floor > threshold:
+            raise ConfigError("DETECT_CONF_FLOOR must not exceed MODEL_SCORE_THRESHOLD")
+        return cls(
+            model_dir=_path(env, "MODEL_DIR") or Path("models").resolve(),
+            model_path=model_path,
+            model_yaml=_get(env, "MODEL_YAML") or "yolo11n.yaml",
+            label_studio_url=ls_url,
+            label_studio_api_key=_get(env, "LABEL_STUDIO_API_KEY"),
+            basic_auth_user=user,
+            basic_auth_pass=password,
+            log_level=(_get(env, "LOG_LEVEL") or "INFO").upper(),
+            host=_get(env, "HOST") or "0.0.0.0",
+            port=_int(env, "PORT", 9090),
+            workers=_int(env, "WORKERS", 1),
+            threads=_int(env, "THREADS", 4),
+            score_threshold=threshold,
+            detect_conf_floor=floor,
+            image_size=_int(env, "IMAGE_SIZE", 640, minimum=32),
+            device=_get(env, "DEVICE") or "cpu",
+            torch_threads=_int(env, "TORCH_THREADS", 0, minimum=0),
+            predict_batch=_int(env, "PREDICT_BATCH", 8),
+            max_loaded_models=_int(env, "MAX_LOADED_MODELS", 4),
+            image_root=_path(env, "IMAGE_ROOT"),
+            local_files_root=_path(env, "LOCAL_FILES_DOCUMENT_ROOT")
+            or _path(env, "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"),
+            allowed_image_hosts=_hosts(env, "ALLOWED_IMAGE_HOSTS"),
+            max_image_bytes=_int(env, "MAX_IMAGE_BYTES", 50 * 1024 * 1024),
+            max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", 64_000_000),
+            fetch_timeout=_float(env, "IMAGE_FETCH_TIMEOUT", 15.0, 0.1, 600.0),
+        )

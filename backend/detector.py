@@ -1,0 +1,228 @@
+"""Loading and running YOLO detectors.
+
+A `Detector` wraps one ultralytics model, loaded once and shared by every request and thread
+of a process (a lock serialises the forward pass: ultralytics predictors are not
+thread-safe). One forward pass yields, per image, the kept boxes WITH their full per-class
+score vectors (for margin/entropy uncertainty) and an image embedding pooled from the neck
+(for diversity), so active learning needs no extra passes.
+
+`DetectorPool` decides which weights serve a project and keeps a few detectors loaded; it
+checks the registry's live pointer on every call, so a promoted model is served by every
+worker on its next request (hot swap without restart).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from backend.config import Settings
+from backend.errors import ModelError
+from backend.offline import prepare_ultralytics
+from backend.registry import ModelRegistry
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Box:
+    """One detection in original-image pixels."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    class_id: int
+    conf: float
+    class_scores: np.ndarray = field(repr=False)  # (n_classes,) independent sigmoids
+
+
+@dataclass(frozen=True)
+class ImageDetections:
+    """Everything one forward pass says about one image."""
+
+    boxes: tuple[Box, ...]
+    embedding: np.ndarray = field(repr=False)  # (d,) float32, L2-normalised
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a detector's weights come from, and the version string Label Studio sees."""
+
+    version: str
+    weights: Path | None  # None: randomly initialised from `yaml`
+    yaml: str = "yolo11n.yaml"
+    class_names: tuple[str, ...] = ()  # for a random init: the head's classes
+    kind: str = "weights"  # "registry", "weights" or "random-init"
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        if self.weights is None:
+            return ("random", self.yaml, self.class_names)
+        stat = self.weights.stat()
+        return ("weights", str(self.weights), stat.st_mtime_ns, stat.st_size)
+
+
+class Detector:
+    """One loaded model. `predict` is thread-safe."""
+
+    def __init__(self, source: ModelSource, settings: Settings) -> None:
+        prepare_ultralytics(settings.model_dir / ".ultralytics")
+        from backend.scoring_predictor import ScoringPredictor  # noqa: PLC0415
+
+        self._predictor_cls = ScoringPredictor
+        self.source = source
+        self.version = source.version
+        self._settings = settings
+        self._lock = threading.Lock()
+        started = time.perf_counter()
+        self._yolo = _load_yolo(source)
+        self.names: tuple[str, ...] = tuple(
+            str(self._yolo.names[i]) for i in sorted(self._yolo.names)
+        )
+        logger.info(
+            "loaded model version=%s kind=%s classes=%d in %.2fs",
+            self.version,
+            source.kind,
+            len(self.names),
+            time.perf_counter() - started,
+        )
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[ImageDetections]:
+        """Detect on BGR images, in chunks of PREDICT_BATCH; one result per image, in order."""
+        out: list[ImageDetections] = []
+        size = self._settings.predict_batch
+        for start in range(0, len(images), size):
+            out.extend(self._predict_chunk(list(images[start : start + size])))
+        return out
+
+    def _predict_chunk(self, images: list[np.ndarray]) -> list[ImageDetections]:
+        import torch  # noqa: PLC0415
+
+        with self._lock, torch.inference_mode():
+            results = self._yolo.predict(
+                source=images,
+                predictor=self._predictor_cls,
+                conf=self._settings.detect_conf_floor,
+                imgsz=self._settings.image_size,
+                device=self._settings.device,
+                batch=self._settings.predict_batch,
+                verbose=False,
+            )
+        detections = []
+        for result in results:
+            boxes = result.boxes
+            xyxy = boxes.xyxy.cpu().numpy()
+            conf = boxes.conf.cpu().numpy()
+            cls = boxes.cls.cpu().numpy().astype(int)
+            scores = result.class_scores
+            detections.append(
+                ImageDetections(
+                    boxes=tuple(
+                        Box(*map(float, xyxy[i]), int(cls[i]), float(conf[i]), scores[i])
+                        for i in range(len(conf))
+                    ),
+                    embedding=result.embedding,
+                )
+            )
+        return detections
+
+
+def _load_yolo(source: ModelSource) -> Any:
+    from ultralytics import YOLO  # noqa: PLC0415  (after prepare_ultralytics)
+
+    try:
+        if source.weights is not None:
+            return YOLO(str(source.weights), task="detect")
+        from ultralytics.nn.tasks import DetectionModel  # noqa: PLC0415
+
+        yolo = YOLO(source.yaml, task="detect")
+        if source.class_names:
+            model = DetectionModel(source.yaml, nc=len(source.class_names), verbose=False)
+            model.names = dict(enumerate(source.class_names))
+            yolo.model = model
+        return yolo
+    except Exception as exc:  # ultralytics raises many types for bad or missing weights
+        raise ModelError(f"cannot load model {source.weights or source.yaml}: {exc}") from exc
+
+
+def file_version(path: Path) -> str:
+    """A stable version string for a weights file: its stem and a content hash."""
+    stat = path.stat()
+    return _hashed_version(path.resolve(), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _hashed_version(path: Path, _mtime_ns: int, _size: int) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"{path.stem}-{digest.hexdigest()[:8]}"
+
+
+class DetectorPool:
+    """Which detector serves a project, with at most MAX_LOADED_MODELS kept loaded."""
+
+    def __init__(self, settings: Settings, registry: ModelRegistry) -> None:
+        self._settings = settings
+        self._registry = registry
+        self._lock = threading.Lock()
+        self._loaded: OrderedDict[tuple[object, ...], Detector] = OrderedDict()
+        self._base: ModelSource | None = None
+        if settings.model_path is not None:
+            self._base = ModelSource(
+                version=file_version(settings.model_path), weights=settings.model_path
+            )
+
+    def source_for(
+        self, project_id: int | None, class_names: Sequence[str], model_path: str | None = None
+    ) -> ModelSource:
+        """Resolution order: the tag's model_path, the project's live registry version,
+        MODEL_PATH, else a randomly initialised model with the config's classes."""
+        if model_path:
+            path = Path(model_path).expanduser()
+            if not path.is_file():
+                raise ModelError(f"model_path {model_path!r} from the label config does not exist")
+            return ModelSource(version=file_version(path), weights=path)
+        if project_id is not None:
+            live = self._registry.live(project_id)
+            if live is not None:
+                return ModelSource(version=live.version, weights=live.weights, kind="registry")
+        if self._base is not None:
+            return self._base
+        return ModelSource(
+            version=f"random-init-{Path(self._settings.model_yaml).stem}",
+            weights=None,
+            yaml=self._settings.model_yaml,
+            class_names=tuple(class_names),
+            kind="random-init",
+        )
+
+    def get(self, source: ModelSource) -> Detector:
+        """The loaded detector for `source`, loading it (once) if needed."""
+        key = source.key
+        with self._lock:
+            detector = self._loaded.get(key)
+            if detector is not None:
+                self._loaded.move_to_end(key)
+                return detector
+            detector = Detector(source, self._settings)
+            self._loaded[key] = detector
+            while len(self._loaded) > self._settings.max_loaded_models:
+                self._loaded.popitem(last=False)
+            return detector
+
+    @property
+    def base_source(self) -> ModelSource | None:
+        return self._base

@@ -1,0 +1,58 @@
+"""The backend's exception hierarchy.
+
+Core modules raise these; only the HTTP edge (`backend.routes`) turns them into answers, so
+every client error carries a status and a message a Label Studio user can act on.
+"""
+
+from __future__ import annotations
+
+
+class BackendError(Exception):
+    """Base of every error the backend raises on purpose."""
+
+    status = 500
+    code = "internal_error"
+
+
+class ConfigError(BackendError):
+    """A setting (environment variable or CLI flag) has an invalid value."""
+
+    code = "config_error"
+
+
+class BadRequest(BackendError):
+    """The request body is malformed or misses a required field."""
+
+    status = 400
+    code = "bad_request"
+
+
+class LabelConfigError(BackendError):
+    """The label config holds nothing this backend can serve, or an invalid attribute."""
+
+    status = 422
+    code = "unsupported_label_config"
+
+
+class Unauthorized(BackendError):
+    """Basic-auth credentials are missing or wrong."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class ImageError(BackendError):
+    """One task's image could not be resolved, fetched or decoded.
+
+    Never fails a whole batch: the service logs it and answers an empty prediction for that task.
+    """
+
+    status = 422
+    code = "image_error"
+
+
+class ModelError(BackendError):
+    """Model weights are missing or cannot be loaded."""
+
+    status = 503
+    code = "model_unavailable"

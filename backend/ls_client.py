@@ -1,0 +1,56 @@
+"""The backend's one way to talk to Label Studio: a `label_studio_sdk.LabelStudio` client.
+
+Built lazily from LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY; the SDK tells a legacy token from a
+personal access token (a JWT refresh token) and refreshes access tokens itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from backend.errors import ConfigError
+
+if TYPE_CHECKING:
+    from label_studio_sdk import LabelStudio
+
+logger = logging.getLogger(__name__)
+
+
+class LabelStudioClient:
+    """Lazily built, shared SDK client plus the auth headers for raw file downloads."""
+
+    def __init__(self, url: str | None, api_key: str | None, timeout: float = 30.0) -> None:
+        self.url = url
+        self._api_key = api_key
+        self._timeout = timeout
+        self._sdk: LabelStudio | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.url and self._api_key)
+
+    @property
+    def sdk(self) -> LabelStudio:
+        """The SDK client; raises ConfigError when URL or key are missing."""
+        if not self.configured:
+            raise ConfigError("LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY must both be set")
+        with self._lock:
+            if self._sdk is None:
+                from label_studio_sdk import LabelStudio  # noqa: PLC0415  (heavy import)
+
+                self._sdk = LabelStudio(
+                    base_url=self.url, api_key=self._api_key, timeout=self._timeout
+                )
+            return self._sdk
+
+    def auth_headers(self) -> dict[str, str]:
+        """`Authorization` for Label Studio URLs (Token for legacy keys, Bearer access JWT).
+
+        The SDK exposes no public accessor for these; its client wrapper builds them (and
+        refreshes an expired access token) on every SDK call, so we ask it the same way.
+        """
+        headers = self.sdk._client_wrapper.get_headers()
+        return {"Authorization": headers["Authorization"]}

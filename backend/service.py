@@ -1,0 +1,188 @@
+"""The ML backend's behaviour behind the routes: setup, predict, webhook intake, status.
+
+Routes parse HTTP and call one method here; this module validates Label Studio's JSON, picks
+the model for the project, runs the detector and maps the answer back to Label Studio JSON.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from backend import ls_format
+from backend.config import Settings
+from backend.detector import DetectorPool, ImageDetections
+from backend.errors import BadRequest, ImageError
+from backend.events import EventStore
+from backend.images import ImageLoader, LoadedImage
+from backend.label_config import BoxControl, ParsedConfig, parse_label_config
+from backend.registry import ModelRegistry
+
+logger = logging.getLogger(__name__)
+
+
+class MLService:
+    """One per process; built by `create_app` and shared by every request thread."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        detectors: DetectorPool,
+        images: ImageLoader,
+        events: EventStore,
+        registry: ModelRegistry,
+    ) -> None:
+        self.settings = settings
+        self.detectors = detectors
+        self.images = images
+        self.events = events
+        self.registry = registry
+        self._fetchers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="image-fetch")
+
+    # -- /health ---------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        base = self.detectors.base_source
+        if base is not None:
+            model = {"source": "MODEL_PATH", "version": base.version, "path": str(base.weights)}
+        else:
+            model = {
+                "source": "random-init",
+                "version": f"random-init-{self.settings.model_yaml}",
+                "warning": "no MODEL_PATH and nothing promoted yet: predictions come from a "
+                "randomly initialised model until a project's first retraining",
+            }
+        return {"status": "UP", "model_class": "YOLO", "base_model": model}
+
+    # -- /setup ----------------------------------------------------------------------------
+    def setup(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Validate the project's label config and report the version that will serve it."""
+        config = self._config(body.get("schema", body.get("label_config")))
+        project = self._project(body.get("project"))
+        control = config.controls[0]
+        source = self.detectors.source_for(project, control.labels, control.model_path)
+        return {"model_version": source.version}
+
+    # -- /predict --------------------------------------------------------------------------
+    def predict(self, body: dict[str, Any]) -> dict[str, Any]:
+        """One result per task, in order; a task whose image fails gets an empty result."""
+        tasks = body.get("tasks")
+        if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+            raise BadRequest("'tasks' must be a list of task objects")
+        config = self._config(body.get("label_config"))
+        project = self._project(body.get("project"))
+        started = time.perf_counter()
+        regions: list[list[dict[str, Any]]] = [[] for _ in tasks]
+        version = ""
+        for value_key, controls in _by_image_field(config).items():
+            loaded = self._load_images(tasks, value_key, project)
+            ok = [(i, image) for i, image in enumerate(loaded) if image is not None]
+            by_model: dict[str, list[ImageDetections]] = {}
+            for control in controls:
+                source = self.detectors.source_for(project, control.labels, control.model_path)
+                detector = self.detectors.get(source)
+                version = version or detector.version
+                if detector.version not in by_model:
+                    by_model[detector.version] = detector.predict([im.pixels for _, im in ok])
+                threshold = (
+                    control.score_threshold
+                    if control.score_threshold is not None
+                    else self.settings.score_threshold
+                )
+                for (i, image), found in zip(ok, by_model[detector.version], strict=True):
+                    regions[i].extend(
+                        ls_format.control_regions(
+                            found.boxes,
+                            detector.names,
+                            control,
+                            image.width,
+                            image.height,
+                            threshold,
+                        )
+                    )
+        logger.info(
+            "project=%s predicted %d tasks with model_version=%s in %.3fs",
+            project,
+            len(tasks),
+            version,
+            time.perf_counter() - started,
+        )
+        return {"results": [ls_format.task_prediction(r, version) for r in regions]}
+
+    def _load_images(
+        self, tasks: Sequence[dict[str, Any]], value_key: str, project: int | None
+    ) -> list[LoadedImage | None]:
+        def load(task: dict[str, Any]) -> LoadedImage | None:
+            data = task.get("data")
+            ref = data.get(value_key) if isinstance(data, dict) else None
+            try:
+                if ref is None:
+                    raise ImageError(f"task data has no {value_key!r} field")
+                return self.images.load(ref)
+            except ImageError as exc:
+                logger.warning("project=%s task=%s: %s", project, task.get("id"), exc)
+                return None
+
+        if len(tasks) == 1:
+            return [load(tasks[0])]
+        return list(self._fetchers.map(load, tasks))
+
+    # -- /webhook --------------------------------------------------------------------------
+    def record_event(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Validate and durably store a webhook event; unhandled actions are acknowledged."""
+        action = body.get("action")
+        if not isinstance(action, str) or not action:
+            raise BadRequest("webhook payload needs a string 'action'")
+        if action not in ls_format.HANDLED_ACTIONS:
+            logger.debug("ignoring webhook action %s", action)
+            return {"status": "ignored", "action": action}
+        annotation = body.get("annotation")
+        fallback = annotation.get("project") if isinstance(annotation, dict) else None
+        project = self._project(body.get("project", fallback))
+        if project is None:
+            raise BadRequest(f"{action} payload has no project id")
+        try:
+            ids = ls_format.webhook_annotation_ids(action, body)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        event_id = self.events.append(project, action, ids, body)
+        logger.info(
+            "project=%s recorded %s event=%d annotations=%s", project, action, event_id, ids
+        )
+        return {"status": "recorded", "event_id": event_id}
+
+    # -- /metrics --------------------------------------------------------------------------
+    def metrics(self) -> dict[str, Any]:
+        pending = self.events.pending_counts()
+        projects = sorted(set(pending) | set(self.registry.projects()))
+        per_project = {}
+        for pid in projects:
+            live = self.registry.live(pid)
+            per_project[str(pid)] = {
+                "live_version": live.version if live else None,
+                "queued_events": pending.get(pid, 0),
+            }
+        return {"projects": per_project}
+
+    # -- helpers ---------------------------------------------------------------------------
+    @staticmethod
+    def _config(xml: object) -> ParsedConfig:
+        if not isinstance(xml, str) or not xml.strip():
+            raise BadRequest("request needs the project's label config ('label_config')")
+        return parse_label_config(xml)
+
+    @staticmethod
+    def _project(value: object) -> int | None:
+        try:
+            return ls_format.project_id(value)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+
+
+def _by_image_field(config: ParsedConfig) -> dict[str, list[BoxControl]]:
+    groups: dict[str, list[BoxControl]] = {}
+    for control in config.controls:
+        groups.setdefault(control.value_key, []).append(control)
+    return groups

@@ -1,0 +1,11 @@
+"""WSGI entry point: `gunicorn backend.wsgi:app`. Configures logging, then builds the app."""
+
+from __future__ import annotations
+
+from backend.app import create_app
+from backend.config import Settings
+from backend.logs import configure_logging
+
+_settings = Settings.from_env()
+configure_logging(_settings.log_level)
+app = create_app(_settings)
