@@ -1,7 +1,9 @@
-"""The durable webhook event store: SQLite in WAL mode under MODEL_DIR.
+"""The durable store of webhook events and training runs: SQLite in WAL mode under MODEL_DIR.
 
 The webhook handler appends and returns (Label Studio waits 1 s); the trainer drains events
-later. Every gunicorn worker opens the same file; WAL lets readers and one writer overlap.
+later and records each run. Every gunicorn worker opens the same file; WAL lets readers and
+one writer overlap. An event is marked processed only by a finished run, so a crash at any
+point leaves it pending and the next run picks it up.
 """
 
 from __future__ import annotations
@@ -25,7 +27,22 @@ CREATE TABLE IF NOT EXISTS events (
     processed_at REAL
 );
 CREATE INDEX IF NOT EXISTS events_pending ON events (project_id, processed_at);
+CREATE TABLE IF NOT EXISTS training_runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    project_id INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    state TEXT NOT NULL,
+    max_event_id INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    version TEXT,
+    promoted INTEGER,
+    details TEXT NOT NULL DEFAULT '{}'
+);
 """
+
+RUNNING = "running"
+FINISHED_STATES = ("promoted", "rejected", "failed", "cancelled", "interrupted")
 
 
 @dataclass(frozen=True)
@@ -91,15 +108,78 @@ class EventStore:
             ).fetchall()
         return {int(p): int(n) for p, n in rows}
 
-    def mark_processed(self, event_ids: list[int]) -> None:
-        """Mark events as consumed (by a finished training job)."""
-        if not event_ids:
-            return
+    def start_run(self, project_id: int, reason: str, max_event_id: int) -> int:
+        """Record a training run as running; returns its id."""
         with self._lock, self._db:
-            self._db.executemany(
-                "UPDATE events SET processed_at = ? WHERE id = ?",
-                [(time.time(), i) for i in event_ids],
+            cursor = self._db.execute(
+                "INSERT INTO training_runs (project_id, reason, state, max_event_id, started_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (project_id, reason, RUNNING, max_event_id, time.time()),
             )
+            return int(cursor.lastrowid or 0)
+
+    def finish_run(
+        self,
+        run_id: int,
+        state: str,
+        details: dict[str, Any],
+        version: str | None = None,
+        consume_events: bool = True,
+    ) -> None:
+        """Close a run; when `consume_events`, its events (id <= max_event_id) are processed."""
+        if state not in FINISHED_STATES:
+            raise ValueError(f"unknown run state {state!r}")
+        with self._lock, self._db:
+            row = self._db.execute(
+                "SELECT project_id, max_event_id FROM training_runs WHERE id = ?", (run_id,)
+            ).fetchone()
+            if row is None:
+                raise KeyError(f"no training run {run_id}")
+            now = time.time()
+            self._db.execute(
+                "UPDATE training_runs SET state = ?, finished_at = ?, version = ?, promoted = ?,"
+                " details = ? WHERE id = ?",
+                (state, now, version, int(state == "promoted"), json.dumps(details), run_id),
+            )
+            if consume_events:
+                self._db.execute(
+                    "UPDATE events SET processed_at = ? WHERE project_id = ? AND id <= ?"
+                    " AND processed_at IS NULL",
+                    (now, row[0], row[1]),
+                )
+
+    def interrupt_stale_runs(self) -> int:
+        """Runs still 'running' after a restart died with their process: mark them."""
+        with self._lock, self._db:
+            cursor = self._db.execute(
+                "UPDATE training_runs SET state = 'interrupted', finished_at = ? WHERE state = ?",
+                (time.time(), RUNNING),
+            )
+            return cursor.rowcount
+
+    def runs(self, project_id: int, limit: int = 20) -> list[dict[str, Any]]:
+        """The project's latest runs, newest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, project_id, reason, state, max_event_id, started_at, finished_at,"
+                " version, promoted, details FROM training_runs WHERE project_id = ?"
+                " ORDER BY id DESC LIMIT ?",
+                (project_id, limit),
+            ).fetchall()
+        keys = (
+            "id",
+            "project_id",
+            "reason",
+            "state",
+            "max_event_id",
+            "started_at",
+            "finished_at",
+            "version",
+            "promoted",
+        )
+        return [
+            {**dict(zip(keys, row[:9], strict=True)), "details": json.loads(row[9])} for row in rows
+        ]
 
     def close(self) -> None:
         with self._lock:

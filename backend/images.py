@@ -48,23 +48,45 @@ class ImageLoader:
 
     def load(self, ref: object) -> LoadedImage:
         """Resolve, read and decode one image reference; raises ImageError."""
+        return self._decode(self.read(ref), str(ref))
+
+    def read(self, ref: object) -> bytes:
+        """Resolve and read one image reference's bytes (undecoded); raises ImageError."""
         if not isinstance(ref, str) or not ref.strip():
             raise ImageError(f"image reference must be a non-empty string, got {ref!r}")
         ref = ref.strip()
         parts = urlsplit(ref)
         if parts.scheme in ("http", "https"):
             if parts.netloc.lower() == self._ls_host:
-                return self._decode(self._from_label_studio(parts.path, parts.query, ref), ref)
-            return self._decode(self._fetch(ref, headers={}), ref)
+                return self._from_label_studio(parts.path, parts.query, ref)
+            return self._fetch(ref, headers={})
         if parts.scheme == "" and ref.startswith(_LS_PREFIXES):
-            return self._decode(self._from_label_studio(parts.path, parts.query, ref), ref)
+            return self._from_label_studio(parts.path, parts.query, ref)
         if parts.scheme in ("", "file"):
             path = unquote(parts.path) if parts.scheme == "file" else ref
-            return self._decode(self._read_under(Path(path), self._settings.image_root, ref), ref)
+            return self._read_under(Path(path), self._settings.image_root, ref)
         raise ImageError(
             f"unsupported image URL scheme {parts.scheme!r} in {ref!r}: cloud storage URLs "
             "must be served through Label Studio"
         )
+
+    def file_suffix(self, data: bytes, ref: str) -> str:
+        """The file suffix for image bytes (".jpg", ".png", ...), checking the pixel limit."""
+        try:
+            with Image.open(io.BytesIO(data)) as header:
+                self._check_pixels(header.size, ref)
+                fmt = (header.format or "").lower()
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+            raise ImageError(f"{ref!r} is not a decodable image: {exc}") from exc
+        return {"jpeg": ".jpg", "mpo": ".jpg"}.get(fmt, f".{fmt}" if fmt else ".jpg")
+
+    def _check_pixels(self, size: tuple[int, int], ref: str) -> None:
+        width, height = size
+        if width * height > self._settings.max_image_pixels:
+            raise ImageError(
+                f"{ref!r} has {width}x{height} pixels, over MAX_IMAGE_PIXELS="
+                f"{self._settings.max_image_pixels}"
+            )
 
     def _from_label_studio(self, path: str, query: str, ref: str) -> bytes:
         root = self._settings.local_files_root
@@ -130,11 +152,7 @@ class ImageLoader:
         try:
             with Image.open(io.BytesIO(data)) as header:  # reads the header only
                 width, height = header.size
-                if width * height > self._settings.max_image_pixels:
-                    raise ImageError(
-                        f"{ref!r} has {width}x{height} pixels, over MAX_IMAGE_PIXELS="
-                        f"{self._settings.max_image_pixels}"
-                    )
+                self._check_pixels(header.size, ref)
                 image = header.convert("RGB") if header.mode != "RGB" else header.copy()
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             raise ImageError(f"{ref!r} is not a decodable image: {exc}") from exc

@@ -27,7 +27,8 @@ class BoxControl:
     to_name: str  # the Image tag's name
     value_key: str  # the task data field holding the image URL ("image" for value="$image")
     labels: tuple[str, ...]
-    class_to_label: Mapping[str, str]  # lower-cased model class name -> label
+    class_to_label: Mapping[str, str]  # lower-cased model class name -> label (the label's own
+    # name always maps to itself, so a model retrained on these labels keeps serving them)
     score_threshold: float | None  # model_score_threshold attribute, if set
     model_path: str | None  # model_path attribute, if set
 
@@ -103,7 +104,7 @@ def _class_map(control: str, label_tags: Mapping[str, object]) -> Mapping[str, s
     for label, label_tag in label_tags.items():
         attrs = getattr(label_tag, "attr", None) or {}
         predicted = attrs.get("predicted_values")
-        names = [n.strip() for n in predicted.split(",")] if predicted else [label]
+        names = [label] + ([n.strip() for n in predicted.split(",")] if predicted else [])
         for name in filter(None, names):
             key = name.lower()
             if mapping.get(key, label) != label:

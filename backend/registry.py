@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import shutil
+import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,8 +71,109 @@ class ModelRegistry:
         meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
         return ModelVersion(project_id=int(project_id), version=name, path=path, meta=meta)
 
+    def versions(self, project_id: int) -> list[ModelVersion]:
+        """Every stored version of the project, oldest first."""
+        folder = self.project_dir(project_id) / "versions"
+        if not folder.is_dir():
+            return []
+        names = sorted(
+            (p.name for p in folder.iterdir() if _VERSION.match(p.name)),
+            key=lambda n: int(n[1:]),
+        )
+        return [self.get(project_id, n) for n in names]
+
+    def create_version(self, project_id: int, weights: Path, meta: dict[str, Any]) -> ModelVersion:
+        """Store `weights` and `meta` as the next version (v1, v2, ...), atomically.
+
+        The folder is written under a temporary name and renamed into place, so a crash
+        never leaves a half-written version; concurrent writers get distinct numbers.
+        """
+        versions = self.project_dir(project_id) / "versions"
+        versions.mkdir(parents=True, exist_ok=True)
+        staging = self.project_dir(project_id) / f".staging-{uuid.uuid4().hex}"
+        staging.mkdir()
+        try:
+            shutil.copyfile(weights, staging / "weights.pt")
+            _fsync(staging / "weights.pt")
+            number = 1 + max((int(v.version[1:]) for v in self.versions(project_id)), default=0)
+            while True:
+                name = f"v{number}"
+                _write_json(staging / "meta.json", {**meta, "version": name})
+                try:
+                    os.rename(staging, versions / name)
+                except OSError:  # taken by a concurrent writer
+                    if not (versions / name).exists():
+                        raise
+                    number += 1
+                    continue
+                _fsync(versions)
+                return self.get(project_id, name)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def promote(
+        self, project_id: int, name: str, reason: str, rolled_back: str | None = None
+    ) -> ModelVersion:
+        """Make `name` the live version: one atomic `os.replace` of the LIVE pointer."""
+        version = self.get(project_id, name)
+        if not version.weights.is_file():
+            raise FileNotFoundError(f"project {project_id} has no version {name}")
+        folder = self.project_dir(project_id)
+        temp = folder / f".LIVE-{uuid.uuid4().hex}"
+        temp.write_text(name + "\n", encoding="utf-8")
+        _fsync(temp)
+        os.replace(temp, folder / "LIVE")
+        _fsync(folder)
+        with (folder / "history.jsonl").open("a", encoding="utf-8") as history:
+            entry = {"version": name, "at": time.time(), "reason": reason}
+            if rolled_back:
+                entry["rolled_back"] = rolled_back
+            history.write(json.dumps(entry) + "\n")
+        logger.info("project=%s promoted %s (%s)", project_id, name, reason)
+        return version
+
+    def history(self, project_id: int) -> list[dict[str, Any]]:
+        """Promotions, oldest first."""
+        path = self.project_dir(project_id) / "history.jsonl"
+        if not path.is_file():
+            return []
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def rollback(self, project_id: int) -> ModelVersion:
+        """Promote the version that was live before the current one."""
+        live = self.live(project_id)
+        if live is None:
+            raise LookupError(f"project {project_id} has no live version to roll back")
+        history = self.history(project_id)
+        skipped = {live.version} | {h["rolled_back"] for h in history if "rolled_back" in h}
+        earlier = [h["version"] for h in history if h["version"] not in skipped]
+        if not earlier:
+            raise LookupError(f"project {project_id} has no earlier promoted version")
+        return self.promote(
+            project_id,
+            earlier[-1],
+            reason=f"rollback from {live.version}",
+            rolled_back=live.version,
+        )
+
     def projects(self) -> list[int]:
         """Project ids that have a registry folder."""
         if not self.root.is_dir():
             return []
         return sorted(int(p.name) for p in self.root.iterdir() if p.name.isdigit())
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
+    _fsync(path)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or folder's data to disk (folders: their entries)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from backend.app import create_app
 from backend.config import Settings
@@ -44,6 +45,7 @@ def image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_images(root / "shapes", 6, seed=123)
     shutil.copyfile(Path(ASSETS) / "bus.jpg", root / "bus.jpg")
     (root / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    Image.new("RGB", (64, 48), (128, 128, 128)).save(root / "blank.png")  # nothing to find
     return root
 
 

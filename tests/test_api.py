@@ -71,6 +71,12 @@ def test_predict_on_bus_jpg_local_path(client: FlaskClient, image_root: Path) ->
     assert isinstance(result["result"], list)
 
 
+def test_image_with_nothing_to_find(client: FlaskClient, image_root: Path) -> None:
+    (result,) = _predict(client, [str(image_root / "blank.png")])["results"]
+    assert result["result"] == []
+    assert result["score"] == 0.0
+
+
 def test_one_bad_image_does_not_fail_the_batch(client: FlaskClient, image_root: Path) -> None:
     good = str(sorted((image_root / "shapes").glob("*.jpg"))[0])
     refs: list[object] = [good, str(image_root / "corrupt.jpg"), "/etc/passwd", good, None]

@@ -26,6 +26,13 @@ def test_rectangle_labels_parsed_with_attributes() -> None:
     assert control.score_threshold == 0.4
     assert control.model_path == "/w/x.pt"
     assert dict(control.class_to_label) == {"car": "Car", "truck": "Car", "person": "Person"}
+    vehicle = parse_label_config(
+        _config(
+            '<RectangleLabels name="v" toName="image"><Label value="Vehicle" '
+            'predicted_values="car,truck"/></RectangleLabels>'
+        )
+    ).controls[0]
+    assert vehicle.label_for("Vehicle") == vehicle.label_for("truck") == "Vehicle"
 
 
 def test_class_names_map_case_insensitively() -> None:
