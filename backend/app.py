@@ -17,6 +17,7 @@ from backend.ls_client import LabelStudioClient
 from backend.offline import prepare_ultralytics, set_torch_threads
 from backend.registry import ModelRegistry
 from backend.routes import bp
+from backend.scheduler import BackgroundTrainer
 from backend.service import MLService
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,12 @@ def create_app(settings: Settings | None = None, service: MLService | None = Non
     settings = settings or Settings.from_env()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024 * 1024
-    app.extensions["ls_active_yolo"] = service or build_service(settings)
+    service = service or build_service(settings)
+    app.extensions["ls_active_yolo"] = service
+    if settings.training_enabled:
+        app.extensions["ls_active_yolo_trainer"] = BackgroundTrainer(
+            settings, service.events
+        ).start()
     app.register_blueprint(bp)
 
     if settings.basic_auth_user is not None:

@@ -7,9 +7,10 @@ exists (LABEL_STUDIO_URL, MODEL_DIR, BASIC_AUTH_USER, ...).
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -86,6 +87,18 @@ class Settings:
     max_image_bytes: int = 50 * 1024 * 1024  # MAX_IMAGE_BYTES
     max_image_pixels: int = 64_000_000  # MAX_IMAGE_PIXELS
     fetch_timeout: float = 15.0  # IMAGE_FETCH_TIMEOUT (seconds)
+    training_enabled: bool = True  # TRAINING: "0" runs no background trainer in this process
+    train_every: int = 10  # TRAIN_EVERY: changed annotations that trigger a training run
+    train_quiet_seconds: float = 300.0  # TRAIN_QUIET_SECONDS: train pending changes after this
+    train_poll_seconds: float = 2.0  # TRAIN_POLL_SECONDS: how often the trainer looks for work
+    train_retry_seconds: float = 60.0  # TRAIN_RETRY_SECONDS: first back-off after a failure
+    train_subprocess: bool = True  # TRAIN_SUBPROCESS: run each job in a child process
+    train_epochs: int = 10  # TRAIN_EPOCHS
+    train_image_size: int = 320  # TRAIN_IMAGE_SIZE
+    train_batch: int = 8  # TRAIN_BATCH
+    train_val_percent: int = 20  # TRAIN_VAL_PERCENT: share of tasks held out for the gate
+    train_min_images: int = 4  # TRAIN_MIN_IMAGES: fewer annotated images: no training
+    promote_tolerance: float = 0.0  # PROMOTE_TOLERANCE: allowed mAP50 drop vs the live model
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -134,4 +147,51 @@ class Settings:
             max_image_bytes=_int(env, "MAX_IMAGE_BYTES", 50 * 1024 * 1024),
             max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", 64_000_000),
             fetch_timeout=_float(env, "IMAGE_FETCH_TIMEOUT", 15.0, 0.1, 600.0),
+            training_enabled=_bool(env, "TRAINING", True),
+            train_every=_int(env, "TRAIN_EVERY", 10),
+            train_quiet_seconds=_float(env, "TRAIN_QUIET_SECONDS", 300.0, 0.0, 86400.0 * 7),
+            train_poll_seconds=_float(env, "TRAIN_POLL_SECONDS", 2.0, 0.05, 3600.0),
+            train_retry_seconds=_float(env, "TRAIN_RETRY_SECONDS", 60.0, 0.0, 86400.0),
+            train_subprocess=_bool(env, "TRAIN_SUBPROCESS", True),
+            train_epochs=_int(env, "TRAIN_EPOCHS", 10),
+            train_image_size=_int(env, "TRAIN_IMAGE_SIZE", 320, minimum=32),
+            train_batch=_int(env, "TRAIN_BATCH", 8),
+            train_val_percent=int(_float(env, "TRAIN_VAL_PERCENT", 20, 1, 90)),
+            train_min_images=_int(env, "TRAIN_MIN_IMAGES", 4, minimum=2),
+            promote_tolerance=_float(env, "PROMOTE_TOLERANCE", 0.0, 0.0, 1.0),
         )
+
+    def to_json(self) -> str:
+        """Serialise (secrets included: only for a child process's environment)."""
+        return json.dumps({f.name: _jsonable(getattr(self, f.name)) for f in fields(self)})
+
+    @classmethod
+    def from_json(cls, text: str) -> Settings:
+        """The inverse of `to_json`."""
+        raw = json.loads(text)
+        paths = {"model_dir", "model_path", "image_root", "local_files_root"}
+        values = {
+            k: (Path(v) if k in paths and v is not None else tuple(v) if isinstance(v, list) else v)
+            for k, v in raw.items()
+        }
+        return cls(**values)
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be a boolean (1/0, true/false), got {raw!r}")

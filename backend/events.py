@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS training_runs (
 """
 
 RUNNING = "running"
-FINISHED_STATES = ("promoted", "rejected", "failed", "cancelled", "interrupted")
+FINISHED_STATES = ("promoted", "rejected", "skipped", "failed", "cancelled", "interrupted")
 
 
 @dataclass(frozen=True)

@@ -57,18 +57,28 @@ def metrics() -> Response:
 
 
 def _prometheus(data: dict[str, Any]) -> str:
-    lines = [
-        "# HELP ls_active_yolo_queued_events Webhook events not yet consumed by training.",
-        "# TYPE ls_active_yolo_queued_events gauge",
-    ]
+    """The JSON status as Prometheus text (exposition format 0.0.4)."""
+    series: dict[str, tuple[str, list[str]]] = {
+        "queued_events": ("Webhook events not yet consumed by training.", []),
+        "live_model": ("Live model version per project (value is always 1).", []),
+        "last_training_duration_seconds": ("Duration of the latest training run.", []),
+        "last_training_map50": ("Validation mAP50 of the latest trained candidate.", []),
+        "last_training_state": ("State of the latest training run (value is always 1).", []),
+    }
     for project, info in data["projects"].items():
-        lines.append(f'ls_active_yolo_queued_events{{project="{project}"}} {info["queued_events"]}')
-    lines += [
-        "# HELP ls_active_yolo_live_model Live model version per project (value is always 1).",
-        "# TYPE ls_active_yolo_live_model gauge",
-    ]
-    for project, info in data["projects"].items():
-        version = info["live_version"]
-        if version:
-            lines.append(f'ls_active_yolo_live_model{{project="{project}",version="{version}"}} 1')
+        p = f'project="{project}"'
+        series["queued_events"][1].append(f"{{{p}}} {info['queued_events']}")
+        if info["live_version"]:
+            series["live_model"][1].append(f'{{{p},version="{info["live_version"]}"}} 1')
+        last = info.get("last_training")
+        if last:
+            series["last_training_duration_seconds"][1].append(f"{{{p}}} {last['duration_s']:.3f}")
+            series["last_training_state"][1].append(f'{{{p},state="{last["state"]}"}} 1')
+            if last.get("metrics"):
+                series["last_training_map50"][1].append(f"{{{p}}} {last['metrics']['map50']:.6f}")
+    lines = []
+    for name, (help_text, samples) in series.items():
+        metric = f"ls_active_yolo_{name}"
+        lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} gauge"]
+        lines += [metric + sample for sample in samples]
     return "\n".join(lines) + "\n"

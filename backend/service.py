@@ -6,7 +6,10 @@ the model for the project, runs the detector and maps the answer back to Label S
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +23,7 @@ from backend.events import EventStore
 from backend.images import ImageLoader, LoadedImage
 from backend.label_config import BoxControl, ParsedConfig, parse_label_config
 from backend.registry import ModelRegistry
+from backend.training import TrainParams, project_overrides, validate_overrides
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +65,33 @@ class MLService:
         """Validate the project's label config and report the version that will serve it."""
         config = self._config(body.get("schema", body.get("label_config")))
         project = self._project(body.get("project"))
+        extra = body.get("extra_params") or {}
+        if isinstance(extra, str):
+            try:
+                extra = json.loads(extra) if extra.strip() else {}
+            except ValueError:
+                raise BadRequest("extra_params must be a JSON object") from None
+        if not isinstance(extra, dict):
+            raise BadRequest("extra_params must be a JSON object")
+        validate_overrides(extra)
+        if project is not None:
+            self._save_overrides(
+                project, {k: extra[k] for k in TrainParams.OVERRIDES if k in extra}
+            )
         control = config.controls[0]
         source = self.detectors.source_for(project, control.labels, control.model_path)
         return {"model_version": source.version}
+
+    def _save_overrides(self, project: int, overrides: dict[str, Any]) -> None:
+        """Persist the project's training overrides when they changed (read by the trainer)."""
+        if project_overrides(self.registry, project) == overrides:
+            return
+        folder = self.registry.project_dir(project)
+        folder.mkdir(parents=True, exist_ok=True)
+        temp = folder / f".params-{os.getpid()}-{threading.get_ident()}.json"
+        temp.write_text(json.dumps(overrides, sort_keys=True), encoding="utf-8")
+        os.replace(temp, folder / "params.json")
+        logger.info("project=%s training overrides set: %s", project, overrides)
 
     # -- /predict --------------------------------------------------------------------------
     def predict(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -160,9 +188,27 @@ class MLService:
         per_project = {}
         for pid in projects:
             live = self.registry.live(pid)
+            runs = self.events.runs(pid, limit=1)
+            last = None
+            if runs:
+                run = runs[0]
+                details = run["details"]
+                last = {
+                    "run_id": run["id"],
+                    "state": run["state"],
+                    "reason": run["reason"],
+                    "version": run["version"],
+                    "started_at": run["started_at"],
+                    "finished_at": run["finished_at"],
+                    "duration_s": (run["finished_at"] or time.time()) - run["started_at"],
+                    "metrics": details.get("metrics"),
+                    "gate": details.get("gate"),
+                    "error": details.get("error"),
+                }
             per_project[str(pid)] = {
                 "live_version": live.version if live else None,
                 "queued_events": pending.get(pid, 0),
+                "last_training": last,
             }
         return {"projects": per_project}
 

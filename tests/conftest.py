@@ -57,6 +57,7 @@ def settings(tmp_path: Path, trained_weights: Path, image_root: Path) -> Setting
         image_root=image_root,
         image_size=160,
         predict_batch=4,
+        training_enabled=False,
     )
 
 

@@ -115,8 +115,7 @@ def test_kcenter_matches_brute_force_on_random_data(shortlist: int) -> None:
 @given(
     st.integers(1, 30).flatmap(
         lambda n: st.tuples(
-            st.lists(st.lists(st.integers(-4, 4), min_size=3, max_size=3), min_size=n,
-                     max_size=n),
+            st.lists(st.lists(st.integers(-4, 4), min_size=3, max_size=3), min_size=n, max_size=n),
             st.lists(st.lists(st.integers(-4, 4), min_size=3, max_size=3), max_size=4),
             st.integers(0, n + 2),
             st.sampled_from([1, 2, 3, 2048]),

@@ -189,15 +189,15 @@ def test_kcenter_strategy_picks_outlier_and_scores_are_distances() -> None:
     pool = Pool([box()] * 5, emb, f32([[0.0]]))
     selection = KCenter().select(pool, 1)
     assert selection.batch.tolist() == [3]
-    np.testing.assert_allclose(selection.scores[selection.order], [50.0, 0.3, 0.2, 0.1, 0.0],
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        selection.scores[selection.order], [50.0, 0.3, 0.2, 0.1, 0.0], rtol=1e-5, atol=1e-6
+    )
 
 
 def test_near_duplicate_is_demoted() -> None:
     # Image 1 is a copy of image 0 (same boxes, embedding 1e-4 away); image 3 duplicates a
     # labeled image. Without demotion the copy ranks second; with it, it goes to the back.
-    boxes = [box([0.5, 0.5]), box([0.5, 0.5]), box([0.6, 0.3]), box([0.55, 0.45]),
-             box([0.9, 0.1])]
+    boxes = [box([0.5, 0.5]), box([0.5, 0.5]), box([0.6, 0.3]), box([0.55, 0.45]), box([0.9, 0.1])]
     emb = f32([[0.0, 0.0], [0.0, 1e-4], [3.0, 0.0], [7.0, 7.0], [0.0, 3.0]])
     pool = Pool(boxes, emb, f32([[7.0, 7.0]]))
     plain = get_strategy("margin").select(pool, 2)
@@ -214,10 +214,12 @@ def test_hybrid_endpoints_equal_pure_orders() -> None:
     for batch in (0, 10, 200):
         pure_u = Entropy().select(pool, batch).order
         pure_d = KCenter().select(pool, batch).order
-        np.testing.assert_array_equal(get_strategy("hybrid", lam=1.0).select(pool, batch).order,
-                                      pure_u)
-        np.testing.assert_array_equal(get_strategy("hybrid", lam=0.0).select(pool, batch).order,
-                                      pure_d)
+        np.testing.assert_array_equal(
+            get_strategy("hybrid", lam=1.0).select(pool, batch).order, pure_u
+        )
+        np.testing.assert_array_equal(
+            get_strategy("hybrid", lam=0.0).select(pool, batch).order, pure_d
+        )
 
 
 def test_hybrid_mixes_ranks() -> None:
@@ -226,9 +228,15 @@ def test_hybrid_mixes_ranks() -> None:
     emb = f32([[0.0], [1.0], [10.0]])
     pool = Pool(boxes, emb, f32([[0.0]]))
     assert get_strategy("hybrid", lam=0.5, uncertainty="margin").select(pool, 1).order.tolist() == [
-        0, 1, 2]  # all mixed ranks tie at 1.0 -> uncertainty rank breaks ties
+        0,
+        1,
+        2,
+    ]  # all mixed ranks tie at 1.0 -> uncertainty rank breaks ties
     assert get_strategy("hybrid", lam=0.4, uncertainty="margin").select(pool, 1).order.tolist() == [
-        2, 1, 0]
+        2,
+        1,
+        0,
+    ]
     hybrid = RankMix(lam=0.6, uncertainty="margin")
     selection = hybrid.select(pool, 1)
     assert selection.order.tolist() == [0, 1, 2]
@@ -341,13 +349,20 @@ def pools(draw: st.DrawFn) -> Pool:
         ).reshape(-1, n_classes)
         for _ in range(n)
     ]
-    emb = np.array(draw(st.lists(st.lists(coord, min_size=d, max_size=d), min_size=n,
-                                 max_size=n)), dtype=np.float32)
+    emb = np.array(
+        draw(st.lists(st.lists(coord, min_size=d, max_size=d), min_size=n, max_size=n)),
+        dtype=np.float32,
+    )
     m = draw(st.integers(0, 3))
-    labeled = np.array(draw(st.lists(st.lists(coord, min_size=d, max_size=d), min_size=m,
-                                     max_size=m)), dtype=np.float32).reshape(m, d)
-    ap = np.array(draw(st.lists(st.one_of(unit, st.just(float("nan"))), min_size=n_classes,
-                                max_size=n_classes)))
+    labeled = np.array(
+        draw(st.lists(st.lists(coord, min_size=d, max_size=d), min_size=m, max_size=m)),
+        dtype=np.float32,
+    ).reshape(m, d)
+    ap = np.array(
+        draw(
+            st.lists(st.one_of(unit, st.just(float("nan"))), min_size=n_classes, max_size=n_classes)
+        )
+    )
     return Pool(boxes, emb, labeled, class_ap=ap, class_quality=ap[::-1].copy())
 
 
