@@ -1,13 +1,15 @@
-"""`ls-active-yolo`: the command line (serve; more sub-commands join as features land)."""
+"""`ls-active-yolo`: the command line (serve, models, train, worker)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 from backend.config import Settings
+from backend.errors import BackendError
 from backend.logs import configure_logging
 
 
@@ -46,6 +48,78 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _models(args: argparse.Namespace, settings: Settings) -> int:
+    from backend.registry import ModelRegistry  # noqa: PLC0415
+
+    registry = ModelRegistry(settings.model_dir)
+    if args.action == "promote":
+        registry.promote(args.project, args.version, reason="manual (ls-active-yolo models)")
+    elif args.action == "rollback":
+        registry.rollback(args.project)
+    live = registry.live(args.project)
+    print(f"{'version':<9}{'live':<6}{'mAP50':>8}{'mAP50-95':>10}  {'gate':<9}parent")
+    for version in registry.versions(args.project):
+        meta = version.meta
+        metrics = meta.get("metrics") or {}
+        map50, map50_95 = metrics.get("map50", float("nan")), metrics.get("map50_95", float("nan"))
+        marker = "*" if live and live.version == version.version else ""
+        gate = "passed" if (meta.get("gate") or {}).get("passed") else "rejected"
+        print(
+            f"{version.version:<9}{marker:<6}{map50:>8.4f}{map50_95:>10.4f}"
+            f"  {gate:<9}{meta.get('parent', '')}"
+        )
+    return 0
+
+
+def _train(args: argparse.Namespace, settings: Settings) -> int:
+    import time  # noqa: PLC0415
+
+    from backend.events import EventStore  # noqa: PLC0415
+    from backend.registry import ModelRegistry  # noqa: PLC0415
+    from backend.training import cancel_flag  # noqa: PLC0415
+
+    registry = ModelRegistry(settings.model_dir)
+    if args.cancel:
+        flag = cancel_flag(registry, args.project)
+        flag.parent.mkdir(parents=True, exist_ok=True)
+        flag.touch()
+        print(f"cancel requested for project {args.project}'s running job")
+        return 0
+    events = EventStore(settings.model_dir / "events.sqlite3")
+    event_id = events.append(args.project, "START_TRAINING", (), {"source": "cli"})
+    print(f"training requested for project {args.project} (event {event_id})")
+    if not args.wait:
+        return 0
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        runs = [r for r in events.runs(args.project) if r["max_event_id"] >= event_id]
+        if runs and runs[-1]["state"] != "running":
+            run = runs[-1]
+            print(f"run {run['id']}: {run['state']} {run['version'] or ''}".rstrip())
+            return 0 if run["state"] in ("promoted", "rejected", "skipped") else 1
+        time.sleep(1.0)
+    print("timed out waiting: is a trainer running (`ls-active-yolo serve` or `worker`)?")
+    return 2
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    from backend.events import EventStore  # noqa: PLC0415
+    from backend.scheduler import BackgroundTrainer  # noqa: PLC0415
+
+    settings.model_dir.mkdir(parents=True, exist_ok=True)
+    trainer = BackgroundTrainer(settings, EventStore(settings.model_dir / "events.sqlite3"))
+    stopped = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopped.set())
+    trainer.start()
+    stopped.wait()
+    trainer.stop()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ls-active-yolo",
@@ -64,14 +138,57 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="worker processes (default: WORKERS or 1)")
     serve.add_argument("--threads", type=int, help="threads per worker (default: THREADS or 4)")
     serve.set_defaults(handler=_serve)
+
+    models = commands.add_parser(
+        "models",
+        help="list, promote or roll back a project's model versions",
+        description="Manage the model registry under MODEL_DIR. Every action prints the "
+        "project's versions afterwards; '*' marks the live one.",
+    )
+    actions = models.add_subparsers(dest="action", required=True)
+    for name, text in (
+        ("list", "list the project's versions"),
+        ("promote", "make a version live"),
+        ("rollback", "make the previously live version live again"),
+    ):
+        action = actions.add_parser(name, help=text, description=text)
+        action.add_argument("--project", type=int, required=True, help="Label Studio project id")
+        if name == "promote":
+            action.add_argument("version", help="the version to promote, e.g. v3")
+        action.set_defaults(handler=_models)
+
+    train = commands.add_parser(
+        "train",
+        help="request (or cancel) a training run for a project",
+        description="Queue a training run, as Label Studio's 'Start Training' does; the "
+        "trainer of a running `serve` or `worker` picks it up. --cancel stops the running "
+        "job at its next batch.",
+    )
+    train.add_argument("--project", type=int, required=True, help="Label Studio project id")
+    train.add_argument("--wait", action="store_true", help="wait for the run and print its result")
+    train.add_argument("--timeout", type=float, default=3600, help="seconds to wait (--wait)")
+    train.add_argument("--cancel", action="store_true", help="cancel the running job instead")
+    train.set_defaults(handler=_train)
+
+    worker = commands.add_parser(
+        "worker",
+        help="run the background trainer without serving HTTP",
+        description="Run only the trainer (one per MODEL_DIR: a file lock elects it). Use it "
+        "with TRAINING=0 on the serving processes to keep training off them.",
+    )
+    worker.set_defaults(handler=_worker)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = Settings.from_env()
-    configure_logging(settings.log_level)
-    return int(args.handler(args, settings))
+    try:
+        settings = Settings.from_env()
+        configure_logging(settings.log_level)
+        return int(args.handler(args, settings))
+    except (BackendError, LookupError, FileNotFoundError, ValueError) as exc:
+        print(f"ls-active-yolo: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

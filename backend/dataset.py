@@ -151,7 +151,10 @@ def _region_box(
 ) -> YoloBox | None:
     value = region.get("value") or {}
     labels = value.get("rectanglelabels") or []
-    if not labels or labels[0] not in index:
+    if not labels:
+        skipped["malformed box"] += 1
+        return None
+    if labels[0] not in index:
         skipped["label not in the config"] += 1
         logger.warning("task=%s: label %s is not in the label config; box skipped", task_id, labels)
         return None

@@ -280,7 +280,7 @@ def _fine_tune(
         done = trainer.epoch + 1
         elapsed = time.monotonic() - started
         eta = elapsed / done * (trainer.epochs - done)
-        loss = float(trainer.tloss.sum()) if getattr(trainer, "tloss", None) is not None else -1
+        loss = _total_loss(getattr(trainer, "tloss", None))
         logger.info(
             "project=%s run=%s epoch %d/%d loss=%.3f elapsed=%.0fs eta=%.0fs",
             project_id,
@@ -319,6 +319,15 @@ def _fine_tune(
     if not weights.is_file():
         raise RuntimeError(f"training finished without weights at {weights}")
     return weights
+
+
+def _total_loss(loss: Any) -> float:
+    """ultralytics keeps the running loss as a tensor or a dict of named parts."""
+    if loss is None:
+        return float("nan")
+    if isinstance(loss, dict):
+        return float(sum(float(v) for v in loss.values()))
+    return float(loss.sum())
 
 
 def evaluate(
