@@ -58,6 +58,51 @@ def _hosts(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(h.strip().lower() for h in raw.split(",") if h.strip())
 
 
+# Every environment variable `Settings.from_env` reads (a test keeps this list exact).
+ENV_NAMES = frozenset(
+    {
+        "ALLOWED_IMAGE_HOSTS",
+        "BASIC_AUTH_PASS",
+        "BASIC_AUTH_USER",
+        "DETECT_CONF_FLOOR",
+        "DEVICE",
+        "HOST",
+        "IMAGE_FETCH_TIMEOUT",
+        "IMAGE_ROOT",
+        "IMAGE_SIZE",
+        "LABEL_STUDIO_API_KEY",
+        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT",
+        "LABEL_STUDIO_URL",
+        "LOCAL_FILES_DOCUMENT_ROOT",
+        "LOG_LEVEL",
+        "MAX_IMAGE_BYTES",
+        "MAX_IMAGE_PIXELS",
+        "MAX_LOADED_MODELS",
+        "MODEL_DIR",
+        "MODEL_PATH",
+        "MODEL_SCORE_THRESHOLD",
+        "MODEL_YAML",
+        "PORT",
+        "PREDICT_BATCH",
+        "PROMOTE_TOLERANCE",
+        "THREADS",
+        "TORCH_THREADS",
+        "TRAINING",
+        "TRAIN_BATCH",
+        "TRAIN_EPOCHS",
+        "TRAIN_EVERY",
+        "TRAIN_IMAGE_SIZE",
+        "TRAIN_MIN_IMAGES",
+        "TRAIN_POLL_SECONDS",
+        "TRAIN_QUIET_SECONDS",
+        "TRAIN_RETRY_SECONDS",
+        "TRAIN_SUBPROCESS",
+        "TRAIN_VAL_PERCENT",
+        "WORKERS",
+    }
+)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything configurable, with the environment variable that sets it in the comment."""

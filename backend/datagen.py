@@ -118,3 +118,30 @@ def write_yolo_dataset(root: Path, n_train: int, n_val: int, seed: int = 0) -> P
         f"path: {root.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}\n"
     )
     return data_yaml
+
+
+def ls_regions(
+    sample: SyntheticImage, from_name: str = "label", to_name: str = "image"
+) -> list[dict[str, object]]:
+    """The ground truth as Label Studio RectangleLabels regions (labels capitalised, as in
+    the demo and test configs): what an annotator would submit for this image."""
+    width, height = sample.image.size
+    return [
+        {
+            "from_name": from_name,
+            "to_name": to_name,
+            "type": "rectanglelabels",
+            "original_width": width,
+            "original_height": height,
+            "image_rotation": 0,
+            "value": {
+                "x": b.x1 / width * 100,
+                "y": b.y1 / height * 100,
+                "width": (b.x2 - b.x1) / width * 100,
+                "height": (b.y2 - b.y1) / height * 100,
+                "rotation": 0,
+                "rectanglelabels": [b.label.capitalize()],
+            },
+        }
+        for b in sample.boxes
+    ]

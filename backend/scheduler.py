@@ -109,7 +109,7 @@ def in_process_launcher(settings: Settings, events: EventStore) -> Launcher:
 
 
 def subprocess_launcher(settings: Settings, events: EventStore) -> Launcher:
-    """Run each job in a child process that dies with its parent thread (Linux)."""
+    """Run each job in a niced child process that dies with its parent thread (Linux)."""
 
     def launch(project_id: int, run_id: int) -> str:
         env = {**os.environ, SETTINGS_ENV: settings.to_json()}
@@ -123,7 +123,7 @@ def subprocess_launcher(settings: Settings, events: EventStore) -> Launcher:
             child = subprocess.run(
                 [*command, "--run", str(run_id)],
                 env=env,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_prepare_child,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 check=False,
@@ -143,8 +143,11 @@ def subprocess_launcher(settings: Settings, events: EventStore) -> Launcher:
     return launch
 
 
-def _die_with_parent() -> None:
-    """PR_SET_PDEATHSIG: the child gets SIGKILL when the thread that started it exits."""
+def _prepare_child() -> None:
+    """In the training child before exec: lower its CPU priority (serving and webhooks come
+    first on a shared machine) and make it die with the thread that started it (Linux
+    PR_SET_PDEATHSIG), so a killed server leaves no orphan trainer."""
+    os.nice(10)
     try:
         import ctypes  # noqa: PLC0415
         import signal  # noqa: PLC0415

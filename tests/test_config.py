@@ -51,3 +51,20 @@ def test_values_are_parsed(tmp_path: Path) -> None:
 def test_invalid_values_name_the_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Settings.from_env(env)
+
+
+def test_env_names_lists_exactly_what_from_env_reads() -> None:
+    from backend.config import ENV_NAMES
+
+    class Recording(dict):
+        def __init__(self) -> None:
+            super().__init__()
+            self.read: set[str] = set()
+
+        def get(self, key: str, default: object = None) -> object:
+            self.read.add(key)
+            return super().get(key, default)
+
+    env = Recording()
+    Settings.from_env(env)
+    assert env.read == ENV_NAMES
