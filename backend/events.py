@@ -90,7 +90,14 @@ class EventStore:
 
     def pending(self, project_id: int | None = None) -> list[Event]:
         """Unprocessed events, oldest first (all projects, or one)."""
-        query = "SELECT * FROM events WHERE processed_at IS NULL"
+        return self._select("processed_at IS NULL", project_id)
+
+    def history(self, project_id: int) -> list[Event]:
+        """Every event of a project, processed or not, oldest first."""
+        return self._select("1 = 1", project_id)
+
+    def _select(self, condition: str, project_id: int | None) -> list[Event]:
+        query = f"SELECT * FROM events WHERE {condition}"
         params: tuple[Any, ...] = ()
         if project_id is not None:
             query += " AND project_id = ?"

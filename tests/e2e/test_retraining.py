@@ -1,0 +1,149 @@
+"""Retraining against a real Label Studio: webhooks -> one run -> promoted model -> served.
+
+Also the crash test: SIGKILL the backend (gunicorn and its training child) mid-run, restart it
+on the same MODEL_DIR, and check that no event was lost and training resumes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from backend.datagen import ls_regions, write_images
+from backend.demo import BackendServer, retrieve_predictions
+from backend.events import EventStore
+from backend.local_label_studio import LocalLabelStudio, find_free_port
+from tests.conftest import BOX_CONFIG
+
+TRAIN_EVERY = 6
+
+
+def _metrics(url: str, project: int) -> dict[str, Any]:
+    answer = requests.get(f"{url}/metrics", timeout=10)
+    answer.raise_for_status()
+    return dict(answer.json()["projects"].get(str(project)) or {})
+
+
+def _wait(url: str, project: int, predicate: Any, timeout: float, what: str) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = _metrics(url, project)
+        if predicate(info):
+            return info
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}; last /metrics: {info}")
+
+
+def _state(info: dict[str, Any]) -> str | None:
+    return (info.get("last_training") or {}).get("state")
+
+
+@pytest.fixture
+def project_and_backend(
+    tmp_path: Path,
+    label_studio: LocalLabelStudio,
+    ls_document_root: Path,
+    trained_weights: Path,
+) -> Any:
+    files = write_images(
+        ls_document_root / f"retrain-{tmp_path.name}", 2 * TRAIN_EVERY + 3, seed=31
+    )
+    project = label_studio.create_project("e2e retraining", BOX_CONFIG)
+    task_ids = label_studio.import_images(project, [p for p, _ in files])
+    settings = {
+        "MODEL_DIR": str(tmp_path / "models"),
+        "MODEL_PATH": str(trained_weights),
+        "IMAGE_SIZE": "160",
+        "LABEL_STUDIO_URL": label_studio.url,
+        "LABEL_STUDIO_API_KEY": label_studio.legacy_token,
+        "LOCAL_FILES_DOCUMENT_ROOT": str(ls_document_root),
+        "TRAIN_EVERY": str(TRAIN_EVERY),
+        "TRAIN_QUIET_SECONDS": "3600",
+        "TRAIN_POLL_SECONDS": "0.3",
+        "TRAIN_EPOCHS": "15",
+        "TRAIN_IMAGE_SIZE": "160",
+        "TRAIN_MIN_IMAGES": "4",
+    }
+    server = BackendServer(find_free_port(), settings, tmp_path / "backend").start()
+    try:
+        label_studio.connect_ml_backend(project, server.url)
+        yield project, task_ids, files, server, settings
+    finally:
+        server.stop()
+
+
+def test_annotations_train_promote_and_serve_new_version(
+    label_studio: LocalLabelStudio, project_and_backend: Any
+) -> None:
+    project, task_ids, files, server, settings = project_and_backend
+    client = label_studio.client()
+    for task_id, (_, sample) in zip(task_ids[:TRAIN_EVERY], files, strict=False):
+        client.annotations.create(id=task_id, result=ls_regions(sample))
+
+    info = _wait(server.url, project, lambda i: i.get("live_version"), 240, "a promoted model")
+    assert info["live_version"] == "v1"
+    assert info["last_training"]["state"] == "promoted"
+    assert info["last_training"]["metrics"]["map50"] > 0.5
+    assert info["queued_events"] == 0
+    events = EventStore(Path(settings["MODEL_DIR"]) / "events.sqlite3")
+    assert [r["state"] for r in events.runs(project)] == ["promoted"]  # one run for the storm
+
+    setup = requests.post(
+        f"{server.url}/setup", json={"project": f"{project}.1", "schema": BOX_CONFIG}, timeout=10
+    )
+    assert setup.json()["model_version"] == "v1"
+    unlabeled = task_ids[TRAIN_EVERY:]
+    retrieve_predictions(label_studio, project, unlabeled)
+    predictions = list(client.predictions.list(project=project))
+    fresh = [p for p in predictions if p.task in unlabeled]
+    assert len(fresh) == len(unlabeled)
+    assert {p.model_version for p in fresh} == {"v1"}
+    assert sum(len(p.result or []) for p in fresh) >= len(unlabeled)
+
+
+def test_sigkill_mid_training_loses_nothing_and_resumes(
+    label_studio: LocalLabelStudio, project_and_backend: Any
+) -> None:
+    project, task_ids, files, server, settings = project_and_backend
+    client = label_studio.client()
+    annotated = list(zip(task_ids[:TRAIN_EVERY], files, strict=False))
+    for task_id, (_, sample) in annotated:
+        client.annotations.create(id=task_id, result=ls_regions(sample))
+    _wait(server.url, project, lambda i: _state(i) == "running", 120, "a running training job")
+
+    os.killpg(server.pid, signal.SIGKILL)  # gunicorn master, worker and the training child
+    time.sleep(1.0)
+    assert server.returncode() is not None
+    log_dir = Path(settings["MODEL_DIR"]) / "projects" / str(project) / "logs"
+    assert list(log_dir.glob("run-*.log")), "the training child should have been running"
+
+    # While the backend is down, one more annotation is made: LS's webhook fails, but the
+    # annotation is in LS and the next training run exports it anyway.
+    extra_task, (_, extra_sample) = task_ids[TRAIN_EVERY], files[TRAIN_EVERY]
+    client.annotations.create(id=extra_task, result=ls_regions(extra_sample))
+
+    restarted = BackendServer(find_free_port(), settings, server.state_dir).start()
+    try:
+        events = EventStore(Path(settings["MODEL_DIR"]) / "events.sqlite3")
+        info = _wait(restarted.url, project, lambda i: i.get("live_version"), 240, "promotion")
+        states = [r["state"] for r in reversed(events.runs(project))]
+        assert states == ["interrupted", "promoted"]
+        assert info["live_version"] == "v1"
+        assert info["queued_events"] == 0
+        history = events.history(project)  # every webhook event from before the kill
+        assert len(history) == TRAIN_EVERY
+        assert {e.action for e in history} == {"ANNOTATION_CREATED"}
+        assert all(e.processed_at is not None for e in history)
+        promoted = events.runs(project)[0]
+        assert (
+            promoted["details"]["data"]["train_images"] + promoted["details"]["data"]["val_images"]
+            == TRAIN_EVERY + 1
+        )
+    finally:
+        restarted.stop()
