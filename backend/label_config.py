@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from label_studio_sdk.label_interface import LabelInterface
@@ -31,6 +31,7 @@ class BoxControl:
     # name always maps to itself, so a model retrained on these labels keeps serving them)
     score_threshold: float | None  # model_score_threshold attribute, if set
     model_path: str | None  # model_path attribute, if set
+    queue_attributes: Mapping[str, str] = field(default_factory=dict)  # al_* attributes
 
     def label_for(self, class_name: str) -> str | None:
         """The label a model class maps to (case-insensitive), or None to drop the box."""
@@ -89,6 +90,9 @@ def parse_label_config(xml: str) -> ParsedConfig:
                 class_to_label=_class_map(tag.name, tag.labels_attrs),
                 score_threshold=_threshold(tag.name, attrs.get("model_score_threshold")),
                 model_path=attrs.get("model_path") or None,
+                queue_attributes=MappingProxyType(
+                    {k: str(v) for k, v in attrs.items() if k.startswith("al_")}
+                ),
             )
         )
     if not controls:

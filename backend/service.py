@@ -22,8 +22,10 @@ from backend.errors import BadRequest, ImageError
 from backend.events import EventStore
 from backend.images import ImageLoader, LoadedImage
 from backend.label_config import BoxControl, ParsedConfig, parse_label_config
+from backend.queue_config import KEYS as QUEUE_KEYS
+from backend.queue_config import queue_config
 from backend.registry import ModelRegistry
-from backend.training import TrainParams, project_overrides, validate_overrides
+from backend.training import TrainParams, project_extra_params, validate_overrides
 
 logger = logging.getLogger(__name__)
 
@@ -74,24 +76,24 @@ class MLService:
         if not isinstance(extra, dict):
             raise BadRequest("extra_params must be a JSON object")
         validate_overrides(extra)
-        if project is not None:
-            self._save_overrides(
-                project, {k: extra[k] for k in TrainParams.OVERRIDES if k in extra}
-            )
         control = config.controls[0]
+        queue_config(extra, control.queue_attributes)
+        if project is not None:
+            keys = (*TrainParams.OVERRIDES, *QUEUE_KEYS)
+            self._save_overrides(project, {k: extra[k] for k in keys if k in extra})
         source = self.detectors.source_for(project, control.labels, control.model_path)
         return {"model_version": source.version}
 
     def _save_overrides(self, project: int, overrides: dict[str, Any]) -> None:
-        """Persist the project's training overrides when they changed (read by the trainer)."""
-        if project_overrides(self.registry, project) == overrides:
+        """Persist the project's extra params when they changed (read by trainer and ranker)."""
+        if project_extra_params(self.registry, project) == overrides:
             return
         folder = self.registry.project_dir(project)
         folder.mkdir(parents=True, exist_ok=True)
         temp = folder / f".params-{os.getpid()}-{threading.get_ident()}.json"
         temp.write_text(json.dumps(overrides, sort_keys=True), encoding="utf-8")
         os.replace(temp, folder / "params.json")
-        logger.info("project=%s training overrides set: %s", project, overrides)
+        logger.info("project=%s extra params set: %s", project, overrides)
 
     # -- /predict --------------------------------------------------------------------------
     def predict(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -106,8 +106,8 @@ def validate_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
     return checked
 
 
-def project_overrides(registry: ModelRegistry, project_id: int) -> dict[str, Any]:
-    """The project's saved extra params (written at /setup), or {}."""
+def project_extra_params(registry: ModelRegistry, project_id: int) -> dict[str, Any]:
+    """The project's saved extra params (written at /setup: training and queue keys), or {}."""
     path = registry.project_dir(project_id) / "params.json"
     if not path.is_file():
         return {}
@@ -158,7 +158,7 @@ def _train(
     project_id: int,
     run_id: int,
 ) -> dict[str, Any]:
-    params = TrainParams.resolve(settings, project_overrides(registry, project_id))
+    params = TrainParams.resolve(settings, project_extra_params(registry, project_id))
     started = time.perf_counter()
     labeled, classes, stats = export_labeled(ls, project_id)
     exported_s = round(time.perf_counter() - started, 3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -169,3 +170,43 @@ def test_basic_auth_guards_everything_but_health(settings: Settings) -> None:
     assert wrong.get_json()["error"] == "unauthorized"
     assert "Basic" in wrong.headers["WWW-Authenticate"]
     assert client.post("/setup", json=body, headers=_basic("ls", "s3cret")).status_code == 200
+
+
+def test_setup_validates_and_saves_extra_params(client: FlaskClient, settings: Settings) -> None:
+    extra = {"train_epochs": 3, "al_strategy": "entropy", "al_aggregation": "sum", "other": "x"}
+    body = {"project": "9.1712345678", "schema": BOX_CONFIG, "extra_params": extra}
+    assert client.post("/setup", json=body).status_code == 200
+    saved = settings.model_dir / "projects" / "9" / "params.json"
+    assert json.loads(saved.read_text()) == {
+        "train_epochs": 3,
+        "al_strategy": "entropy",
+        "al_aggregation": "sum",
+    }
+    as_text = {**body, "extra_params": json.dumps({"al_lambda": 0.2})}
+    assert client.post("/setup", json=as_text).status_code == 200
+    assert json.loads(saved.read_text()) == {"al_lambda": 0.2}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"train_epochs": "many"}, "train_epochs must be a int"),
+        ({"train_epochs": 0}, "between 1 and 1000"),
+        ({"al_strategy": "smartest"}, "choose one of"),
+        ({"al_lambda": 1.5}, "al_lambda must be between 0 and 1"),
+        ("{not json", "extra_params must be a JSON object"),
+        ([1, 2], "extra_params must be a JSON object"),
+    ],
+)
+def test_setup_rejects_bad_extra_params(client: FlaskClient, extra: object, message: str) -> None:
+    body = {"project": "9.1712345678", "schema": BOX_CONFIG, "extra_params": extra}
+    response = client.post("/setup", json=body)
+    assert response.status_code == 400
+    assert message in response.get_json()["message"]
+
+
+def test_setup_rejects_bad_queue_attributes_on_the_tag(client: FlaskClient) -> None:
+    config = BOX_CONFIG.replace('toName="image"', 'toName="image" al_strategy="nope"')
+    response = client.post("/setup", json={"project": "9.1", "schema": config})
+    assert response.status_code == 400
+    assert "al_strategy 'nope' is unknown" in response.get_json()["message"]

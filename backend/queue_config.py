@@ -1,0 +1,97 @@
+"""How a project's queue is built: strategy, its parameters and the batch size.
+
+Project managers set these per project in the ML backend's extra params (JSON) in Label
+Studio, or as attributes of the RectangleLabels tag (extra params win):
+
+    al_strategy     hybrid (default) | entropy | margin | least_confidence | kcenter | prefilter
+                    | dua | dcus | random
+    al_lambda       0..1, hybrid only: weight of uncertainty against diversity (default 0.5)
+    al_aggregation  max | mean | sum: box scores -> image score (uncertainty strategies)
+    al_batch_size   tasks ordered by the full strategy each ranking (default 100); the rest of
+                    the queue follows by score
+
+Everything is validated at /setup, so a typo answers a clear 4xx there, not a failed ranking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from backend.errors import BadRequest
+from strategies import available_strategies, get_strategy
+from strategies.uncertainty import AGGREGATIONS
+
+KEYS = ("al_strategy", "al_lambda", "al_aggregation", "al_batch_size")
+_AGGREGATE_DIRECT = {"entropy", "margin", "least_confidence"}
+_AGGREGATE_NESTED = {"hybrid", "prefilter"}
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """A validated strategy choice for one project."""
+
+    strategy: str = "hybrid"
+    params: Mapping[str, Any] = field(default_factory=lambda: {"lam": 0.5})
+    batch_size: int = 100
+
+    def build(self) -> Any:
+        """The strategy object (strategies.get_strategy)."""
+        return get_strategy(self.strategy, **dict(self.params))
+
+
+def queue_config(
+    extra_params: Mapping[str, Any], tag_attributes: Mapping[str, Any] | None = None
+) -> QueueConfig:
+    """The project's queue config from extra params over tag attributes; BadRequest if bad."""
+    raw = {k: v for k, v in (tag_attributes or {}).items() if k in KEYS}
+    raw.update({k: v for k, v in extra_params.items() if k in KEYS})
+    strategy = str(raw.get("al_strategy", "hybrid")).strip().lower()
+    if strategy not in available_strategies():
+        raise BadRequest(
+            f"al_strategy {strategy!r} is unknown; choose one of: "
+            + ", ".join(available_strategies())
+        )
+    params: dict[str, Any] = {}
+    if "al_lambda" in raw:
+        if strategy != "hybrid":
+            raise BadRequest("al_lambda applies only to al_strategy 'hybrid'")
+        params["lam"] = _number(raw["al_lambda"], "al_lambda", 0.0, 1.0)
+    elif strategy == "hybrid":
+        params["lam"] = 0.5
+    if "al_aggregation" in raw:
+        how = str(raw["al_aggregation"]).strip().lower()
+        if how not in AGGREGATIONS:
+            raise BadRequest(
+                f"al_aggregation must be one of {', '.join(AGGREGATIONS)}, got {how!r}"
+            )
+        if strategy in _AGGREGATE_DIRECT:
+            params["aggregate"] = how
+        elif strategy in _AGGREGATE_NESTED:
+            params["uncertainty_params"] = {"aggregate": how}
+        else:
+            raise BadRequest(f"al_aggregation does not apply to al_strategy {strategy!r}")
+    batch_size = 100
+    if "al_batch_size" in raw:
+        batch_size = int(_number(raw["al_batch_size"], "al_batch_size", 1, 100_000))
+        if float(raw["al_batch_size"]) != batch_size:
+            raise BadRequest(f"al_batch_size must be an integer, got {raw['al_batch_size']!r}")
+    config = QueueConfig(strategy=strategy, params=params, batch_size=batch_size)
+    try:
+        config.build()
+    except ValueError as exc:
+        raise BadRequest(f"invalid queue settings: {exc}") from None
+    return config
+
+
+def _number(value: Any, name: str, lo: float, hi: float) -> float:
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = float(value)
+    except (TypeError, ValueError):
+        raise BadRequest(f"{name} must be a number, got {value!r}") from None
+    if not lo <= number <= hi:
+        raise BadRequest(f"{name} must be between {lo:g} and {hi:g}, got {number:g}")
+    return number
