@@ -121,7 +121,8 @@ class Settings:
     threads: int = 4  # THREADS
     score_threshold: float = 0.25  # MODEL_SCORE_THRESHOLD: boxes below are not shown
     detect_conf_floor: float = 0.05  # DETECT_CONF_FLOOR: boxes kept for uncertainty scoring
-    image_size: int = 640  # IMAGE_SIZE: inference size in pixels
+    image_size: int = 0  # IMAGE_SIZE: inference size in pixels; 0 = the size the model was
+    # trained at (else 640): a model trained small detects poorly at a larger size
     device: str = "cpu"  # DEVICE: torch device ("cpu", "cuda:0", ...)
     torch_threads: int = 0  # TORCH_THREADS: 0 = all cores
     predict_batch: int = 8  # PREDICT_BATCH: images per forward pass
@@ -139,7 +140,8 @@ class Settings:
     train_retry_seconds: float = 60.0  # TRAIN_RETRY_SECONDS: first back-off after a failure
     train_subprocess: bool = True  # TRAIN_SUBPROCESS: run each job in a child process
     train_epochs: int = 10  # TRAIN_EPOCHS
-    train_image_size: int = 320  # TRAIN_IMAGE_SIZE
+    train_image_size: int = 0  # TRAIN_IMAGE_SIZE: 0 = the parent model's training size, or
+    # 320 for a model trained from scratch (CPU-sized)
     train_batch: int = 8  # TRAIN_BATCH
     train_val_percent: int = 20  # TRAIN_VAL_PERCENT: share of tasks held out for the gate
     train_min_images: int = 4  # TRAIN_MIN_IMAGES: fewer annotated images: no training
@@ -180,7 +182,7 @@ class Settings:
             threads=_int(env, "THREADS", 4),
             score_threshold=threshold,
             detect_conf_floor=floor,
-            image_size=_int(env, "IMAGE_SIZE", 640, minimum=32),
+            image_size=_size(env, "IMAGE_SIZE"),
             device=_get(env, "DEVICE") or "cpu",
             torch_threads=_int(env, "TORCH_THREADS", 0, minimum=0),
             predict_batch=_int(env, "PREDICT_BATCH", 8),
@@ -199,7 +201,7 @@ class Settings:
             train_retry_seconds=_float(env, "TRAIN_RETRY_SECONDS", 60.0, 0.0, 86400.0),
             train_subprocess=_bool(env, "TRAIN_SUBPROCESS", True),
             train_epochs=_int(env, "TRAIN_EPOCHS", 10),
-            train_image_size=_int(env, "TRAIN_IMAGE_SIZE", 320, minimum=32),
+            train_image_size=_size(env, "TRAIN_IMAGE_SIZE"),
             train_batch=_int(env, "TRAIN_BATCH", 8),
             train_val_percent=int(_float(env, "TRAIN_VAL_PERCENT", 20, 1, 90)),
             train_min_images=_int(env, "TRAIN_MIN_IMAGES", 4, minimum=2),
@@ -227,6 +229,14 @@ def _jsonable(value: object) -> object:
         return str(value)
     if isinstance(value, tuple):
         return list(value)
+    return value
+
+
+def _size(env: Mapping[str, str], name: str) -> int:
+    """An image size in pixels: 0 (or unset) means automatic, else at least 32."""
+    value = _int(env, name, 0, minimum=0)
+    if 0 < value < 32:
+        raise ConfigError(f"{name} must be 0 (automatic) or >= 32, got {value}")
     return value
 
 

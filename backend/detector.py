@@ -90,11 +90,13 @@ class Detector:
         self.names: tuple[str, ...] = tuple(
             str(self._yolo.names[i]) for i in sorted(self._yolo.names)
         )
+        self.image_size = settings.image_size or trained_image_size(self._yolo) or 640
         logger.info(
-            "loaded model version=%s kind=%s classes=%d in %.2fs",
+            "loaded model version=%s kind=%s classes=%d imgsz=%d in %.2fs",
             self.version,
             source.kind,
             len(self.names),
+            self.image_size,
             time.perf_counter() - started,
         )
 
@@ -114,7 +116,7 @@ class Detector:
                 source=images,
                 predictor=self._predictor_cls,
                 conf=self._settings.detect_conf_floor,
-                imgsz=self._settings.image_size,
+                imgsz=self.image_size,
                 device=self._settings.device,
                 batch=self._settings.predict_batch,
                 verbose=False,
@@ -136,6 +138,12 @@ class Detector:
                 )
             )
         return detections
+
+
+def trained_image_size(yolo: Any) -> int | None:
+    """The square image size a YOLO's weights were trained at, if recorded."""
+    size = (getattr(yolo, "overrides", None) or {}).get("imgsz")
+    return int(size) if isinstance(size, int) and size >= 32 else None
 
 
 def _load_yolo(source: ModelSource) -> Any:

@@ -29,7 +29,7 @@ from backend.dataset import (
     task_to_labeled,
     write_dataset,
 )
-from backend.detector import file_version
+from backend.detector import file_version, trained_image_size
 from backend.errors import BackendError, BadRequest
 from backend.events import EventStore
 from backend.images import ImageLoader
@@ -239,14 +239,19 @@ def train_and_register(
         )
     else:
         parent_weights, parent = None, f"random-init:{settings.model_yaml}"
-    candidate = _fine_tune(settings, params, parent_weights, data_yaml, run_dir, project_id, run_id)
+    candidate, size = _fine_tune(
+        settings, params, parent_weights, data_yaml, run_dir, project_id, run_id
+    )
     t2 = time.perf_counter()
 
-    metrics = evaluate(settings, params, candidate, data_yaml, classes, run_dir / "eval-candidate")
+    # Both models are judged on the same split at the same (the candidate's) image size.
+    metrics = evaluate(
+        settings, params, candidate, data_yaml, classes, run_dir / "eval-candidate", size
+    )
     live_metrics = None
     if live is not None:
         live_metrics = evaluate(
-            settings, params, live.weights, data_yaml, classes, run_dir / "eval-live"
+            settings, params, live.weights, data_yaml, classes, run_dir / "eval-live", size
         )
     t3 = time.perf_counter()
     if metrics is None:
@@ -264,7 +269,7 @@ def train_and_register(
         "run_id": run_id,
         "parent": parent,
         "classes": classes,
-        "params": asdict(params),
+        "params": {**asdict(params), "image_size": size},
         "data": stats.as_dict(),
         "metrics": metrics,
         "live_metrics": live_metrics,
@@ -297,11 +302,13 @@ def _fine_tune(
     run_dir: Path,
     project_id: int,
     run_id: int,
-) -> Path:
-    """Train a fresh YOLO instance (never the serving one) from `parent`; returns weights."""
+) -> tuple[Path, int]:
+    """Train a fresh YOLO instance (never the serving one) from `parent`; returns the
+    weights and the image size they were trained at."""
     from ultralytics import YOLO  # noqa: PLC0415  (after prepare_ultralytics)
 
     model = YOLO(str(parent) if parent is not None else settings.model_yaml, task="detect")
+    image_size = params.image_size or trained_image_size(model) or 320
     flag = cancel_flag(ModelRegistry(settings.model_dir), project_id)
     started = time.monotonic()
 
@@ -330,7 +337,7 @@ def _fine_tune(
     model.train(
         data=str(data_yaml),
         epochs=params.epochs,
-        imgsz=params.image_size,
+        imgsz=image_size,
         batch=params.batch,
         device=settings.device,
         workers=0,
@@ -351,7 +358,7 @@ def _fine_tune(
     weights = run_dir / "train" / "weights" / "last.pt"
     if not weights.is_file():
         raise RuntimeError(f"training finished without weights at {weights}")
-    return weights
+    return weights, image_size
 
 
 def _total_loss(loss: Any) -> float:
@@ -370,8 +377,10 @@ def evaluate(
     data_yaml: Path,
     classes: list[str],
     workdir: Path,
+    image_size: int | None = None,
 ) -> dict[str, Any] | None:
-    """mAP50, mAP50-95 and per-class AP of `weights` on the dataset's validation split.
+    """mAP50, mAP50-95 and per-class AP of `weights` on the dataset's validation split, at
+    `image_size` (default: TrainParams' size, else the size the weights were trained at).
 
     None when the model's classes differ from the dataset's (no fair comparison exists).
     """
@@ -384,7 +393,7 @@ def evaluate(
     result = model.val(
         data=str(data_yaml),
         split="val",
-        imgsz=params.image_size,
+        imgsz=image_size or params.image_size or trained_image_size(model) or 640,
         batch=params.batch,
         device=settings.device,
         workers=0,
