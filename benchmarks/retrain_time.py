@@ -5,7 +5,7 @@ backend (gunicorn) with TRAIN_EVERY = size, so Label Studio's webhook for the la
 triggers the run. The clock starts when the last annotation is saved in Label Studio and stops
 when the backend's /metrics shows the promoted version. Every run fine-tunes the same base
 model (yolo11n trained briefly on other shape images, standing in for a pretrained model) with
-the default CPU recipe (TRAIN_EPOCHS, TRAIN_IMAGE_SIZE, TRAIN_BATCH: 10, 320, 8 unless set).
+the default CPU recipe (TRAIN_EPOCHS 10, TRAIN_BATCH 8, TRAIN_IMAGE_SIZE: the base's size).
 
     python benchmarks/retrain_time.py [--sizes 50 100 200] [--epochs 10]
 """
@@ -36,7 +36,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[50, 100, 200])
     parser.add_argument("--epochs", type=int, default=10, help="TRAIN_EPOCHS")
-    parser.add_argument("--imgsz", type=int, default=320, help="TRAIN_IMAGE_SIZE")
+    parser.add_argument(
+        "--imgsz", type=int, default=0, help="TRAIN_IMAGE_SIZE (0: the base model's size)"
+    )
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per size")
     args = parser.parse_args()
 
