@@ -1,4 +1,4 @@
-"""Fixtures for the end-to-end tests: one real Label Studio for the whole session.
+"""Fixtures for the end-to-end tests: one real Label Studio and real backends per session.
 
 Label Studio is required, never skipped: CI installs it with ``make install-ls``, and a test
 run that silently skips it would prove nothing.
@@ -6,12 +6,24 @@ run that silently skips it would prove nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from backend.local_label_studio import DEFAULT_LS_EXECUTABLE, REPO_ROOT, LocalLabelStudio
+from backend.datagen import SyntheticImage, write_images
+from backend.demo import BackendServer, retrieve_predictions
+from backend.local_label_studio import (
+    DEFAULT_LS_EXECUTABLE,
+    REPO_ROOT,
+    LocalLabelStudio,
+    MLBackendConnection,
+    find_free_port,
+)
+from tests.conftest import BOX_CONFIG
 
 from .browser import find_chromium
 
@@ -61,3 +73,172 @@ def test_output_dir() -> Path:
     path = REPO_ROOT / "test-output"
     path.mkdir(exist_ok=True)
     return path
+
+
+# -- the backend, as a real gunicorn process -------------------------------------------------
+
+BACKEND_IMAGE_SIZE = "160"  # the size `trained_weights` was trained at
+SHAPES_SEED = 7  # neither of the training seeds (0, 1): images the model never saw
+SHAPES_IMAGES = 8
+
+
+class BackendFactory:
+    """Starts `ls-active-yolo serve` processes wired to the session's Label Studio.
+
+    Each backend gets its own MODEL_DIR (so its SQLite event store is its own) and log file;
+    `stop_all` stops them and copies the logs to test-output/ for a look after the run.
+    """
+
+    def __init__(
+        self,
+        tmp_path_factory: pytest.TempPathFactory,
+        weights: Path,
+        label_studio: LocalLabelStudio,
+        output_dir: Path,
+    ) -> None:
+        self._tmp = tmp_path_factory
+        self._weights = weights
+        self._ls = label_studio
+        self._output_dir = output_dir
+        self._started: list[tuple[str, BackendServer]] = []
+
+    def start(
+        self,
+        name: str,
+        *,
+        api_key: str,
+        document_root: Path | None,
+        basic_auth: tuple[str, str] | None = None,
+    ) -> BackendServer:
+        """A running backend; `document_root=None` makes it download images from LS."""
+        state_dir = self._tmp.mktemp(f"backend-{name}")
+        settings = {
+            "MODEL_DIR": str(state_dir / "models"),
+            "MODEL_PATH": str(self._weights),
+            "IMAGE_SIZE": BACKEND_IMAGE_SIZE,
+            "LABEL_STUDIO_URL": self._ls.url,
+            "LABEL_STUDIO_API_KEY": api_key,
+            # No background trainer: these scenarios read the queued events and need the base
+            # model's version to stay put. Retraining has its own tests (test_retraining.py).
+            "TRAINING": "0",
+        }
+        if document_root is not None:
+            settings["LOCAL_FILES_DOCUMENT_ROOT"] = str(document_root)
+        if basic_auth is not None:
+            settings["BASIC_AUTH_USER"], settings["BASIC_AUTH_PASS"] = basic_auth
+        server = BackendServer(find_free_port(), settings, state_dir)
+        server.start()
+        self._started.append((name, server))
+        return server
+
+    def stop_all(self) -> None:
+        for name, server in reversed(self._started):
+            server.stop()
+            if server.log_path.exists():
+                shutil.copyfile(server.log_path, self._output_dir / f"e2e-backend-{name}.log")
+        self._started.clear()
+
+
+@pytest.fixture(scope="session")
+def backend_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+    trained_weights: Path,
+    label_studio: LocalLabelStudio,
+    test_output_dir: Path,
+) -> Iterator[BackendFactory]:
+    factory = BackendFactory(tmp_path_factory, trained_weights, label_studio, test_output_dir)
+    try:
+        yield factory
+    finally:
+        factory.stop_all()
+
+
+@pytest.fixture(scope="session")
+def ml_backend(
+    backend_factory: BackendFactory, label_studio: LocalLabelStudio, ls_document_root: Path
+) -> BackendServer:
+    """The backend as `make demo` runs it: legacy token, images read from LS's document root."""
+    return backend_factory.start(
+        "main", api_key=label_studio.legacy_token, document_root=ls_document_root
+    )
+
+
+@dataclass(frozen=True)
+class ShapesProject:
+    """A project of generated images, connected to `ml_backend`."""
+
+    project_id: int
+    truth: dict[int, SyntheticImage]  # task id -> the image and its ground-truth boxes
+    files: dict[int, Path]  # task id -> image file
+    connection: MLBackendConnection
+
+
+@pytest.fixture(scope="session")
+def shapes_images(ls_document_root: Path) -> list[tuple[Path, SyntheticImage]]:
+    return write_images(ls_document_root / "shapes", SHAPES_IMAGES, seed=SHAPES_SEED)
+
+
+@pytest.fixture(scope="session")
+def shapes_project(
+    label_studio: LocalLabelStudio,
+    ml_backend: BackendServer,
+    shapes_images: list[tuple[Path, SyntheticImage]],
+) -> ShapesProject:
+    project_id = label_studio.create_project("e2e shapes", BOX_CONFIG)
+    task_ids = label_studio.import_images(project_id, [path for path, _ in shapes_images])
+    connection = label_studio.connect_ml_backend(project_id, ml_backend.url)
+    return ShapesProject(
+        project_id=project_id,
+        truth={task: sample for task, (_, sample) in zip(task_ids, shapes_images, strict=True)},
+        files={task: path for task, (path, _) in zip(task_ids, shapes_images, strict=True)},
+        connection=connection,
+    )
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    """The "Retrieve Predictions" action's answer and what LS stored, per task."""
+
+    answer: dict[str, Any]
+    predictions: dict[int, list[Any]]  # task id -> label_studio_sdk Prediction objects
+
+
+def stored_predictions(label_studio: LocalLabelStudio, project_id: int) -> dict[int, list[Any]]:
+    """Every prediction of a project, grouped by task id."""
+    grouped: dict[int, list[Any]] = {}
+    for prediction in label_studio.client().predictions.list(project=project_id):
+        grouped.setdefault(int(prediction.task), []).append(prediction)
+    return grouped
+
+
+@pytest.fixture(scope="session")
+def retrieved(label_studio: LocalLabelStudio, shapes_project: ShapesProject) -> Retrieval:
+    """Predictions for every task of `shapes_project`, retrieved once through the DM action."""
+    answer = retrieve_predictions(label_studio, shapes_project.project_id)
+    return Retrieval(answer, stored_predictions(label_studio, shapes_project.project_id))
+
+
+@pytest.fixture
+def make_project(label_studio: LocalLabelStudio) -> Callable[..., tuple[int, list[int]]]:
+    """Create a project of the given image files: returns (project id, task ids)."""
+
+    def make(title: str, files: Sequence[Path]) -> tuple[int, list[int]]:
+        project_id = label_studio.create_project(title, BOX_CONFIG)
+        return project_id, label_studio.import_images(project_id, files)
+
+    return make
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """On a failure, attach the log tails of the servers the test used."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if not report.failed:
+        return
+    for name, value in getattr(item, "funcargs", {}).items():
+        server = getattr(value, "server", value)
+        if isinstance(server, BackendServer):
+            report.sections.append((f"backend log: {name} ({server.log_path})", server.log_tail()))
+        elif isinstance(server, LocalLabelStudio):
+            report.sections.append((f"Label Studio log ({server.log_path})", server.log_tail()))

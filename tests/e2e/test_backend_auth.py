@@ -1,0 +1,217 @@
+"""Credentials in both directions: LS -> backend (basic auth), backend -> LS (API tokens)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from backend.datagen import ls_regions, write_images
+from backend.demo import BackendServer, retrieve_predictions
+from backend.events import EventStore
+from backend.local_label_studio import LocalLabelStudio
+
+from .conftest import BackendFactory, ShapesProject, stored_predictions
+from .shapes import agreement, wait_for
+
+CREDENTIALS = ("ls-ml", "correct-horse-battery-7")
+BASIC_HEADER = "Basic " + base64.b64encode(":".join(CREDENTIALS).encode()).decode()
+MakeProject = Callable[..., tuple[int, list[int]]]
+
+
+@pytest.fixture(scope="session")
+def basic_auth_backend(
+    backend_factory: BackendFactory, label_studio: LocalLabelStudio, ls_document_root: Path
+) -> BackendServer:
+    return backend_factory.start(
+        "basic-auth",
+        api_key=label_studio.legacy_token,
+        document_root=ls_document_root,
+        basic_auth=CREDENTIALS,
+    )
+
+
+def _add_backend(
+    label_studio: LocalLabelStudio, project_id: int, url: str, payload: dict[str, str]
+) -> requests.Response:
+    return requests.post(
+        f"{label_studio.url}/api/ml",
+        json={"url": url, "project": project_id, "title": "ls-active-yolo", **payload},
+        headers=label_studio.auth_headers(),
+        timeout=60,
+    )
+
+
+def test_wrong_or_missing_basic_auth_is_refused_clearly(
+    label_studio: LocalLabelStudio,
+    basic_auth_backend: BackendServer,
+    shapes_project: ShapesProject,
+    make_project: MakeProject,
+) -> None:
+    project_id, _ = make_project(
+        "e2e basic auth refused", [shapes_project.files[min(shapes_project.files)]]
+    )
+    attempts = {
+        "none": {},
+        "wrong password": {
+            "auth_method": "BASIC_AUTH",
+            "basic_auth_user": CREDENTIALS[0],
+            "basic_auth_pass": "not-the-password",
+        },
+    }
+    for name, payload in attempts.items():
+        answer = _add_backend(label_studio, project_id, basic_auth_backend.url, payload)
+
+        assert answer.status_code == 400, (name, answer.text)
+        [message] = answer.json()["validation_errors"]["non_field_errors"]
+        # /health is open, so LS reaches the backend; /setup is where the credentials count.
+        assert message.startswith(f"Successfully connected to {basic_auth_backend.url} but"), name
+        assert f"401 Client Error: UNAUTHORIZED for url: {basic_auth_backend.url}/setup" in message
+    client = label_studio.client()
+    assert client.ml.list(project=project_id) == []
+    assert client.webhooks.list(project=str(project_id)) == []  # nothing half-created
+
+
+def test_right_basic_auth_connects_and_predicts(
+    label_studio: LocalLabelStudio,
+    basic_auth_backend: BackendServer,
+    shapes_project: ShapesProject,
+    make_project: MakeProject,
+) -> None:
+    tasks = sorted(shapes_project.files)[:2]
+    project_id, task_ids = make_project("e2e basic auth", [shapes_project.files[t] for t in tasks])
+
+    connection = label_studio.connect_ml_backend(
+        project_id, basic_auth_backend.url, basic_auth=CREDENTIALS
+    )
+    retrieve_predictions(label_studio, project_id)
+
+    assert connection.state == "CO"
+    backend = label_studio.client().ml.get(connection.id)
+    assert (backend.auth_method, backend.basic_auth_user) == ("BASIC_AUTH", CREDENTIALS[0])
+    predictions = stored_predictions(label_studio, project_id)
+    assert sorted(predictions) == sorted(task_ids)
+    per_image = [
+        agreement(predictions[new][0].result, shapes_project.truth[old])
+        for new, old in zip(task_ids, tasks, strict=True)
+    ]
+    assert all(a.found >= 1 for a in per_image), per_image  # real boxes on every image
+    unauthenticated = requests.post(f"{basic_auth_backend.url}/predict", json={}, timeout=10)
+    assert unauthenticated.status_code == 401
+
+
+def _queued_events(backend: BackendServer, project_id: int) -> int:
+    """Events the backend's store holds for the project, read from its SQLite file."""
+    store = EventStore(Path(backend.settings["MODEL_DIR"]) / "events.sqlite3")
+    try:
+        return len(store.pending(project_id))
+    finally:
+        store.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="backend gap: the webhook LS creates for an ML backend carries no credentials, and "
+    "with BASIC_AUTH_USER set the backend answers /webhook 401, so annotation events never "
+    "reach it (LS drops them silently)",
+)
+def test_annotation_events_reach_a_basic_auth_backend(
+    label_studio: LocalLabelStudio,
+    basic_auth_backend: BackendServer,
+    shapes_project: ShapesProject,
+    make_project: MakeProject,
+) -> None:
+    source = min(shapes_project.files)
+    project_id, [task] = make_project("e2e basic auth events", [shapes_project.files[source]])
+    label_studio.connect_ml_backend(project_id, basic_auth_backend.url, basic_auth=CREDENTIALS)
+
+    label_studio.client().annotations.create(
+        id=task, result=ls_regions(shapes_project.truth[source])
+    )
+
+    wait_for(
+        lambda: _queued_events(basic_auth_backend, project_id),
+        lambda events: events == 1,
+        "an ANNOTATION_CREATED event at the basic-auth backend",
+        timeout=3.0,
+    )
+
+
+def test_basic_auth_backend_gets_events_once_the_webhook_sends_credentials(
+    label_studio: LocalLabelStudio,
+    basic_auth_backend: BackendServer,
+    shapes_project: ShapesProject,
+    make_project: MakeProject,
+) -> None:
+    """What a user can do today: give LS's webhook the backend's Authorization header."""
+    source = min(shapes_project.files)
+    project_id, [task] = make_project("e2e basic auth webhook", [shapes_project.files[source]])
+    label_studio.connect_ml_backend(project_id, basic_auth_backend.url, basic_auth=CREDENTIALS)
+    client = label_studio.client()
+    [hook] = client.webhooks.list(project=str(project_id))
+    assert hook.url == f"{basic_auth_backend.url}/webhook"
+    assert not hook.headers  # LS copies nothing of the ML backend's basic auth
+
+    client.webhooks.update(hook.id, headers={"Authorization": BASIC_HEADER})
+    client.annotations.create(id=task, result=ls_regions(shapes_project.truth[source]))
+
+    wait_for(
+        lambda: _queued_events(basic_auth_backend, project_id),
+        lambda events: events == 1,
+        "an ANNOTATION_CREATED event at the basic-auth backend",
+    )
+
+
+# -- the backend's own calls to Label Studio: legacy token and personal access token --------
+
+
+@dataclass(frozen=True)
+class TokenBackend:
+    """A backend holding one kind of LS token, with no document root: it must download."""
+
+    kind: str
+    server: BackendServer
+
+
+@pytest.fixture(scope="session", params=["legacy", "pat"])
+def downloading_backend(
+    request: pytest.FixtureRequest, backend_factory: BackendFactory, label_studio: LocalLabelStudio
+) -> TokenBackend:
+    kind = str(request.param)
+    token = label_studio.legacy_token if kind == "legacy" else label_studio.personal_access_token()
+    server = backend_factory.start(f"download-{kind}", api_key=token, document_root=None)
+    assert "LOCAL_FILES_DOCUMENT_ROOT" not in server.settings
+    return TokenBackend(kind, server)
+
+
+def test_backend_downloads_images_from_label_studio_with_its_token(
+    label_studio: LocalLabelStudio,
+    ls_document_root: Path,
+    downloading_backend: TokenBackend,
+    make_project: MakeProject,
+) -> None:
+    kind, backend = downloading_backend.kind, downloading_backend.server
+    written = write_images(ls_document_root / f"download-{kind}", 2, seed=11)
+    urls = [label_studio.local_file_url(path) for path, _ in written]
+    log_before = label_studio.log_path.read_text(encoding="utf-8", errors="replace")
+    assert not any(url in log_before for url in urls)
+    project_id, task_ids = make_project(f"e2e download {kind}", [path for path, _ in written])
+    label_studio.connect_ml_backend(project_id, backend.url)
+
+    retrieve_predictions(label_studio, project_id)
+
+    log = label_studio.log_path.read_text(encoding="utf-8", errors="replace")
+    for url in urls:  # the backend fetched each image from LS, and LS served it
+        assert f'"GET {url} HTTP/1.1" 200' in log, url
+    predictions = stored_predictions(label_studio, project_id)
+    per_image = [
+        agreement(predictions[task][0].result, sample)
+        for task, (_, sample) in zip(task_ids, written, strict=True)
+    ]
+    assert all(a.found >= 1 for a in per_image), per_image  # the pixels were the real image
+    # An image the backend cannot load is logged per task and predicted empty.
+    assert f"project={project_id} task=" not in backend.log_path.read_text(encoding="utf-8")
