@@ -38,6 +38,7 @@ def build_service(settings: Settings) -> MLService:
         images=ImageLoader(settings, ls),
         events=EventStore(settings.model_dir / "events.sqlite3"),
         registry=registry,
+        ls=ls,
     )
 
 

@@ -54,3 +54,27 @@ class LabelStudioClient:
         """
         headers = self.sdk._client_wrapper.get_headers()
         return {"Authorization": headers["Authorization"]}
+
+    def ensure_webhook_credentials(
+        self, project_id: int, webhook_url: str, authorization: str
+    ) -> bool:
+        """Give the project's webhook to `webhook_url` our basic-auth header.
+
+        Label Studio creates the webhook for an ML backend without credentials, so a backend
+        behind basic auth would refuse every event. Returns True once the webhook carries the
+        header (patched now or already), False if no such webhook exists (yet).
+        """
+        target = webhook_url.rstrip("/")
+        for hook in self.sdk.webhooks.list(project=str(project_id)):
+            if str(hook.url or "").rstrip("/") != target:
+                continue
+            headers = dict(hook.headers or {})
+            if headers.get("Authorization") == authorization:
+                return True
+            headers["Authorization"] = authorization
+            self.sdk.webhooks.update(hook.id, headers=headers)
+            logger.info(
+                "project=%s webhook %s now sends basic-auth credentials", project_id, hook.id
+            )
+            return True
+        return False

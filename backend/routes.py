@@ -31,7 +31,7 @@ def health() -> Response:
 
 @bp.post("/setup")
 def setup() -> Response:
-    return jsonify(_service().setup(_json_body()))
+    return jsonify(_service().setup(_json_body(), base_url=request.host_url))
 
 
 @bp.post("/predict")

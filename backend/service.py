@@ -6,6 +6,7 @@ the model for the project, runs the detector and maps the answer back to Label S
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from backend.errors import BadRequest, ImageError
 from backend.events import EventStore
 from backend.images import ImageLoader, LoadedImage
 from backend.label_config import BoxControl, ParsedConfig, parse_label_config
+from backend.ls_client import LabelStudioClient
 from backend.queue_config import KEYS as QUEUE_KEYS
 from backend.queue_config import queue_config
 from backend.registry import ModelRegistry
@@ -40,13 +42,17 @@ class MLService:
         images: ImageLoader,
         events: EventStore,
         registry: ModelRegistry,
+        ls: LabelStudioClient,
     ) -> None:
         self.settings = settings
+        self.ls = ls
         self.detectors = detectors
         self.images = images
         self.events = events
         self.registry = registry
         self._fetchers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="image-fetch")
+        self._hooks_done: set[int] = set()  # projects whose webhook carries our credentials
+        self._hooks_lock = threading.Lock()
 
     # -- /health ---------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
@@ -63,8 +69,12 @@ class MLService:
         return {"status": "UP", "model_class": "YOLO", "base_model": model}
 
     # -- /setup ----------------------------------------------------------------------------
-    def setup(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Validate the project's label config and report the version that will serve it."""
+    def setup(self, body: dict[str, Any], base_url: str = "") -> dict[str, Any]:
+        """Validate the project's label config and report the version that will serve it.
+
+        `base_url` is how Label Studio reached us; with basic auth on, it locates the webhook
+        Label Studio made for us, which must carry our credentials (see `_secure_webhook`).
+        """
         config = self._config(body.get("schema", body.get("label_config")))
         project = self._project(body.get("project"))
         extra = body.get("extra_params") or {}
@@ -81,8 +91,37 @@ class MLService:
         if project is not None:
             keys = (*TrainParams.OVERRIDES, *QUEUE_KEYS)
             self._save_overrides(project, {k: extra[k] for k in keys if k in extra})
+        if project is not None and base_url:
+            self._secure_webhook(project, base_url)
         source = self.detectors.source_for(project, control.labels, control.model_path)
         return {"model_version": source.version}
+
+    def _secure_webhook(self, project: int, base_url: str) -> None:
+        """With basic auth on, make LS's webhook to us send credentials (in the background:
+        /setup has a 3 s budget, and LS creates the webhook only after the first /setup)."""
+        user, password = self.settings.basic_auth_user, self.settings.basic_auth_pass
+        if user is None or not self.ls.configured:
+            return
+        with self._hooks_lock:
+            if project in self._hooks_done:
+                return
+            self._hooks_done.add(project)  # one attempt at a time; undone on failure
+        token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
+        url = base_url.rstrip("/") + "/webhook"
+
+        def attempt() -> None:
+            try:
+                for _ in range(60):  # LS makes the webhook right after its first /setup
+                    if self.ls.ensure_webhook_credentials(project, url, f"Basic {token}"):
+                        return
+                    time.sleep(0.5)
+                logger.warning("project=%s: no Label Studio webhook to %s found", project, url)
+            except Exception:
+                logger.exception("project=%s: could not add credentials to the webhook", project)
+            with self._hooks_lock:
+                self._hooks_done.discard(project)  # try again at the next /setup
+
+        self._fetchers.submit(attempt)
 
     def _save_overrides(self, project: int, overrides: dict[str, Any]) -> None:
         """Persist the project's extra params when they changed (read by trainer and ranker)."""
