@@ -106,6 +106,11 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     import signal  # noqa: PLC0415
     import threading  # noqa: PLC0415
 
+    if settings.redis_url is not None:  # scale-out (issue 7): run queued training jobs
+        from backend.distributed import run_worker  # noqa: PLC0415
+
+        return run_worker(settings)
+
     from backend.events import EventStore  # noqa: PLC0415
     from backend.scheduler import BackgroundTrainer  # noqa: PLC0415
 
@@ -174,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
         "worker",
         help="run the background trainer without serving HTTP",
         description="Run only the trainer (one per MODEL_DIR: a file lock elects it). Use it "
-        "with TRAINING=0 on the serving processes to keep training off them.",
+        "with TRAINING=0 on the serving processes to keep training off them. With REDIS_URL, "
+        "run queued training jobs instead (any number of workers, sharing MODEL_DIR); the "
+        "serving process's trainer then only queues them.",
     )
     worker.set_defaults(handler=_worker)
     return parser

@@ -58,6 +58,8 @@ def _hosts(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(h.strip().lower() for h in raw.split(",") if h.strip())
 
 
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
 # Every environment variable `Settings.from_env` reads (a test keeps this list exact).
 ENV_NAMES = frozenset(
     {
@@ -85,6 +87,7 @@ ENV_NAMES = frozenset(
         "PORT",
         "PREDICT_BATCH",
         "PROMOTE_TOLERANCE",
+        "REDIS_URL",
         "THREADS",
         "TORCH_THREADS",
         "TRAINING",
@@ -92,13 +95,17 @@ ENV_NAMES = frozenset(
         "TRAIN_EPOCHS",
         "TRAIN_EVERY",
         "TRAIN_IMAGE_SIZE",
+        "TRAIN_JOB_RETRIES",
+        "TRAIN_JOB_TIMEOUT",
         "TRAIN_MIN_IMAGES",
         "TRAIN_POLL_SECONDS",
+        "TRAIN_QUEUE",
         "TRAIN_QUIET_SECONDS",
         "TRAIN_RETRY_SECONDS",
         "TRAIN_SUBPROCESS",
         "TRAIN_VAL_PERCENT",
         "WORKERS",
+        "WORKER_HEARTBEAT_SECONDS",
     }
 )
 
@@ -146,6 +153,13 @@ class Settings:
     train_val_percent: int = 20  # TRAIN_VAL_PERCENT: share of tasks held out for the gate
     train_min_images: int = 4  # TRAIN_MIN_IMAGES: fewer annotated images: no training
     promote_tolerance: float = 0.0  # PROMOTE_TOLERANCE: allowed mAP50 drop vs the live model
+    # -- scale-out (backend/distributed.py): with REDIS_URL, runs are RQ jobs for `worker`s --
+    redis_url: str | None = field(default=None, repr=False)  # REDIS_URL (may hold a password)
+    train_queue: str = "ls-active-yolo-training"  # TRAIN_QUEUE: the RQ queue of training jobs
+    train_job_timeout: int = 86400  # TRAIN_JOB_TIMEOUT: seconds before RQ kills a training job
+    train_job_retries: int = 3  # TRAIN_JOB_RETRIES: re-runs of a job whose worker died
+    worker_heartbeat_seconds: int = 10  # WORKER_HEARTBEAT_SECONDS: a silent worker is dead
+    # after 3 of these, and its job goes back to the queue
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -163,6 +177,12 @@ class Settings:
         model_path = _path(env, "MODEL_PATH")
         if model_path is not None and not model_path.is_file():
             raise ConfigError(f"MODEL_PATH {model_path} does not exist")
+        redis_url = _get(env, "REDIS_URL")
+        if redis_url is not None and urlsplit(redis_url).scheme not in _REDIS_SCHEMES:
+            raise ConfigError(
+                "REDIS_URL must start with redis://, rediss:// or unix://, got "
+                f"{urlsplit(redis_url).scheme or 'no scheme'}"
+            )
         threshold = _float(env, "MODEL_SCORE_THRESHOLD", 0.25, 0.0, 1.0)
         floor = _float(env, "DETECT_CONF_FLOOR", min(0.05, threshold), 0.0, 1.0)
         if floor > threshold:
@@ -206,6 +226,11 @@ class Settings:
             train_val_percent=int(_float(env, "TRAIN_VAL_PERCENT", 20, 1, 90)),
             train_min_images=_int(env, "TRAIN_MIN_IMAGES", 4, minimum=2),
             promote_tolerance=_float(env, "PROMOTE_TOLERANCE", 0.0, 0.0, 1.0),
+            redis_url=redis_url,
+            train_queue=_get(env, "TRAIN_QUEUE") or "ls-active-yolo-training",
+            train_job_timeout=_int(env, "TRAIN_JOB_TIMEOUT", 86400, minimum=60),
+            train_job_retries=_int(env, "TRAIN_JOB_RETRIES", 3, minimum=0),
+            worker_heartbeat_seconds=_int(env, "WORKER_HEARTBEAT_SECONDS", 10),
         )
 
     def to_json(self) -> str:

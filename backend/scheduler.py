@@ -27,6 +27,12 @@ from backend.training import SETTINGS_ENV, execute_run
 logger = logging.getLogger(__name__)
 
 Launcher = Callable[[int, int], str]  # (project_id, run_id) -> final state
+# -- scale-out (issue 7): a launcher may hand the run to a queue (backend.distributed) and
+# answer QUEUED; the run's outcome then lands in the event store later. `HeldBack` tells the
+# scheduler which projects must wait (a queued run, a back-off), since it cannot see them.
+QUEUED = "queued"
+HeldBack = Callable[[int, float], bool]  # (project_id, now) -> must not start a run now
+# -- end scale-out
 
 
 @dataclass(frozen=True)
@@ -64,10 +70,17 @@ def due_projects(
 class TrainingScheduler:
     """Decides when to train and runs one job at a time through a launcher."""
 
-    def __init__(self, settings: Settings, events: EventStore, launcher: Launcher) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        events: EventStore,
+        launcher: Launcher,
+        held_back: HeldBack | None = None,  # scale-out (issue 7)
+    ) -> None:
         self._settings = settings
         self._events = events
         self._launch = launcher
+        self._held_back = held_back  # scale-out (issue 7)
         self._backoff: dict[int, tuple[float, float]] = {}  # project -> (not before, delay)
 
     def run_once(self, now: float | None = None) -> list[tuple[int, str]]:
@@ -81,9 +94,14 @@ class TrainingScheduler:
             not_before, delay = self._backoff.get(due.project_id, (0.0, 0.0))
             if now < not_before:
                 continue
+            if self._held_back is not None and self._held_back(due.project_id, now):
+                continue  # scale-out (issue 7): its run is queued elsewhere, or backing off
             run_id = self._events.start_run(due.project_id, due.reason, due.max_event_id)
             logger.info("project=%s run=%s starting: %s", due.project_id, run_id, due.reason)
             state = self._launch(due.project_id, run_id)
+            if state == QUEUED:  # scale-out (issue 7): a worker finishes and records it
+                done.append((due.project_id, state))
+                continue
             logger.info("project=%s run=%s finished: %s", due.project_id, run_id, state)
             if state == "failed":
                 delay = min(max(delay * 2, self._settings.train_retry_seconds), 3600.0)
@@ -181,6 +199,19 @@ class BackgroundTrainer:
             if not acquired:
                 return
             self.is_leader = True
+            # -- scale-out (issue 7): with REDIS_URL, runs are RQ jobs for `ls-active-yolo
+            # worker`s. Runs still "running" may be alive on a worker, so they are not
+            # interrupted here; RQLauncher.held_back settles those whose job is gone.
+            if self._settings.redis_url is not None:
+                from backend.distributed import RQLauncher  # noqa: PLC0415
+
+                rq_launcher = RQLauncher(self._settings, self._events)
+                logger.info("trainer started in process %d, queuing runs", os.getpid())
+                TrainingScheduler(
+                    self._settings, self._events, rq_launcher, rq_launcher.held_back
+                ).run_forever(self._stop)
+                return
+            # -- end scale-out
             stale = self._events.interrupt_stale_runs()
             if stale:
                 logger.warning("marked %d training run(s) interrupted by a restart", stale)
