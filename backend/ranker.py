@@ -34,13 +34,14 @@ The queue (Label Studio 1.23, verified against a real server):
   of `project.model_version`: one per task here), ascending, and hides labeled tasks; "Label
   Tasks As Displayed" serves it in that order.
 
-Writing predictions (measured on Label Studio 1.23.2, SQLite, 2 CPU cores): bulk
+Writing predictions (measured on Label Studio 1.23.2, SQLite, 2 CPU cores, idle machine): bulk
 `POST /api/projects/{id}/import/predictions` is fast (~750/s) but drops `cluster` and returns no
 ids, so each prediction would still need a `PATCH` (~35/s with 4 threads) after listing them
 again; `POST /api/predictions/` keeps `cluster` at the same ~38/s with 4 threads. So new
 predictions are created one by one (4 threads), an existing prediction of the same model
 version is updated in place (`PATCH`, only the fields that changed; unchanged ones cost
-nothing), and extra copies are deleted: re-ranking never duplicates.
+nothing), and extra copies are deleted: re-ranking never duplicates. With `clusters=False`
+new predictions go through the bulk import instead (same queue, no cluster ids).
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ DEFAULT_STRATEGY = "hybrid"
 DEFAULT_BATCH_SIZE = 50
 QUEUE_ORDERING = ("tasks:predictions_score",)
 PAGE_SIZE = 100
+BULK_CHUNK = 500
 WRITE_WORKERS = 4
 LOAD_WORKERS = 4
 _TASK_FIELDS = "id,data,total_annotations,predictions"
@@ -210,7 +212,7 @@ class DesiredPrediction:
 
     result: list[dict[str, Any]]
     score: float
-    cluster: int
+    cluster: int | None  # None when clusters are not written
 
 
 @dataclass(frozen=True)
@@ -510,15 +512,12 @@ class ImageRecord:
 
     def boxes(self, min_conf: float = 0.0) -> tuple[Box, ...]:
         """The detections at or above `min_conf` as `Box`es (for Label Studio regions)."""
-        return tuple(
-            Box(
-                *(float(v) for v in self.xyxy[i]),
-                int(self.class_ids[i]),
-                float(self.conf[i]),
-                self.class_scores[i],
-            )
-            for i in np.flatnonzero(self.conf >= min_conf)
-        )
+        boxes = []
+        for i in np.flatnonzero(self.conf >= min_conf):
+            x1, y1, x2, y2 = (float(v) for v in self.xyxy[i])
+            cls, conf = int(self.class_ids[i]), float(self.conf[i])
+            boxes.append(Box(x1, y1, x2, y2, cls, conf, self.class_scores[i]))
+        return tuple(boxes)
 
 
 class DetectionCache:
@@ -639,6 +638,7 @@ def rank_project(
     strategy: str = DEFAULT_STRATEGY,
     strategy_params: Mapping[str, Any] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    clusters: bool = True,
     progress: ProgressCallback | None = None,
 ) -> RankSummary:
     """Rank a project's unlabeled tasks with the live model and write the queue to Label Studio.
@@ -649,6 +649,10 @@ def rank_project(
         strategy: a `strategies` registry name (default "hybrid", lam=0.5).
         strategy_params: its parameters, e.g. {"lam": 0.5, "n_clusters": 8}.
         batch_size: how many tasks the strategy picks as its batch (the head of the queue).
+        clusters: write `cluster` ids (new predictions one request each). False leaves them
+            out and creates new predictions in bulk, much faster for large projects; the
+            queue (scores) is the same, but Label Studio then cannot rebalance clusters per
+            annotator.
         progress: called after each detector chunk and write batch; it may raise
             `RankingCancelled` to stop (the detections computed so far are kept).
 
@@ -665,7 +669,7 @@ def rank_project(
         raise RankingConfigError(str(exc)) from None
     job = _RankJob(settings, detectors, images, ls, registry, int(project_id), progress)
     with _project_lock(ranking_dir(settings.model_dir, project_id), int(project_id)):
-        return job.run(chosen, batch_size)
+        return job.run(chosen, batch_size, clusters)
 
 
 class _RankJob:
@@ -689,12 +693,14 @@ class _RankJob:
         self.project_id = project_id
         self.progress = progress
         self.version = ""
+        self.write_clusters = True
         self.value_key = ""  # the task data field holding the ranked image
         self.timings: dict[str, float] = {}
 
     # -- orchestration ---------------------------------------------------------------------
-    def run(self, strategy: Strategy, batch_size: int) -> RankSummary:
+    def run(self, strategy: Strategy, batch_size: int, clusters: bool) -> RankSummary:
         started = time.perf_counter()
+        self.write_clusters = clusters
         sdk = self.ls.sdk
         project = self._call(
             "reading the project", lambda: sdk.projects.get(id=self.project_id), project_call=True
@@ -745,13 +751,15 @@ class _RankJob:
         )
         queue = queue_order(selection.order, selection.clusters) if ranked else np.zeros(0, int)
         scores = queue_scores(queue)
-        kept = {p.id for t in ranked for p in t.predictions}
+        # Cluster ids start above every cluster on predictions this run does not replace
+        # (Label Studio counts the clusters of labeled tasks via their highest cluster id).
+        replaced = {p.id for t in ranked for p in t.predictions if p.model_version == self.version}
         base = 1 + max(
             (
                 p.cluster
                 for t in tasks
                 for p in t.predictions
-                if p.cluster is not None and p.id not in kept
+                if p.cluster is not None and p.id not in replaced
             ),
             default=-1,
         )
@@ -765,7 +773,7 @@ class _RankJob:
             prediction = DesiredPrediction(
                 result=self._regions(record, detector.names, controls),
                 score=float(scores[i]),
-                cluster=int(base + selection.clusters[i]),
+                cluster=int(base + selection.clusters[i]) if clusters else None,
             )
             desired[task.id] = prediction
             entries[str(task.id)] = {
@@ -1058,7 +1066,8 @@ class _RankJob:
                     functools.partial(sdk.predictions.update, prediction_id, **fields),
                 )
             )
-        for task_id, want in plan.create:
+        creates = plan.create if self.write_clusters else ()
+        for task_id, want in creates:
             jobs.append(
                 (
                     f"creating a prediction for task {task_id}",
@@ -1073,6 +1082,8 @@ class _RankJob:
                     ),
                 )
             )
+        if not self.write_clusters:
+            self._bulk_create(sdk, plan.create)
         if not jobs:
             return
         errors: list[str] = []
@@ -1099,6 +1110,26 @@ class _RankJob:
         if errors:
             raise LabelStudioApiError(
                 f"{len(errors)} of {len(jobs)} prediction writes failed; first: {errors[0]}"
+            )
+
+    def _bulk_create(self, sdk: Any, creates: Sequence[tuple[int, DesiredPrediction]]) -> None:
+        """Create predictions without clusters through the bulk import, in chunks."""
+        for start in range(0, len(creates), BULK_CHUNK):
+            chunk = creates[start : start + BULK_CHUNK]
+            items = [
+                {
+                    "task": task_id,
+                    "result": want.result,
+                    "score": want.score,
+                    "model_version": self.version,
+                }
+                for task_id, want in chunk
+            ]
+            self._call(
+                f"importing {len(items)} predictions",
+                lambda items=items: sdk.projects.import_predictions(
+                    id=self.project_id, request=items
+                ),
             )
 
     def _guarded(self, what: str, call: Callable[[], object]) -> str | None:
