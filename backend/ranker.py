@@ -12,7 +12,8 @@ One `rank_project` call:
 3. builds a `strategies.Pool` (the class-score vectors of ALL kept boxes, down to
    DETECT_CONF_FLOOR, of the classes the label config maps) and selects with the strategy;
 4. turns the order into Label Studio's queue (see "The queue" below) and writes one prediction
-   per unlabeled task: `result` (the pre-annotation), `score`, `cluster`, `model_version`;
+   per unlabeled task: `result` (the pre-annotation), `score`, `cluster` (unless
+   `clusters=False`), `model_version`;
 5. sets the project's `model_version` and `sampling = "Uncertainty sampling"`, and keeps a
    Data Manager tab "Active learning queue" sorted by the same scores;
 6. stores the ranked predictions under MODEL_DIR so `/predict` can answer from them
@@ -749,43 +750,9 @@ class _RankJob:
         selection = self._select(
             strategy, batch_size, ranked, labeled, records, index, detector, controls
         )
-        queue = queue_order(selection.order, selection.clusters) if ranked else np.zeros(0, int)
-        scores = queue_scores(queue)
-        # Cluster ids start above every cluster on predictions this run does not replace
-        # (Label Studio counts the clusters of labeled tasks via their highest cluster id).
-        replaced = {p.id for t in ranked for p in t.predictions if p.model_version == self.version}
-        base = 1 + max(
-            (
-                p.cluster
-                for t in tasks
-                for p in t.predictions
-                if p.cluster is not None and p.id not in replaced
-            ),
-            default=-1,
+        queue, desired, entries = self._queue(
+            selection, ranked, tasks, records, detector.names, controls, clusters
         )
-        desired: dict[int, DesiredPrediction] = {}
-        entries: dict[str, dict[str, Any]] = {}
-        ranks = selection.ranks
-        positions = np.empty(len(ranked), dtype=np.int64)
-        positions[queue] = np.arange(len(ranked), dtype=np.int64)
-        for i, task in enumerate(ranked):
-            record = records[task.id]
-            prediction = DesiredPrediction(
-                result=self._regions(record, detector.names, controls),
-                score=float(scores[i]),
-                cluster=int(base + selection.clusters[i]) if clusters else None,
-            )
-            desired[task.id] = prediction
-            entries[str(task.id)] = {
-                "result": prediction.result,
-                "score": prediction.score,
-                "cluster": prediction.cluster,
-                "model_version": self.version,
-                "rank": int(positions[i]),
-                "strategy_rank": int(ranks[i]),
-                "strategy_score": float(selection.scores[i]),
-                "ref": record.ref,
-            }
         self.timings["select"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
@@ -1025,6 +992,58 @@ class _RankJob:
             class_ap=class_ap,
         )
         return strategy.select(pool, batch_size)
+
+    def _queue(
+        self,
+        selection: Selection,
+        ranked: list[_Task],
+        tasks: list[_Task],
+        records: Mapping[int, ImageRecord],
+        names: Sequence[str],
+        controls: Sequence[BoxControl],
+        clusters: bool,
+    ) -> tuple[IntArray, dict[int, DesiredPrediction], dict[str, dict[str, Any]]]:
+        """The queue (pool indices, first served first), each ranked task's prediction for
+        Label Studio, and the entries stored for `/predict`."""
+        n = len(ranked)
+        queue = queue_order(selection.order, selection.clusters) if n else np.zeros(0, np.int64)
+        scores = queue_scores(queue)
+        positions = np.empty(n, dtype=np.int64)
+        positions[queue] = np.arange(n, dtype=np.int64)
+        # Cluster ids start above every cluster on predictions this run does not replace
+        # (Label Studio counts the clusters of labeled tasks via their highest cluster id).
+        replaced = {p.id for t in ranked for p in t.predictions if p.model_version == self.version}
+        base = 1 + max(
+            (
+                p.cluster
+                for t in tasks
+                for p in t.predictions
+                if p.cluster is not None and p.id not in replaced
+            ),
+            default=-1,
+        )
+        ranks = selection.ranks
+        desired: dict[int, DesiredPrediction] = {}
+        entries: dict[str, dict[str, Any]] = {}
+        for i, task in enumerate(ranked):
+            record = records[task.id]
+            prediction = DesiredPrediction(
+                result=self._regions(record, names, controls),
+                score=float(scores[i]),
+                cluster=int(base + selection.clusters[i]) if clusters else None,
+            )
+            desired[task.id] = prediction
+            entries[str(task.id)] = {
+                "result": prediction.result,
+                "score": prediction.score,
+                "cluster": prediction.cluster,
+                "model_version": self.version,
+                "rank": int(positions[i]),
+                "strategy_rank": int(ranks[i]),
+                "strategy_score": float(selection.scores[i]),
+                "ref": record.ref,
+            }
+        return queue, desired, entries
 
     def _regions(
         self, record: ImageRecord, names: Sequence[str], controls: Sequence[BoxControl]
