@@ -1,4 +1,4 @@
-"""`ls-active-yolo`: the command line (serve, models, train, worker)."""
+"""`ls-active-yolo`: the command line (serve, models, train, rank, bench, worker)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 from backend.config import Settings
 from backend.errors import BackendError
+from backend.label_efficiency import add_bench_parser
 from backend.logs import configure_logging
 
 
@@ -125,6 +126,37 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _rank(args: argparse.Namespace, settings: Settings) -> int:
+    from backend.ranker import RankProgress, rank_as_configured  # noqa: PLC0415
+
+    overrides: dict[str, object] = {}
+    for key, value in (
+        ("al_strategy", args.strategy),
+        ("al_lambda", args.lam),
+        ("al_batch_size", args.batch_size),
+    ):
+        if value is not None:
+            overrides[key] = value
+    if args.no_clusters:
+        overrides["al_clusters"] = False
+
+    def progress(step: RankProgress) -> None:
+        eta = f", eta {step.eta_s:.0f}s" if step.eta_s is not None else ""
+        print(f"\r{step.stage}: {step.done}/{step.total}{eta}   ", end="", file=sys.stderr)
+
+    summary = rank_as_configured(settings, args.project, overrides=overrides, progress=progress)
+    print(file=sys.stderr)
+    print(
+        f"project {summary.project_id}: ranked {summary.n_ranked} unlabeled tasks "
+        f"({summary.n_labeled} labeled, {summary.n_failed} failed) with {summary.strategy} "
+        f"on model {summary.model_version} in {summary.timings.get('total', 0.0):.1f}s; "
+        f"predictions created {summary.created}, updated {summary.updated}, "
+        f"deleted {summary.deleted}"
+    )
+    print("top of the queue: " + ", ".join(str(t) for t in summary.top_task_ids[:10]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ls-active-yolo",
@@ -174,6 +206,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--timeout", type=float, default=3600, help="seconds to wait (--wait)")
     train.add_argument("--cancel", action="store_true", help="cancel the running job instead")
     train.set_defaults(handler=_train)
+
+    rank = commands.add_parser(
+        "rank",
+        help="rank a project's unlabeled tasks and write the queue to Label Studio",
+        description="Score every unlabeled task with the live model and the project's "
+        "strategy (its extra params / tag attributes; the options below override them), then "
+        "write predictions with queue scores and clusters, set uncertainty sampling and the "
+        "'Active learning queue' tab. Needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY.",
+    )
+    rank.add_argument("--project", type=int, required=True, help="Label Studio project id")
+    rank.add_argument("--strategy", help="e.g. hybrid, entropy, kcenter, dua, random")
+    rank.add_argument("--lam", type=float, help="hybrid: weight of uncertainty (0..1)")
+    rank.add_argument("--batch-size", type=int, help="tasks picked by the full strategy")
+    rank.add_argument(
+        "--no-clusters", action="store_true", help="write no cluster ids (bulk, faster)"
+    )
+    rank.set_defaults(handler=_rank)
+
+    add_bench_parser(commands)
 
     worker = commands.add_parser(
         "worker",

@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from label_studio_sdk.converter import Converter
-
 from backend.errors import BackendError, ImageError
 from backend.images import ImageLoader
 from backend.label_config import BoxControl
@@ -161,6 +159,10 @@ def _region_box(
     try:
         x, y, w, h = (float(value[k]) for k in ("x", "y", "width", "height"))
         if float(value.get("rotation") or 0.0) % 360:
+            # The SDK's converter does the rotation geometry; it imports slowly (~3 s), so
+            # only when a rotated box actually turns up.
+            from label_studio_sdk.converter import Converter  # noqa: PLC0415
+
             x, y, w, h = Converter.rotated_rectangle(value)
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
         skipped["malformed box"] += 1

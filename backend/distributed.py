@@ -55,7 +55,7 @@ from backend.config import Settings
 from backend.errors import ConfigError
 from backend.events import RUNNING, EventStore
 from backend.scheduler import QUEUED
-from backend.training import execute_run
+from backend.training import run_job
 
 logger = logging.getLogger(__name__)
 
@@ -281,7 +281,7 @@ def train_job(project_id: int, run_id: int) -> str:
             logger.info(
                 "project=%s run=%s training in worker process %d", project_id, run_id, os.getpid()
             )
-            return execute_run(settings, events, project_id, run_id)
+            return run_job(settings, events, project_id, run_id)
     finally:
         events.close()
 

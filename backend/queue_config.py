@@ -9,6 +9,9 @@ Studio, or as attributes of the RectangleLabels tag (extra params win):
     al_aggregation  max | mean | sum: box scores -> image score (uncertainty strategies)
     al_batch_size   tasks ordered by the full strategy each ranking (default 100); the rest of
                     the queue follows by score
+    al_clusters     true (default) | false: write diversity cluster ids (Label Studio then
+                    balances clusters per annotator); false writes predictions in bulk, much
+                    faster for large projects, and the queue is served by score alone
 
 Everything is validated at /setup, so a typo answers a clear 4xx there, not a failed ranking.
 """
@@ -23,7 +26,7 @@ from backend.errors import BadRequest
 from strategies import available_strategies, get_strategy
 from strategies.uncertainty import AGGREGATIONS
 
-KEYS = ("al_strategy", "al_lambda", "al_aggregation", "al_batch_size")
+KEYS = ("al_strategy", "al_lambda", "al_aggregation", "al_batch_size", "al_clusters")
 _AGGREGATE_DIRECT = {"entropy", "margin", "least_confidence"}
 _AGGREGATE_NESTED = {"hybrid", "prefilter"}
 
@@ -35,6 +38,7 @@ class QueueConfig:
     strategy: str = "hybrid"
     params: Mapping[str, Any] = field(default_factory=lambda: {"lam": 0.5})
     batch_size: int = 100
+    clusters: bool = True
 
     def build(self) -> Any:
         """The strategy object (strategies.get_strategy)."""
@@ -77,7 +81,12 @@ def queue_config(
         batch_size = int(_number(raw["al_batch_size"], "al_batch_size", 1, 100_000))
         if float(raw["al_batch_size"]) != batch_size:
             raise BadRequest(f"al_batch_size must be an integer, got {raw['al_batch_size']!r}")
-    config = QueueConfig(strategy=strategy, params=params, batch_size=batch_size)
+    clusters = raw.get("al_clusters", True)
+    if isinstance(clusters, str) and clusters.strip().lower() in ("true", "false", "1", "0"):
+        clusters = clusters.strip().lower() in ("true", "1")
+    if not isinstance(clusters, bool):
+        raise BadRequest(f"al_clusters must be true or false, got {clusters!r}")
+    config = QueueConfig(strategy, params, batch_size, clusters)
     try:
         config.build()
     except ValueError as exc:

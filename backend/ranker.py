@@ -1276,3 +1276,40 @@ def _as_dict(item: Any) -> dict[str, Any]:
 def _short(body: Any, limit: int = 300) -> str:
     text = body if isinstance(body, str) else json.dumps(body, default=str)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def rank_as_configured(
+    settings: Settings,
+    project_id: int,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    progress: ProgressCallback | None = None,
+    detectors: DetectorPool | None = None,
+) -> RankSummary:
+    """Rank with the project's queue settings (extra params saved at /setup, tag attributes),
+    `overrides` (al_* keys, e.g. from the CLI) on top; builds the services it needs.
+
+    The one entry point of the trainer (after a promotion or START_TRAINING) and the CLI.
+    """
+    from backend.queue_config import queue_config  # noqa: PLC0415  (avoid an import cycle)
+    from backend.training import project_extra_params  # noqa: PLC0415
+
+    registry = ModelRegistry(settings.model_dir)
+    ls = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)
+    extra = {**project_extra_params(registry, project_id), **dict(overrides or {})}
+    project = ls.sdk.projects.get(id=project_id)
+    controls = parse_label_config(project.label_config or "").controls
+    config = queue_config(extra, controls[0].queue_attributes)
+    return rank_project(
+        settings=settings,
+        detectors=detectors or DetectorPool(settings, registry),
+        images=ImageLoader(settings, ls),
+        ls=ls,
+        registry=registry,
+        project_id=project_id,
+        strategy=config.strategy,
+        strategy_params=config.params,
+        batch_size=config.batch_size,
+        clusters=config.clusters,
+        progress=progress,
+    )

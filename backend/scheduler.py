@@ -22,7 +22,7 @@ from pathlib import Path
 
 from backend.config import Settings
 from backend.events import Event, EventStore
-from backend.training import SETTINGS_ENV, execute_run
+from backend.training import SETTINGS_ENV, run_job
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class TrainingScheduler:
 
 def in_process_launcher(settings: Settings, events: EventStore) -> Launcher:
     """Run jobs in this process (tests; `ls-active-yolo train --now`)."""
-    return lambda project_id, run_id: execute_run(settings, events, project_id, run_id)
+    return lambda project_id, run_id: run_job(settings, events, project_id, run_id)
 
 
 def subprocess_launcher(settings: Settings, events: EventStore) -> Launcher:

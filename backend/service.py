@@ -26,6 +26,7 @@ from backend.label_config import BoxControl, ParsedConfig, parse_label_config
 from backend.ls_client import LabelStudioClient
 from backend.queue_config import KEYS as QUEUE_KEYS
 from backend.queue_config import queue_config
+from backend.ranker import load_ranking, precomputed_prediction
 from backend.registry import ModelRegistry
 from backend.training import TrainParams, project_extra_params, validate_overrides
 
@@ -136,15 +137,71 @@ class MLService:
 
     # -- /predict --------------------------------------------------------------------------
     def predict(self, body: dict[str, Any]) -> dict[str, Any]:
-        """One result per task, in order; a task whose image fails gets an empty result."""
+        """One result per task, in order; a task whose image fails gets an empty result.
+
+        Tasks the ranking job already scored with the live model are answered from its
+        stored predictions (same regions, and the queue score Label Studio orders by); the
+        rest go through the detector. Once a ranking exists, those others get scores above
+        every ranked one (1 + mean confidence), so they queue after the ranked tasks until
+        the next ranking places them.
+        """
         tasks = body.get("tasks")
         if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
             raise BadRequest("'tasks' must be a list of task objects")
         config = self._config(body.get("label_config"))
         project = self._project(body.get("project"))
         started = time.perf_counter()
+        primary = config.controls[0]
+        version = self.detectors.source_for(project, primary.labels, primary.model_path).version
+        answers: list[dict[str, Any] | None] = [None] * len(tasks)
+        ranked = (
+            project is not None
+            and len(_by_image_field(config)) == 1
+            and load_ranking(self.settings.model_dir, project, version) is not None
+        )
+        if ranked:
+            for i, task in enumerate(tasks):
+                answers[i] = self._precomputed(project, version, primary, task)  # type: ignore[arg-type]
+        todo = [i for i, answer in enumerate(answers) if answer is None]
+        offset = 1.0 if ranked else 0.0
+        for i, regions in zip(
+            todo, self._detect([tasks[i] for i in todo], config, project), strict=True
+        ):
+            answer = ls_format.task_prediction(regions, version)
+            answer["score"] = round(answer["score"] + offset, 4)
+            answers[i] = answer
+        logger.info(
+            "project=%s predicted %d tasks (%d from the ranking) with model_version=%s in %.3fs",
+            project,
+            len(tasks),
+            len(tasks) - len(todo),
+            version,
+            time.perf_counter() - started,
+        )
+        return {"results": answers}
+
+    def _precomputed(
+        self, project: int, version: str, control: BoxControl, task: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        task_id, data = task.get("id"), task.get("data")
+        if not isinstance(task_id, int) or isinstance(task_id, bool) or not isinstance(data, dict):
+            return None
+        ref = data.get(control.value_key)
+        return precomputed_prediction(
+            self.settings.model_dir,
+            project,
+            task_id,
+            version,
+            image_ref=ref if isinstance(ref, str) else None,
+        )
+
+    def _detect(
+        self, tasks: Sequence[dict[str, Any]], config: ParsedConfig, project: int | None
+    ) -> list[list[dict[str, Any]]]:
+        """Regions per task from the detector(s) of the config's controls."""
         regions: list[list[dict[str, Any]]] = [[] for _ in tasks]
-        version = ""
+        if not tasks:
+            return regions
         for value_key, controls in _by_image_field(config).items():
             loaded = self._load_images(tasks, value_key, project)
             ok = [(i, image) for i, image in enumerate(loaded) if image is not None]
@@ -152,7 +209,6 @@ class MLService:
             for control in controls:
                 source = self.detectors.source_for(project, control.labels, control.model_path)
                 detector = self.detectors.get(source)
-                version = version or detector.version
                 if detector.version not in by_model:
                     by_model[detector.version] = detector.predict([im.pixels for _, im in ok])
                 threshold = (
@@ -171,14 +227,7 @@ class MLService:
                             threshold,
                         )
                     )
-        logger.info(
-            "project=%s predicted %d tasks with model_version=%s in %.3fs",
-            project,
-            len(tasks),
-            version,
-            time.perf_counter() - started,
-        )
-        return {"results": [ls_format.task_prediction(r, version) for r in regions]}
+        return regions
 
     def _load_images(
         self, tasks: Sequence[dict[str, Any]], value_key: str, project: int | None

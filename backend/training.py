@@ -1,4 +1,4 @@
-"""One training run: export -> fine-tune -> evaluate -> register -> promote or reject.
+"""One training job: export -> fine-tune -> evaluate -> register -> promote or reject -> rank.
 
 Runs in a child process by default (`python -m backend.training --project N --run R`, started
 by the scheduler): training is CPU-heavy and mutates ultralytics/torch process state, so the
@@ -148,6 +148,46 @@ def execute_run(settings: Settings, events: EventStore, project_id: int, run_id:
     state = "promoted" if details["gate"]["passed"] else "rejected"
     events.finish_run(run_id, state, details, version=details["version"])
     return state
+
+
+def run_job(settings: Settings, events: EventStore, project_id: int, run_id: int) -> str:
+    """A whole training job: the run, then (when due) the re-ranked queue; returns the
+    run's state. What every launcher executes (child process, in-process, RQ worker)."""
+    state = execute_run(settings, events, project_id, run_id)
+    rank_after_run(settings, events, project_id, run_id)
+    return state
+
+
+def rank_after_run(settings: Settings, events: EventStore, project_id: int, run_id: int) -> None:
+    """Re-rank the queue after a run: always after a promotion (a new model scores every
+    task anew), and after a run someone asked for (START_TRAINING) even when it promoted
+    nothing, e.g. a cold start with too few labels. A ranking failure never undoes the run."""
+    run = next((r for r in events.runs(project_id) if r["id"] == run_id), None)
+    if run is None or not (
+        run["state"] == "promoted"
+        or (run["reason"] == "requested" and run["state"] in ("rejected", "skipped"))
+    ):
+        return
+    if not (settings.label_studio_url and settings.label_studio_api_key):
+        logger.info("project=%s: no LABEL_STUDIO_URL/API key, queue not ranked", project_id)
+        return
+    from backend.ranker import RankingBusy, rank_as_configured  # noqa: PLC0415
+
+    try:
+        summary = rank_as_configured(settings, project_id)
+    except RankingBusy:
+        logger.info("project=%s: a ranking is already running", project_id)
+    except Exception:
+        logger.exception("project=%s run=%s: ranking the queue failed", project_id, run_id)
+    else:
+        logger.info(
+            "project=%s run=%s ranked %d tasks with %s in %.1fs",
+            project_id,
+            run_id,
+            summary.n_ranked,
+            summary.model_version,
+            summary.timings.get("total", 0.0),
+        )
 
 
 def _train(
@@ -425,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_json(raw) if raw else Settings.from_env()
     configure_logging(settings.log_level)
     events = EventStore(settings.model_dir / "events.sqlite3")
-    state = execute_run(settings, events, args.project, args.run)
+    state = run_job(settings, events, args.project, args.run)
     return 0 if state != "failed" else 1
 
 

@@ -210,3 +210,36 @@ def test_setup_rejects_bad_queue_attributes_on_the_tag(client: FlaskClient) -> N
     response = client.post("/setup", json={"project": "9.1", "schema": config})
     assert response.status_code == 400
     assert "al_strategy 'nope' is unknown" in response.get_json()["message"]
+
+
+def test_predict_answers_ranked_tasks_from_the_stored_ranking(
+    client: FlaskClient, settings: Settings, image_root: Path
+) -> None:
+    from backend.ranker import ranking_path, save_ranking
+
+    version = client.post("/setup", json={"project": "7.1", "schema": BOX_CONFIG}).get_json()[
+        "model_version"
+    ]
+    shapes = sorted((image_root / "shapes").glob("*.jpg"))
+    stored = [{"from_name": "label", "to_name": "image", "type": "rectanglelabels", "value": {}}]
+    save_ranking(
+        ranking_path(settings.model_dir, 7, version),
+        {
+            "project_id": 7,
+            "model_version": version,
+            "tasks": {"1": {"result": stored, "score": 0.25, "ref": str(shapes[0])}},
+        },
+    )
+    body = {
+        "tasks": [
+            {"id": 1, "data": {"image": str(shapes[0])}},  # ranked: answered from the file
+            {"id": 2, "data": {"image": str(shapes[1])}},  # not ranked: detector, queued after
+            {"id": 1, "data": {"image": str(shapes[2])}},  # image changed since ranking
+        ],
+        "project": "7.1",
+        "label_config": BOX_CONFIG,
+    }
+    first, second, changed = client.post("/predict", json=body).get_json()["results"]
+    assert first == {"result": stored, "score": 0.25, "model_version": version}
+    assert second["result"] and 1.0 <= second["score"] <= 2.0
+    assert changed["result"] != stored and changed["score"] >= 1.0

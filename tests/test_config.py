@@ -41,7 +41,7 @@ def test_values_are_parsed(tmp_path: Path) -> None:
     [
         ({"PORT": "http"}, "PORT must be an integer"),
         ({"WORKERS": "0"}, "WORKERS must be >= 1"),
-        ({"IMAGE_SIZE": "16"}, "0 \(automatic\) or >= 32"),
+        ({"IMAGE_SIZE": "16"}, r"0 \(automatic\) or >= 32"),
         ({"MODEL_SCORE_THRESHOLD": "2"}, "between 0.0 and 1.0"),
         ({"BASIC_AUTH_USER": "only-user"}, "set together"),
         ({"LABEL_STUDIO_URL": "ls:8080"}, "http"),

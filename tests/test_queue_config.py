@@ -8,7 +8,8 @@ from backend.queue_config import QueueConfig, queue_config
 
 def test_default_is_the_hybrid_at_lambda_one_half() -> None:
     config = queue_config({})
-    assert config == QueueConfig("hybrid", {"lam": 0.5}, 100)
+    assert config == QueueConfig("hybrid", {"lam": 0.5}, 100, True)
+    assert queue_config({"al_clusters": "false"}).clusters is False
     assert type(config.build()).__name__ == "RankMix"
 
 
@@ -46,6 +47,7 @@ def test_aggregation_reaches_the_right_parameter(extra: dict, params: dict) -> N
         ({"al_strategy": "dua", "al_aggregation": "max"}, "does not apply"),
         ({"al_batch_size": 0}, "between 1 and"),
         ({"al_batch_size": 2.5}, "integer"),
+        ({"al_clusters": "sometimes"}, "al_clusters must be true or false"),
     ],
 )
 def test_invalid_values_are_clear_errors(extra: dict, message: str) -> None:
