@@ -47,7 +47,7 @@ class ScoringPredictor(DetectionPredictor):
         results = self.construct_results(kept, img, orig_imgs)
         for b, (result, idx) in enumerate(zip(results, idxs, strict=True)):
             if not end2end and raw.dim() == 3 and raw.shape[1] >= 4 + nc:
-                scores = raw[b, 4 : 4 + nc, idx.long()].T
+                scores = raw[b, 4 : 4 + nc][:, idx.long().reshape(-1)].transpose(0, 1)
             else:  # NMS-free heads keep no per-anchor vectors: one-hot the confidence
                 scores = _one_hot(kept[b], nc)
             result.class_scores = scores.float().cpu().numpy()

@@ -94,6 +94,21 @@ def test_annotations_train_promote_and_serve_new_version(
     events = EventStore(Path(settings["MODEL_DIR"]) / "events.sqlite3")
     assert [r["state"] for r in events.runs(project)] == ["promoted"]  # one run for the storm
 
+    # The promotion re-ranks the queue: Label Studio now serves the ranked tasks of v1.
+    deadline = time.monotonic() + 120
+    while client.projects.get(id=project).model_version != "v1":
+        assert time.monotonic() < deadline, "the queue was not ranked after the promotion"
+        time.sleep(0.5)
+    ranked = client.projects.get(id=project)
+    assert ranked.sampling == "Uncertainty sampling"
+    queue = requests.get(
+        f"{label_studio.url}/api/projects/{project}/next",
+        headers=label_studio.auth_headers(),
+        timeout=30,
+    )
+    assert queue.status_code == 200, queue.text
+    assert queue.json()["id"] in task_ids[TRAIN_EVERY:]
+
     setup = requests.post(
         f"{server.url}/setup", json={"project": f"{project}.1", "schema": BOX_CONFIG}, timeout=10
     )
