@@ -39,6 +39,7 @@ import logging
 import os
 import socket
 import threading
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -351,7 +352,9 @@ def run_worker(settings: Settings) -> int:
     settings.model_dir.mkdir(parents=True, exist_ok=True)
     worker = TrainingWorker(
         [training_queue(settings, connection)],
-        name=f"{socket.gethostname()}.{os.getpid()}",
+        # Unique per start: RQ refuses a name whose previous holder's key has not expired
+        # yet, which a container restarted with the same hostname and pid would hit.
+        name=f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}",
         connection=connection,
         serializer=JSONSerializer,
         job_monitoring_interval=interval,

@@ -141,11 +141,10 @@ class WorkerProcess:
             raise RuntimeError("the worker was not started")
         return self._pid
 
-    @property
-    def rq_name(self) -> str:
-        """The name `backend.distributed.run_worker` registers in RQ (the entry point execs,
-        so the script's pid is the worker's)."""
-        return f"{socket.gethostname()}.{self.pid}"
+    def is_named(self, name: str | None) -> bool:
+        """Whether `name` is this worker's RQ name: `run_worker` registers
+        ``<host>.<pid>.<random>``, and the entry point execs, so the pid is the script's."""
+        return name is not None and name.startswith(f"{socket.gethostname()}.{self.pid}.")
 
     def start(self) -> WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -165,12 +164,12 @@ class WorkerProcess:
         """Wait until RQ lists this worker (it has connected and listens on its queue)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.rq_name in {w.name for w in Worker.all(connection=connection)}:
+            if any(self.is_named(w.name) for w in Worker.all(connection=connection)):
                 return
             if self.returncode() is not None:
                 break
             time.sleep(0.2)
-        raise AssertionError(f"worker {self.rq_name} did not register; log:\n{self.log_tail()}")
+        raise AssertionError(f"worker {self.pid} did not register; log:\n{self.log_tail()}")
 
     def returncode(self) -> int | None:
         return self._process.poll() if self._process is not None else None

@@ -370,6 +370,50 @@ def test_compose_itself_resolves_each_profile(
         assert worker["volumes"][0]["target"] == backend["environment"]["MODEL_DIR"]
 
 
+def test_the_documented_env_file_turns_on_the_scaled_setup(tmp_path: Path) -> None:
+    """docker/README.md: uncomment the scale-out lines of .env.example, `docker compose up`."""
+    lines = (DOCKER_DIR / ".env.example").read_text(encoding="utf-8").splitlines()
+    enabled = [
+        line.removeprefix("# ")
+        if line.startswith(("# COMPOSE_PROFILES=", "# REDIS_URL=", "# TRAIN_WORKERS="))
+        else line
+        for line in lines
+    ]
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        "\n".join(enabled).replace("LABEL_STUDIO_API_KEY=", "LABEL_STUDIO_API_KEY=t")
+    )
+    answer = subprocess.run(
+        [_compose_binary(), "-f", str(COMPOSE_FILE), "--env-file", str(env_file)]
+        + ["config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)},
+        timeout=60,
+        check=False,
+    )
+    assert answer.returncode == 0, answer.stderr
+    services = json.loads(answer.stdout)["services"]
+    assert set(services) == {"label-studio", "backend", "redis", "worker"}
+    assert services["backend"]["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+    assert services["backend"]["environment"]["LABEL_STUDIO_API_KEY"] == "t"
+    assert services["worker"]["deploy"]["replicas"] == 2
+
+
+def test_docker_readme_documents_every_scale_out_setting() -> None:
+    text = (DOCKER_DIR / "README.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"^\| `([A-Z_]+)` \|", text, flags=re.MULTILINE))
+    assert documented == {
+        "REDIS_URL",
+        "TRAIN_QUEUE",
+        "TRAIN_JOB_TIMEOUT",
+        "TRAIN_JOB_RETRIES",
+        "WORKER_HEARTBEAT_SECONDS",
+    }
+    assert documented <= ENV_NAMES
+    assert "http://backend:9090" in text  # the URL to connect in Label Studio
+
+
 # -- the entry point, run here as the image runs it ------------------------------------------
 
 
@@ -393,6 +437,7 @@ def test_entrypoint_is_posix_sh() -> None:
     assert answer.returncode == 0, answer.stderr
 
 
+@pytest.mark.slow
 def test_entrypoint_serves_gunicorn_with_workers_and_passes_its_health_check(
     tmp_path: Path,
 ) -> None:
