@@ -30,7 +30,7 @@ from typing import Any
 
 import requests
 
-from backend.config import ENV_NAMES
+from backend.config import ENV_NAMES, Settings
 from backend.datagen import CLASSES, SyntheticImage, write_images
 from backend.demo_model import TINY_RECIPE
 from backend.local_label_studio import (
@@ -57,6 +57,7 @@ DEFAULT_IMAGES = 40
 IMAGE_SEED = 2024  # not the training seeds (0, 1): the demo shows images the model never saw
 IMAGE_FOLDER = "shapes"  # under the document root: LS serves local files from subfolders only
 TRAIN_EPOCHS_FILE = Path("runs") / "shapes" / "results.csv"  # one row per finished epoch
+REPORT_EVERY_EPOCHS = 5
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
@@ -320,16 +321,16 @@ class ModelTraining:
         self._process.start()
 
     def wait(self, report: Callable[[str], None]) -> Path:
-        """Block until training ends, reporting each finished epoch; returns the weights."""
+        """Block until training ends, reporting progress; returns the weights."""
         process = self._process
         if process is None:
             raise DemoError("training was not started")
-        done = -1
+        reported = -1
         while process.is_alive():
             process.join(timeout=1.0)
-            finished = self._finished_epochs()
-            if finished != done:
-                done = finished
+            done = self._finished_epochs()
+            if done != reported and (done % REPORT_EVERY_EPOCHS == 0 or done == self.epochs):
+                reported = done
                 elapsed = time.monotonic() - self._began
                 report(f"  training: epoch {done}/{self.epochs} ({elapsed:.0f} s)")
         if process.exitcode != 0:
@@ -418,7 +419,9 @@ def connect_backend(demo: Demo) -> None:
             f"Label Studio reports the backend at {demo.backend.url} as {demo.connection.state!r}"
             f", not connected; backend log {demo.backend.log_path}:\n{demo.backend.log_tail()}"
         )
-    demo.model_version = str(demo.backend.health()["base_model"]["version"])
+    # What /setup answered for this project: the base model, or the project's live version
+    # once a retraining was promoted.
+    demo.model_version = str(client.ml.get(demo.connection.id).model_version)
     demo.say(f"Connected the ML backend (model {demo.model_version}).")
 
 
@@ -446,6 +449,7 @@ SETUP_STEPS: tuple[Callable[[Demo], None], ...] = (
 
 def _instructions(demo: Demo, ready_s: float) -> str:
     ls = demo.ls
+    every = Settings().train_every  # the backend's default TRAIN_EVERY (the demo keeps it)
     return f"""
 ls-active-yolo demo ready in {ready_s:.0f} s.
 
@@ -458,7 +462,9 @@ What to try
   1. Open any task: the backend's boxes (Square, Circle, Triangle) are already drawn.
   2. Fix a box or a label and press Submit. Every submit, update and delete reaches the
      backend's /webhook: `curl {demo.backend.url}/metrics` shows the queued events.
-  3. "Label All Tasks" walks through the tasks one by one, boxes pre-drawn.
+  3. After {every} changed annotations the backend fine-tunes a new model version in the
+     background and serves it if it is at least as good (/metrics shows the run and the
+     live version). "Label All Tasks" then pre-draws the boxes with the new version.
 
 Press Ctrl-C to stop Label Studio and the backend.
 """

@@ -2,12 +2,17 @@
 
 Label Studio is required, never skipped: CI installs it with ``make install-ls``, and a test
 run that silently skips it would prove nothing.
+
+Backends run as real ``ls-active-yolo serve`` (gunicorn) processes on 127.0.0.1, one per
+configuration and session (`BackendFactory`). A failing test's report ends with the log tails
+of the servers it used; every backend log is copied to ``test-output/e2e-backend-<name>.log``.
 """
 
 from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,8 +137,10 @@ class BackendFactory:
         return server
 
     def stop_all(self) -> None:
-        for name, server in reversed(self._started):
-            server.stop()
+        # Concurrently: each gunicorn takes a second or two to stop gracefully.
+        with ThreadPoolExecutor(max_workers=max(1, len(self._started))) as pool:
+            list(pool.map(lambda started: started[1].stop(), self._started))
+        for name, server in self._started:
             if server.log_path.exists():
                 shutil.copyfile(server.log_path, self._output_dir / f"e2e-backend-{name}.log")
         self._started.clear()

@@ -12,7 +12,7 @@ import requests
 
 from backend.datagen import ls_regions, write_images
 from backend.demo import BackendServer, retrieve_predictions
-from backend.events import EventStore
+from backend.events import Event, EventStore
 from backend.local_label_studio import LocalLabelStudio
 
 from .conftest import BackendFactory, ShapesProject, stored_predictions
@@ -104,66 +104,46 @@ def test_right_basic_auth_connects_and_predicts(
     assert unauthenticated.status_code == 401
 
 
-def _queued_events(backend: BackendServer, project_id: int) -> int:
+def _pending_events(backend: BackendServer, project_id: int) -> list[Event]:
     """Events the backend's store holds for the project, read from its SQLite file."""
     store = EventStore(Path(backend.settings["MODEL_DIR"]) / "events.sqlite3")
     try:
-        return len(store.pending(project_id))
+        return store.pending(project_id)
     finally:
         store.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="backend gap: the webhook LS creates for an ML backend carries no credentials, and "
-    "with BASIC_AUTH_USER set the backend answers /webhook 401, so annotation events never "
-    "reach it (LS drops them silently)",
-)
-def test_annotation_events_reach_a_basic_auth_backend(
+def test_basic_auth_backend_receives_annotation_events(
     label_studio: LocalLabelStudio,
     basic_auth_backend: BackendServer,
     shapes_project: ShapesProject,
     make_project: MakeProject,
 ) -> None:
+    """LS creates the backend's webhook without credentials; the backend, called at /setup,
+    adds its basic-auth header to that webhook, so events get past its own auth."""
     source = min(shapes_project.files)
     project_id, [task] = make_project("e2e basic auth events", [shapes_project.files[source]])
     label_studio.connect_ml_backend(project_id, basic_auth_backend.url, basic_auth=CREDENTIALS)
-
-    label_studio.client().annotations.create(
-        id=task, result=ls_regions(shapes_project.truth[source])
-    )
-
-    wait_for(
-        lambda: _queued_events(basic_auth_backend, project_id),
-        lambda events: events == 1,
-        "an ANNOTATION_CREATED event at the basic-auth backend",
-        timeout=3.0,
-    )
-
-
-def test_basic_auth_backend_gets_events_once_the_webhook_sends_credentials(
-    label_studio: LocalLabelStudio,
-    basic_auth_backend: BackendServer,
-    shapes_project: ShapesProject,
-    make_project: MakeProject,
-) -> None:
-    """What a user can do today: give LS's webhook the backend's Authorization header."""
-    source = min(shapes_project.files)
-    project_id, [task] = make_project("e2e basic auth webhook", [shapes_project.files[source]])
-    label_studio.connect_ml_backend(project_id, basic_auth_backend.url, basic_auth=CREDENTIALS)
     client = label_studio.client()
-    [hook] = client.webhooks.list(project=str(project_id))
+
+    [hook] = wait_for(
+        lambda: client.webhooks.list(project=str(project_id)),
+        lambda hooks: len(hooks) == 1 and (hooks[0].headers or {}).get("Authorization"),
+        "the backend's credentials on its Label Studio webhook",
+    )
+    created = client.annotations.create(id=task, result=ls_regions(shapes_project.truth[source]))
+
     assert hook.url == f"{basic_auth_backend.url}/webhook"
-    assert not hook.headers  # LS copies nothing of the ML backend's basic auth
-
-    client.webhooks.update(hook.id, headers={"Authorization": BASIC_HEADER})
-    client.annotations.create(id=task, result=ls_regions(shapes_project.truth[source]))
-
-    wait_for(
-        lambda: _queued_events(basic_auth_backend, project_id),
-        lambda events: events == 1,
+    assert hook.headers == {"Authorization": BASIC_HEADER}
+    events = wait_for(
+        lambda: _pending_events(basic_auth_backend, project_id),
+        lambda found: len(found) >= 1,
         "an ANNOTATION_CREATED event at the basic-auth backend",
     )
+    assert [(e.action, e.annotation_ids) for e in events] == [("ANNOTATION_CREATED", (created.id,))]
+    # The header is what lets it in: the same event without credentials is refused.
+    refused = requests.post(f"{basic_auth_backend.url}/webhook", json=events[0].payload, timeout=10)
+    assert refused.status_code == 401
 
 
 # -- the backend's own calls to Label Studio: legacy token and personal access token --------
