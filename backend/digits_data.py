@@ -63,14 +63,14 @@ FloatArray = npt.NDArray[np.float64]
 class DigitsConfig:
     """Sizes and knobs of a generated dataset (all counts are images)."""
 
-    n_pool: int = 600
-    n_val: int = 100
-    n_test: int = 300
-    n_base: int = 0  # class-agnostic scenes for a base model (see module doc); 0 = none
-    image_size: int = 192
+    n_pool: int = 360
+    n_val: int = 60
+    n_test: int = 150
+    n_base: int = 300  # class-agnostic scenes for a base model (see module doc); 0 = none
+    image_size: int = 160
     min_objects: int = 1
     max_objects: int = 15
-    min_digit: int = 14  # digit height in pixels
+    min_digit: int = 16  # digit height in pixels
     max_digit: int = 56
     themed_fraction: float = 0.4  # images whose objects are mostly one class
     duplicate_fraction: float = 0.08  # pool images that are near-copies of another pool image

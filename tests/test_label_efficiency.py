@@ -27,6 +27,7 @@ from backend.label_efficiency import (
     CycleRow,
     aubc,
     label_efficiency,
+    resummarise,
     run_benchmark,
     saving_vs_random,
     summarise,
@@ -78,9 +79,7 @@ def test_label_efficiency_interpolates_between_cycles() -> None:
 
 def test_label_efficiency_takes_the_first_crossing() -> None:
     # reaches 0.5 at 0.2, dips, reaches it again later: the first crossing counts
-    assert label_efficiency([0.1, 0.2, 0.3, 0.4], [0.4, 0.6, 0.3, 0.7], 0.5) == pytest.approx(
-        0.15
-    )
+    assert label_efficiency([0.1, 0.2, 0.3, 0.4], [0.4, 0.6, 0.3, 0.7], 0.5) == pytest.approx(0.15)
 
 
 def test_saving_vs_random() -> None:
@@ -96,8 +95,12 @@ def _row(seed: int, strategy: str, cycle: int, images: int, boxes: int, m: float
 
 def test_summarise_measures_saving_and_aubc_wins() -> None:
     config = BenchConfig(
-        data=DigitsConfig(n_pool=100), strategies=("random", "hybrid"), seeds=(0,),
-        seed_size=10, batch_size=10, cycles=3,
+        data=DigitsConfig(n_pool=100),
+        strategies=("random", "hybrid"),
+        seeds=(0,),
+        seed_size=10,
+        batch_size=10,
+        cycles=3,
     )
     random_maps, hybrid_maps = [0.1, 0.3, 0.5, 0.9], [0.1, 0.7, 0.9, 1.0]
     rows = [_row(0, "random", c, 10 + 10 * c, 30 + 30 * c, m) for c, m in enumerate(random_maps)]
@@ -117,16 +120,15 @@ def test_summarise_measures_saving_and_aubc_wins() -> None:
 # ----------------------------------------------------------------------------- generator
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, DigitsConfig]:
-    config = DigitsConfig(n_pool=60, n_val=4, n_test=10, n_base=5, image_size=128, max_digit=40,
-                          seed=3)
+    config = DigitsConfig(
+        n_pool=60, n_val=4, n_test=10, n_base=5, image_size=128, max_digit=40, seed=3
+    )
     root = tmp_path_factory.mktemp("digits")
     generate(root, config)
     return root, config
 
 
-def test_generator_is_deterministic(
-    digits: tuple[Path, DigitsConfig], tmp_path: Path
-) -> None:
+def test_generator_is_deterministic(digits: tuple[Path, DigitsConfig], tmp_path: Path) -> None:
     root, config = digits
     again = generate(tmp_path, config)
     first = load(root)
@@ -161,8 +163,10 @@ def test_boxes_lie_inside_their_images(digits: tuple[Path, DigitsConfig]) -> Non
 
 
 def test_pool_has_near_duplicates(tmp_path: Path) -> None:
-    dataset = generate(tmp_path, DigitsConfig(n_pool=100, n_test=2, image_size=96, max_digit=32,
-                                              duplicate_fraction=0.2))
+    dataset = generate(
+        tmp_path,
+        DigitsConfig(n_pool=100, n_test=2, image_size=96, max_digit=32, duplicate_fraction=0.2),
+    )
     duplicates = [s for s in dataset.splits["pool"] if s.duplicate_of is not None]
     assert 5 <= len(duplicates) <= 40
     ids = {s.task_id for s in dataset.splits["pool"]}
@@ -208,12 +212,24 @@ def test_quick_benchmark_outputs_have_the_right_shape(tmp_path: Path) -> None:
     )
     settings = Settings(model_dir=tmp_path / "unused", training_enabled=False, predict_batch=16)
     out = tmp_path / "out"
-    result = run_benchmark(config, settings, out, workdir=tmp_path / "work", mode="test",
-                           progress=False)
+    result = run_benchmark(
+        config, settings, out, workdir=tmp_path / "work", mode="test", progress=False
+    )
 
     data = json.loads((out / "results.json").read_text())
-    assert {"mode", "config", "dataset", "full_data", "base_model", "curves", "summary",
-            "target", "rows", "complete", "wall_s"} <= set(data)
+    assert {
+        "mode",
+        "config",
+        "dataset",
+        "full_data",
+        "base_model",
+        "curves",
+        "summary",
+        "target",
+        "rows",
+        "complete",
+        "wall_s",
+    } <= set(data)
     assert data["complete"] is True
     assert data == json.loads(json.dumps(result, default=str))
     # a row per strategy per cycle (cycle 0 = the shared seed set)
@@ -239,3 +255,7 @@ def test_quick_benchmark_outputs_have_the_right_shape(tmp_path: Path) -> None:
         assert blob.startswith(PNG_MAGIC)
         with Image.open(out / name) as image:
             image.verify()
+    # the report can be rebuilt from the JSON alone (as for a run cut short)
+    again = resummarise(out / "results.json", tmp_path / "again")
+    assert json.loads(json.dumps(again["summary"])) == data["summary"]
+    assert (tmp_path / "again" / "map_vs_boxes.png").read_bytes().startswith(PNG_MAGIC)
