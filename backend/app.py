@@ -56,6 +56,12 @@ def create_app(settings: Settings | None = None, service: MLService | None = Non
     app.register_blueprint(bp)
 
     if settings.basic_auth_user is not None:
+        if not (settings.label_studio_url and settings.label_studio_api_key):
+            logger.warning(
+                "basic auth is on but LABEL_STUDIO_URL/LABEL_STUDIO_API_KEY are not set: "
+                "the backend cannot add its credentials to Label Studio's webhook, so "
+                "annotation events will be refused (401) until the webhook sends them"
+            )
         expected = (settings.basic_auth_user, settings.basic_auth_pass or "")
 
         @app.before_request

@@ -41,6 +41,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("timeout", 180)  # Label Studio allows /predict 100 s
             self.cfg.set("graceful_timeout", 30)
+            # gunicorn 27's control socket sits at one path per user: several backends on
+            # one machine would take it from each other. Nothing here uses it.
+            self.cfg.set("control_socket_disable", True)
 
         def load(self) -> Any:
             return create_app(settings)
