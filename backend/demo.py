@@ -31,7 +31,7 @@ from typing import Any
 import requests
 
 from backend.config import ENV_NAMES, Settings
-from backend.datagen import CLASSES, SyntheticImage, write_images
+from backend.datagen import CLASSES, SyntheticImage, ls_regions, write_images
 from backend.demo_model import TINY_RECIPE
 from backend.local_label_studio import (
     REPO_ROOT,
@@ -438,12 +438,69 @@ def prelabel_tasks(demo: Demo) -> None:
     )
 
 
-# Run in order once both servers are up. A later step (e.g. labelling a few tasks from
-# `Demo.images`' ground truth) is one more function taking the `Demo`.
+def label_a_few_tasks(demo: Demo) -> None:
+    """Submit TRAIN_EVERY annotations from the generator's ground truth, as an annotator
+    would: their webhooks make the backend retrain, promote and re-rank the queue."""
+    client = demo.ls.client()
+    labeled = {
+        int(t.id)
+        for t in client.tasks.list(project=demo.project_id, fields="all")
+        if (t.total_annotations or 0) > 0
+    }
+    wanted = Settings().train_every
+    truth = {path: sample for path, sample in demo.images}
+    budget = min(wanted, len(demo.tasks) // 2) - len(labeled)  # leave a queue to rank
+    todo = [t for t in sorted(demo.tasks) if t not in labeled][: max(0, budget)]
+    for task_id in todo:
+        client.annotations.create(id=task_id, result=ls_regions(truth[demo.tasks[task_id]]))
+    if todo:
+        demo.say(f"Labelled {len(todo)} tasks from the ground truth (as an annotator would).")
+    if todo and len(labeled) + len(todo) < wanted:  # too few for TRAIN_EVERY: ask, as the
+        requests.post(  # "Start Training" button in Label Studio does
+            f"{demo.backend.url}/webhook",
+            json={"action": "START_TRAINING", "project": {"id": demo.project_id}},
+            timeout=10,
+        ).raise_for_status()
+
+
+def wait_for_retrained_queue(demo: Demo, timeout: float = 600.0) -> None:
+    """Wait until a retrained model is live and Label Studio's queue is ranked with it."""
+    began = time.monotonic()
+    client = demo.ls.client()
+    said = ""
+    while time.monotonic() - began < timeout:
+        info = requests.get(f"{demo.backend.url}/metrics", timeout=10).json()["projects"]
+        project = info.get(str(demo.project_id)) or {}
+        live = project.get("live_version")
+        last = project.get("last_training") or {}
+        if live and client.projects.get(id=demo.project_id).model_version == live:
+            metrics = last.get("metrics") or {}
+            demo.model_version = live
+            demo.say(
+                f"Retrained: model {live} is live (validation mAP50 "
+                f"{metrics.get('map50', float('nan')):.2f}) and the queue is ranked with it "
+                f"({time.monotonic() - began:.0f} s)."
+            )
+            return
+        if last.get("state") in ("skipped", "rejected", "failed", "cancelled"):
+            why = last.get("error") or (last.get("gate") or {}).get("reason") or ""
+            demo.say(f"Retraining ended {last['state']} {why}".rstrip() + "; see /metrics.")
+            return
+        status = f"  waiting for retraining: {last.get('state') or 'queued'}"
+        if status != said:
+            demo.say(status)
+            said = status
+        time.sleep(1.0)
+    demo.say("Retraining is still running; the queue will update when it finishes.")
+
+
+# Run in order once both servers are up; each step is one function taking the `Demo`.
 SETUP_STEPS: tuple[Callable[[Demo], None], ...] = (
     create_or_reuse_project,
     connect_backend,
     prelabel_tasks,
+    label_a_few_tasks,
+    wait_for_retrained_queue,
 )
 
 
@@ -459,12 +516,14 @@ ls-active-yolo demo ready in {ready_s:.0f} s.
   ML backend    {demo.backend.url}  (model {demo.model_version}; log {demo.backend.log_path})
 
 What to try
-  1. Open any task: the backend's boxes (Square, Circle, Triangle) are already drawn.
+  1. "Label All Tasks": Label Studio serves the active-learning queue (uncertainty +
+     diversity, ranked by model {demo.model_version}); the boxes are already drawn.
+     The Data Manager tab "Active learning queue" shows the same order.
   2. Fix a box or a label and press Submit. Every submit, update and delete reaches the
      backend's /webhook: `curl {demo.backend.url}/metrics` shows the queued events.
   3. After {every} changed annotations the backend fine-tunes a new model version in the
-     background and serves it if it is at least as good (/metrics shows the run and the
-     live version). "Label All Tasks" then pre-draws the boxes with the new version.
+     background, serves it if it is at least as good (/metrics shows the run and the live
+     version), and re-ranks the queue with it.
 
 Press Ctrl-C to stop Label Studio and the backend.
 """
