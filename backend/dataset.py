@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.errors import BackendError, ImageError
+from backend.files import atomic_write
 from backend.images import ImageLoader
 from backend.label_config import BoxControl
 
@@ -255,11 +256,7 @@ def _cached_image(item: LabeledImage, loader: ImageLoader, cache_dir: Path) -> P
     if found:
         return found[0]
     data = loader.read(item.image_ref)
-    target = cache_dir / f"{stem}{loader.file_suffix(data, item.image_ref)}"
-    temp = target.with_name(f".{target.name}.tmp")
-    temp.write_bytes(data)
-    os.replace(temp, target)
-    return target
+    return atomic_write(cache_dir / f"{stem}{loader.file_suffix(data, item.image_ref)}", data)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -26,16 +26,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 import re
 import threading
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
 import faiss
 import numpy as np
 import numpy.typing as npt
+
+from backend.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -297,18 +297,7 @@ class EmbeddingIndex:
         with self._lock:
             if self._index is None:
                 return None
-            blob = faiss.serialize_index(self._index)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-            try:
-                with temp.open("wb") as handle:
-                    handle.write(blob.tobytes())
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(temp, target)
-            finally:
-                temp.unlink(missing_ok=True)
-            _fsync_dir(target.parent)
+            atomic_write(target, faiss.serialize_index(self._index).tobytes())
             if target == self.path:
                 self._dirty = False
             logger.debug("saved %d embeddings (%s) to %s", len(self._ids), self.kind, target)
@@ -442,12 +431,3 @@ def _check_vectors(vectors: npt.ArrayLike, n: int | None, dim: int | None) -> Fl
     if not np.isfinite(vectors).all():
         raise ValueError("vectors contain NaN or infinite values")
     return np.ascontiguousarray(vectors)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable: flush the folder's entries."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

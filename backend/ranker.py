@@ -71,6 +71,7 @@ from backend.config import Settings
 from backend.detector import Box, Detector, DetectorPool, ImageDetections
 from backend.embedding_index import EmbeddingIndex, version_file_stem
 from backend.errors import BackendError, ImageError
+from backend.files import atomic_write
 from backend.images import ImageLoader, LoadedImage
 from backend.label_config import BoxControl, parse_label_config
 from backend.ls_client import LabelStudioClient
@@ -396,7 +397,7 @@ def detection_cache_path(model_dir: Path, project_id: int, model_version: str) -
 
 def save_ranking(path: Path, ranking: Mapping[str, Any]) -> Path:
     """Write a ranking document atomically (temp file + os.replace)."""
-    _atomic_write(path, json.dumps(ranking, separators=(",", ":")).encode("utf-8"))
+    atomic_write(path, json.dumps(ranking, separators=(",", ":")).encode("utf-8"))
     return path
 
 
@@ -462,19 +463,6 @@ def _remove_other_versions(folder: Path, keep_version: str) -> None:
         if path.name.endswith((_RANKING_SUFFIX, _CACHE_SUFFIX)) and path.name not in keep:
             path.unlink(missing_ok=True)
             logger.debug("removed %s (older model version)", path)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with temp.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------ detection cache

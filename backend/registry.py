@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backend.files import atomic_write, fsync_path
+
 logger = logging.getLogger(__name__)
 
 _VERSION = re.compile(r"^v(\d+)$")
@@ -94,7 +96,7 @@ class ModelRegistry:
         staging.mkdir()
         try:
             shutil.copyfile(weights, staging / "weights.pt")
-            _fsync(staging / "weights.pt")
+            fsync_path(staging / "weights.pt")
             number = 1 + max((int(v.version[1:]) for v in self.versions(project_id)), default=0)
             while True:
                 name = f"v{number}"
@@ -106,7 +108,7 @@ class ModelRegistry:
                         raise
                     number += 1
                     continue
-                _fsync(versions)
+                fsync_path(versions)
                 return self.get(project_id, name)
         finally:
             if staging.exists():
@@ -120,11 +122,7 @@ class ModelRegistry:
         if not version.weights.is_file():
             raise FileNotFoundError(f"project {project_id} has no version {name}")
         folder = self.project_dir(project_id)
-        temp = folder / f".LIVE-{uuid.uuid4().hex}"
-        temp.write_text(name + "\n", encoding="utf-8")
-        _fsync(temp)
-        os.replace(temp, folder / "LIVE")
-        _fsync(folder)
+        atomic_write(folder / "LIVE", f"{name}\n".encode())
         with (folder / "history.jsonl").open("a", encoding="utf-8") as history:
             entry = {"version": name, "at": time.time(), "reason": reason}
             if rolled_back:
@@ -167,13 +165,4 @@ class ModelRegistry:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
-    _fsync(path)
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file's or folder's data to disk (folders: their entries)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(path)

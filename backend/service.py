@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from backend.config import Settings
 from backend.detector import DetectorPool, ImageDetections
 from backend.errors import BadRequest, ImageError
 from backend.events import EventStore
+from backend.files import atomic_write
 from backend.images import ImageLoader, LoadedImage
 from backend.label_config import BoxControl, ParsedConfig, parse_label_config
 from backend.ls_client import LabelStudioClient
@@ -128,11 +128,8 @@ class MLService:
         """Persist the project's extra params when they changed (read by trainer and ranker)."""
         if project_extra_params(self.registry, project) == overrides:
             return
-        folder = self.registry.project_dir(project)
-        folder.mkdir(parents=True, exist_ok=True)
-        temp = folder / f".params-{os.getpid()}-{threading.get_ident()}.json"
-        temp.write_text(json.dumps(overrides, sort_keys=True), encoding="utf-8")
-        os.replace(temp, folder / "params.json")
+        path = self.registry.project_dir(project) / "params.json"
+        atomic_write(path, json.dumps(overrides, sort_keys=True).encode())
         logger.info("project=%s extra params set: %s", project, overrides)
 
     # -- /predict --------------------------------------------------------------------------

@@ -12,19 +12,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from backend.datagen import SyntheticImage
+from backend.datagen import SyntheticBox, SyntheticImage
 
 IOU_MATCH = 0.5
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class PixelBox:
-    label: str
-    x1: float
-    y1: float
-    x2: float
-    y2: float
 
 
 @dataclass(frozen=True)
@@ -37,12 +28,12 @@ class Agreement:
     correct: int  # regions that match a ground-truth box of the same label
 
 
-def pixel_box(region: dict[str, Any]) -> PixelBox:
+def pixel_box(region: dict[str, Any]) -> SyntheticBox:
     """A RectangleLabels region back in pixels of its original image."""
     value = region["value"]
     width, height = region["original_width"], region["original_height"]
     x1, y1 = value["x"] * width / 100, value["y"] * height / 100
-    return PixelBox(
+    return SyntheticBox(
         label=value["rectanglelabels"][0],
         x1=x1,
         y1=y1,
@@ -51,7 +42,7 @@ def pixel_box(region: dict[str, Any]) -> PixelBox:
     )
 
 
-def iou(a: PixelBox, b: PixelBox) -> float:
+def iou(a: SyntheticBox, b: SyntheticBox) -> float:
     inter_w = max(0.0, min(a.x2, b.x2) - max(a.x1, b.x1))
     inter_h = max(0.0, min(a.y2, b.y2) - max(a.y1, b.y1))
     inter = inter_w * inter_h
@@ -59,16 +50,16 @@ def iou(a: PixelBox, b: PixelBox) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def truth_boxes(sample: SyntheticImage) -> list[PixelBox]:
+def truth_boxes(sample: SyntheticImage) -> list[SyntheticBox]:
     """Ground truth with the project's label names (the generator's classes, capitalised)."""
-    return [PixelBox(b.label.capitalize(), b.x1, b.y1, b.x2, b.y2) for b in sample.boxes]
+    return [SyntheticBox(b.label.capitalize(), b.x1, b.y1, b.x2, b.y2) for b in sample.boxes]
 
 
 def agreement(regions: Sequence[dict[str, Any]], sample: SyntheticImage) -> Agreement:
     predicted = [pixel_box(region) for region in regions]
     truth = truth_boxes(sample)
 
-    def matches(a: PixelBox, b: PixelBox) -> bool:
+    def matches(a: SyntheticBox, b: SyntheticBox) -> bool:
         return a.label == b.label and iou(a, b) >= IOU_MATCH
 
     return Agreement(
