@@ -151,19 +151,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Time k-center greedy selection: strategies (FAISS) vs a numpy reference.",
     )
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000],
-                        help="pool sizes to run (default: 10000 100000)")
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[10_000, 100_000],
+        help="pool sizes to run (default: 10000 100000)",
+    )
     parser.add_argument("--dim", type=int, default=256, help="embedding dimension (default: 256)")
     parser.add_argument("--batch", type=int, default=1000, help="number of picks (default: 1000)")
     parser.add_argument("--seed", type=int, default=0, help="data seed (default: 0)")
-    parser.add_argument("--labeled-fraction", type=float, default=0.01,
-                        help="labeled set size as a fraction of the pool size (default: 0.01)")
-    parser.add_argument("--data", choices=("blobs", "gaussian"), default="blobs",
-                        help="synthetic embedding distribution (default: blobs)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="FAISS OpenMP threads; 0 keeps FAISS's default (default: 0)")
-    parser.add_argument("--no-reference", action="store_true",
-                        help="skip the numpy reference (time the FAISS version only)")
+    parser.add_argument(
+        "--labeled-fraction",
+        type=float,
+        default=0.01,
+        help="labeled set size as a fraction of the pool size (default: 0.01)",
+    )
+    parser.add_argument(
+        "--data",
+        choices=("blobs", "gaussian"),
+        default="blobs",
+        help="synthetic embedding distribution (default: blobs)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="FAISS OpenMP threads; 0 keeps FAISS's default (default: 0)",
+    )
+    parser.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="skip the numpy reference (time the FAISS version only)",
+    )
     args = parser.parse_args(argv)
     if any(s < 1 for s in args.sizes) or args.dim < 1 or args.batch < 0:
         parser.error("sizes and dim must be >= 1, batch >= 0")
