@@ -12,20 +12,18 @@ live here too: the end-to-end tests use them, so the demo's plumbing is what the
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import multiprocessing
 import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import Any
 
 import requests
@@ -40,6 +38,8 @@ from backend.local_label_studio import (
     MLBackendConnection,
     find_free_port,
 )
+from backend.processes import ManagedProcess
+from backend.processes import die_with_parent as _die_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +58,6 @@ IMAGE_SEED = 2024  # not the training seeds (0, 1): the demo shows images the mo
 IMAGE_FOLDER = "shapes"  # under the document root: LS serves local files from subfolders only
 TRAIN_EPOCHS_FILE = Path("runs") / "shapes" / "results.csv"  # one row per finished epoch
 REPORT_EVERY_EPOCHS = 5
-
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 class DemoError(RuntimeError):
@@ -92,7 +90,7 @@ def port_or_free(preferred: int) -> int:
     return preferred
 
 
-class BackendServer:
+class BackendServer(ManagedProcess):
     """`ls-active-yolo serve` on 127.0.0.1, in its own process group, logging to a file.
 
     `settings` are the backend's environment variables (MODEL_PATH, LABEL_STUDIO_URL, ...); the
@@ -102,6 +100,10 @@ class BackendServer:
     (``~/.gunicorn/gunicorn.ctl``) that concurrent servers would fight over, so each server
     here gets its own ``XDG_RUNTIME_DIR`` under `state_dir`.
     """
+
+    name = "the backend"
+    error = DemoError
+    poll_interval = 0.2
 
     def __init__(
         self,
@@ -121,7 +123,7 @@ class BackendServer:
         self.log_path = self.state_dir / "backend.log"
         self.executable = executable
         self.startup_timeout = startup_timeout
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process = None
 
     @property
     def url(self) -> str:
@@ -137,8 +139,7 @@ class BackendServer:
 
     def start(self) -> BackendServer:
         """Start the server and wait until `/health` answers 200."""
-        if self._process is not None:
-            raise DemoError("the backend is already running")
+        self._refuse_if_running()
         runtime_dir = self.state_dir / "runtime"
         runtime_dir.mkdir(parents=True, exist_ok=True)
         runtime_dir.chmod(0o700)
@@ -155,46 +156,8 @@ class BackendServer:
             "--port",
             str(self.port),
         ]
-        began = time.monotonic()
-        with open(self.log_path, "ab") as log:
-            self._process = subprocess.Popen(
-                command,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        logger.info("backend starting on %s (pid %d)", self.url, self._process.pid)
-        try:
-            self._wait_until_healthy()
-        except BaseException:
-            self.stop()
-            raise
-        logger.info("backend up on %s in %.1f s", self.url, time.monotonic() - began)
+        self._launch(command, lambda: self._wait_for_health(self.startup_timeout), env=env)
         return self
-
-    def _wait_until_healthy(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout
-        while True:
-            code = self.returncode()
-            if code is not None:
-                raise DemoError(
-                    f"the backend exited with code {code} during start-up; log "
-                    f"{self.log_path}:\n{self.log_tail()}"
-                )
-            try:
-                if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass  # not listening yet
-            if time.monotonic() > deadline:
-                raise DemoError(
-                    f"the backend did not answer {self.url}/health within "
-                    f"{self.startup_timeout:.0f} s; log {self.log_path}:\n{self.log_tail()}"
-                )
-            time.sleep(0.2)
 
     def health(self) -> dict[str, Any]:
         """The backend's `/health` answer (open even with basic auth on)."""
@@ -204,36 +167,7 @@ class BackendServer:
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM the process group (gunicorn's graceful stop); SIGKILL what outlives it."""
-        process, self._process = self._process, None
-        if process is None:
-            return
-        _signal_group(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            logger.warning("backend ignored SIGTERM for %.0f s; killing it", timeout)
-            _signal_group(process.pid, signal.SIGKILL)
-            process.wait(timeout=timeout)
-        _signal_group(process.pid, signal.SIGKILL)  # workers that outlived their master
-        logger.info("backend on %s stopped (exit %s)", self.url, process.returncode)
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            return "(no log written)"
-        return "\n".join(text.splitlines()[-lines:])
-
-    def __enter__(self) -> BackendServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        super().stop(timeout)
 
 
 def retrieve_predictions(
@@ -265,19 +199,6 @@ def retrieve_predictions(
             f"{answer.status_code}: {answer.text[:500]}"
         )
     return dict(answer.json())
-
-
-def _die_with_parent() -> None:
-    """In a child before exec: Linux sends it SIGTERM when the thread that started it ends."""
-    if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass  # already gone
 
 
 # -- the demo model ---------------------------------------------------------------------------

@@ -22,28 +22,25 @@ Label Studio 1.23.2, checked against a running server:
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
 import requests
+
+from backend.processes import ManagedProcess
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +50,6 @@ DEFAULT_CACHE_DIR = REPO_ROOT / ".cache" / "label-studio"
 DB_NAME = "label_studio.sqlite3"
 LOG_NAME = "label-studio.log"
 CREDENTIALS_NAME = "admin-credentials.json"
-PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 _CSRF_FIELD = re.compile(r'name="csrfmiddlewaretoken"\s+value="([^"]+)"')
 
@@ -81,7 +77,7 @@ def find_free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class LocalLabelStudio:
+class LocalLabelStudio(ManagedProcess):
     """One Label Studio server in its own process group, with an admin user and tokens.
 
     Use as a context manager, or call :meth:`start` and :meth:`stop`. ``stop`` kills the whole
@@ -89,6 +85,9 @@ class LocalLabelStudio:
     also told to exit when the thread that started it ends, so start it from a thread that
     lives as long as it should (the main thread, normally).
     """
+
+    name = "Label Studio"
+    error = LabelStudioError
 
     def __init__(
         self,
@@ -116,7 +115,7 @@ class LocalLabelStudio:
         self.cache_dir = Path(cache_dir)
         self.startup_timeout = startup_timeout
         self.log_path = self.data_dir / LOG_NAME
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process = None
         self._session: requests.Session | None = None
         self._pat: str | None = None
 
@@ -129,8 +128,7 @@ class LocalLabelStudio:
 
     def start(self) -> LocalLabelStudio:
         """Start the server, wait until it is healthy and turn legacy tokens on."""
-        if self._process is not None:
-            raise LabelStudioError("Label Studio is already running")
+        self._refuse_if_running()
         if not self.executable.is_file():
             raise LabelStudioError(
                 f"{self.executable} not found: run `make install-ls` to install Label Studio"
@@ -143,34 +141,24 @@ class LocalLabelStudio:
         self._seed_database()
         self._store_credentials()
 
-        began = time.monotonic()
-        with open(self.log_path, "ab") as log:
-            self._process = subprocess.Popen(
-                [
-                    str(self.executable),
-                    "start",
-                    "--no-browser",
-                    "--internal-host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                ],
-                env=self._environment(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.data_dir,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        logger.info("Label Studio starting on %s (pid %d)", self.url, self._process.pid)
-        try:
-            self._wait_until_healthy()
+        def ready() -> None:
+            self._wait_for_health(self.startup_timeout)
             self.enable_legacy_tokens()
-        except BaseException:
-            self.stop()
-            raise
-        logger.info("Label Studio up on %s in %.1f s", self.url, time.monotonic() - began)
+
+        self._launch(
+            [
+                str(self.executable),
+                "start",
+                "--no-browser",
+                "--internal-host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            ready,
+            env=self._environment(),
+            cwd=self.data_dir,
+        )
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -178,39 +166,7 @@ class LocalLabelStudio:
         if self._session is not None:
             self._session.close()
             self._session = None
-        process, self._process = self._process, None
-        if process is None:
-            return
-        # The server is the group leader (start_new_session=True), so its pid is the group id.
-        _signal_group(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            logger.warning("Label Studio ignored SIGTERM for %.0f s; killing it", timeout)
-            _signal_group(process.pid, signal.SIGKILL)
-            process.wait(timeout=timeout)
-        # Children of the leader may outlive it; the group id still reaches them.
-        _signal_group(process.pid, signal.SIGKILL)
-        logger.info("Label Studio on %s stopped", self.url)
-
-    def __enter__(self) -> LocalLabelStudio:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def log_tail(self, lines: int = 40) -> str:
-        """Last lines of LS's own log, for error messages."""
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            return "(no log written)"
-        return "\n".join(text.splitlines()[-lines:])
+        super().stop(timeout)
 
     def _stored_credentials(self) -> dict[str, str]:
         """Credentials saved by an earlier start on this data dir, if any."""
@@ -308,31 +264,6 @@ class LocalLabelStudio:
             # Atomic: a concurrent builder can only ever see a complete file.
             os.replace(built, template)
         return template
-
-    def _wait_until_healthy(self) -> None:
-        """Poll ``/health`` until it answers 200; fail early if the process dies."""
-        deadline = time.monotonic() + self.startup_timeout
-        while True:
-            process = self._process
-            if process is None:
-                raise LabelStudioError("Label Studio is not running")
-            code = process.poll()
-            if code is not None:
-                raise LabelStudioError(
-                    f"Label Studio exited with code {code} during start-up; "
-                    f"log {self.log_path}:\n{self.log_tail()}"
-                )
-            try:
-                if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass  # not listening yet
-            if time.monotonic() > deadline:
-                raise LabelStudioError(
-                    f"Label Studio did not answer {self.url}/health within "
-                    f"{self.startup_timeout:.0f} s; log {self.log_path}:\n{self.log_tail()}"
-                )
-            time.sleep(0.25)
 
     # -- auth ------------------------------------------------------------------------------
 
@@ -528,25 +459,6 @@ def _sdk_errors(what: str) -> Iterator[None]:
         raise LabelStudioError(
             f"{what} failed: HTTP {error.status_code}: {str(error.body)[:500]}"
         ) from None
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: have Linux SIGTERM it when its parent (thread) dies.
-
-    ``stop()`` never runs when the parent is killed outright (SIGKILL, or SIGTERM without a
-    handler, as CI timeouts do); this keeps Label Studio from outliving it.
-    """
-    if sys.platform == "linux":
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    """Send ``sig`` to a process group that may already be gone."""
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _installed_version(executable: Path) -> str:

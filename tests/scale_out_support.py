@@ -17,13 +17,13 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 
 import redis
 from rq import Worker
 
 from backend.config import ENV_NAMES
 from backend.local_label_studio import REPO_ROOT, find_free_port
+from backend.processes import ManagedProcess
 
 REDIS_SERVER = "redis-server"
 ENTRYPOINT = REPO_ROOT / "docker" / "entrypoint.sh"
@@ -34,14 +34,24 @@ def redis_server_path() -> str | None:
     return shutil.which(REDIS_SERVER)
 
 
-class RedisServer:
-    """`redis-server` bound to 127.0.0.1 on a free port, working in `directory`."""
+class RedisServer(ManagedProcess):
+    """`redis-server` bound to 127.0.0.1 on a free port, working in `directory`.
+
+    A plain child, not a process group: it writes its own log file and exits cleanly on SIGTERM.
+    """
+
+    name = "redis-server"
+    error = RuntimeError
+    own_group = False
+    poll_interval = 0.05
+    tail_lines = 30
+    no_log_text = "(no log)"
 
     def __init__(self, directory: Path, port: int | None = None) -> None:
         self.directory = Path(directory)
         self.port = port or find_free_port()
         self.log_path = self.directory / "redis.log"
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process = None
 
     @property
     def url(self) -> str:
@@ -72,47 +82,18 @@ class RedisServer:
             "--logfile",
             str(self.log_path),
         ]
-        self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if self.client().ping():
-                    return self
-            except redis.ConnectionError:
-                pass
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"redis-server did not start; log:\n{self.log_tail()}")
-            time.sleep(0.05)
+        self._launch(
+            command,
+            lambda: self._wait_until_ready(self._answers_ping, timeout, "PING"),
+            log_output=False,
+        )
+        return self
 
-    def stop(self, timeout: float = 10.0) -> None:
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()  # redis-server exits cleanly on SIGTERM
+    def _answers_ping(self) -> bool:
         try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+            return bool(self.client().ping())
+        except redis.ConnectionError:
+            return False
 
 
 def entrypoint_env(settings: Mapping[str, str], **extra: str) -> dict[str, str]:
