@@ -282,6 +282,10 @@ class Simulation:
         self.loader = ImageLoader(self.settings, LabelStudioClient(None, None))
         self._run_id = 0
         self._test_cache: dict[tuple[int, str], dict[str, Any]] = {}
+        references = workdir / "references.json"
+        self._references: dict[str, Any] = (
+            json.loads(references.read_text(encoding="utf-8")) if references.is_file() else {}
+        )
         self.base: dict[str, Any] | None = None
         if config.data.n_base > 0:
             self.base = self.train_base()
@@ -305,20 +309,61 @@ class Simulation:
         """
         started = time.perf_counter()
         params = replace(self.params, epochs=self.config.base_epochs)
+        key = {
+            "data": asdict(self.config.data),
+            "params": asdict(params),
+            "start": [self.settings.model_yaml, str(self.settings.model_path or "")],
+        }
+        cached = self._cached_reference("base", key, BASE_PROJECT)
+        if cached is not None:
+            return cached
         details = self._train(
             BASE_PROJECT, self.dataset.labeled("base", class_agnostic=True), [BASE_CLASS], params
         )
         live = self.registry.live(BASE_PROJECT)
         if live is None:
             raise RuntimeError("the base model was not promoted")
-        return {
-            "images": len(self.dataset.splits["base"]),
-            "classes": [BASE_CLASS],
-            "epochs": params.epochs,
-            "weights": str(live.weights),
-            "val_map50": details["metrics"]["map50"],
-            "duration_s": round(time.perf_counter() - started, 3),
-        }
+        return self._store_reference(
+            "base",
+            key,
+            {
+                "images": len(self.dataset.splits["base"]),
+                "classes": [BASE_CLASS],
+                "epochs": params.epochs,
+                "weights": str(live.weights),
+                "val_map50": details["metrics"]["map50"],
+                "duration_s": round(time.perf_counter() - started, 3),
+            },
+        )
+
+    def _cached_reference(
+        self, name: str, key: dict[str, Any], project_id: int
+    ) -> dict[str, Any] | None:
+        """A reference model (base, full data) from an earlier run in this workdir, if its
+        inputs match; otherwise its project is wiped so training starts clean, not warm."""
+        stored = self._references.get(name)
+        live = self.registry.live(project_id)
+        if (
+            stored
+            and stored["key"] == _canonical(key)
+            and live
+            and live.version == stored["result"].get("version", live.version)
+        ):
+            logger.info("reusing the %s model from %s", name, self.workdir)
+            return dict(stored["result"])
+        shutil.rmtree(self.registry.project_dir(project_id), ignore_errors=True)
+        return None
+
+    def _store_reference(
+        self, name: str, key: dict[str, Any], result: dict[str, Any]
+    ) -> dict[str, Any]:
+        live = self.registry.live(FULL_DATA_PROJECT if name == "full" else BASE_PROJECT)
+        result = {**result, "version": live.version if live else None}
+        self._references[name] = {"key": _canonical(key), "result": result}
+        (self.workdir / "references.json").write_text(
+            json.dumps(self._references, indent=2), encoding="utf-8"
+        )
+        return result
 
     def train(
         self, project_id: int, labeled_idx: Sequence[int], params: TrainParams
@@ -422,19 +467,32 @@ class Simulation:
         """The 100% model: the same training path on every pool label, trained longer."""
         started = time.perf_counter()
         params = replace(self.params, epochs=self.config.full_epochs)
+        key = {
+            "data": asdict(self.config.data),
+            "params": asdict(params),
+            "base": self.base,
+            "start": [self.settings.model_yaml, str(self.settings.model_path or "")],
+        }
+        cached = self._cached_reference("full", key, FULL_DATA_PROJECT)
+        if cached is not None:
+            return cached
         details = self.train(FULL_DATA_PROJECT, range(len(self.pool)), params)
         version, metrics = self.test_metrics(FULL_DATA_PROJECT)
-        return {
-            "images": len(self.pool),
-            "boxes": int(self.pool_boxes.sum()),
-            "epochs": params.epochs,
-            "version": version,
-            "map50": float(metrics["map50"]),
-            "map50_95": float(metrics["map50_95"]),
-            "per_class_ap50": metrics["per_class_ap50"],
-            "val_metrics": details["metrics"],
-            "duration_s": round(time.perf_counter() - started, 3),
-        }
+        return self._store_reference(
+            "full",
+            key,
+            {
+                "images": len(self.pool),
+                "boxes": int(self.pool_boxes.sum()),
+                "epochs": params.epochs,
+                "version": version,
+                "map50": float(metrics["map50"]),
+                "map50_95": float(metrics["map50_95"]),
+                "per_class_ap50": metrics["per_class_ap50"],
+                "val_metrics": details["metrics"],
+                "duration_s": round(time.perf_counter() - started, 3),
+            },
+        )
 
     def run_seed(self, seed: int, on_row: Callable[[CycleRow], None]) -> None:
         """Every arm for one seed: one shared seed-set model, then each strategy's cycles."""
@@ -445,6 +503,7 @@ class Simulation:
             int(i) for i in rng.choice(len(self.pool), self.config.seed_size, replace=False)
         )
         base = _project_id(seed, None, self.config.strategies)
+        shutil.rmtree(self.registry.project_dir(base), ignore_errors=True)  # start cold
         started = time.perf_counter()
         details = self.train(base, seed_idx, self.params)
         seed_durations = {"train_s": round(time.perf_counter() - started, 3)}
@@ -479,6 +538,11 @@ class Simulation:
                 t2 = time.perf_counter()
                 durations = {"select_s": round(t1 - t0, 3), "train_s": round(t2 - t1, 3)}
                 on_row(self.row(seed, strategy, cycle, project, labeled, cycle_details, durations))
+
+
+def _canonical(value: Any) -> str:
+    """A stable text form of a JSON-able key (tuples and lists compare equal)."""
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 def _project_id(seed: int, strategy: str | None, strategies: Sequence[str]) -> int:
@@ -669,16 +733,21 @@ def _boxes_at(arm: Sequence[CycleRow], fraction: float | None) -> float | None:
 
 
 # ------------------------------------------------------------------------------- outputs
-def _fmt(stat: dict[str, Any] | float | None, digits: int = 3, percent: bool = False) -> str:
+def _fmt(
+    stat: dict[str, Any] | float | None,
+    digits: int = 3,
+    percent: bool = False,
+    missing: str = "not reached",
+) -> str:
     if isinstance(stat, dict):
         if stat["mean"] is None:
-            return "not reached"
-        scale = 100.0 if percent else 1.0
-        text = f"{stat['mean'] * scale:.{digits}f} ± {stat['std'] * scale:.{digits}f}"
+            return missing
+        scale, unit = (100.0, "%") if percent else (1.0, "")
+        text = f"{stat['mean'] * scale:.{digits}f} ± {stat['std'] * scale:.{digits}f}{unit}"
         return text if stat["n"] == stat["of"] else f"{text} ({stat['n']}/{stat['of']} seeds)"
     if stat is None:
-        return "not reached"
-    return f"{stat * (100.0 if percent else 1.0):.{digits}f}"
+        return missing
+    return f"{stat * 100.0:.{digits}f}%" if percent else f"{stat:.{digits}f}"
 
 
 def markdown_report(result: dict[str, Any]) -> str:
@@ -695,8 +764,8 @@ def markdown_report(result: dict[str, Any]) -> str:
         f"Full-data reference ({full['images']} images, {full['epochs']} epochs): "
         f"mAP@0.5 = {full['map50']:.3f}, mAP@0.5:0.95 = {full['map50_95']:.3f}.",
         "",
-        "| strategy | AUBC mAP50 (images) | AUBC mAP50 (boxes) | AUBC mAP50-95 | LE@90 (% images) "
-        "| LE@95 (% images) | boxes @90 | saving @90 vs random | saving @95 | AUBC > random "
+        "| strategy | AUBC mAP50 (images) | AUBC mAP50 (boxes) | AUBC mAP50-95 | LE@90 (images) "
+        "| LE@95 (images) | boxes @90 | saving @90 vs random | saving @95 | AUBC > random "
         "| final mAP50 / full | saving at random's final mAP50 | gate rejections |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -710,7 +779,7 @@ def markdown_report(result: dict[str, Any]) -> str:
             f"| {_fmt(s['le95'], 1, True)} | {_fmt(s['le90_boxes'], 0)} "
             f"| {_fmt(s['saving90_mean_curve'], 1, True)} (per seed {_fmt(s['saving90'], 1, True)})"
             f" | {_fmt(s['saving95_mean_curve'], 1, True)} | {wins} "
-            f"| {_fmt(s['final_map50_vs_full'], 1, True)}% "
+            f"| {_fmt(s['final_map50_vs_full'], 1, True, missing='n/a (full = 0)')} "
             f"| {_fmt(s['saving_at_random_final'], 1, True)} "
             f"| {s['gate_rejections']}/{s['trainings']} |"
         )
@@ -732,7 +801,7 @@ def markdown_report(result: dict[str, Any]) -> str:
         lines += [
             f"Target ({target['strategy']}: >= 30% fewer images than random to 90% of full-data "
             f"mAP@0.5, higher AUBC than random on every seed): **{verdict}** (saving "
-            f"{_fmt(target['saving90_mean_curve'], 1, True)}%, AUBC wins "
+            f"{_fmt(target['saving90_mean_curve'], 1, True)}, AUBC wins "
             f"{target['aubc_wins_vs_random']}/{target['seeds']}).",
             "",
         ]
@@ -916,6 +985,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--full-epochs", type=int, help="epochs of the full-data reference")
     parser.add_argument("--image-size", type=int, help="image and training size in pixels")
     parser.add_argument("--data-seed", type=int, help="seed of the generated dataset")
+    parser.add_argument(
+        "--tolerance", type=float, help="PROMOTE_TOLERANCE of the simulated projects (1 = no gate)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
         "--summarise",
@@ -948,6 +1020,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[BenchConfig, str]:
         ("epochs", args.epochs),
         ("full_epochs", args.full_epochs),
         ("image_size", args.image_size),
+        ("tolerance", args.tolerance),
     ):
         if value is not None:
             changes[attr] = value
