@@ -63,7 +63,7 @@ class ModelSource:
     weights: Path | None  # None: randomly initialised from `yaml`
     yaml: str = "yolo11n.yaml"
     class_names: tuple[str, ...] = ()  # for a random init: the head's classes
-    kind: str = "weights"  # "registry", "weights" or "random-init"
+    kind: str = "weights"  # "model_path" (tag), "registry", "MODEL_PATH" or "random-init"
 
     @property
     def key(self) -> tuple[object, ...]:
@@ -190,7 +190,9 @@ class DetectorPool:
         self._base: ModelSource | None = None
         if settings.model_path is not None:
             self._base = ModelSource(
-                version=file_version(settings.model_path), weights=settings.model_path
+                version=file_version(settings.model_path),
+                weights=settings.model_path,
+                kind="MODEL_PATH",
             )
 
     def source_for(
@@ -202,7 +204,7 @@ class DetectorPool:
             path = Path(model_path).expanduser()
             if not path.is_file():
                 raise ModelError(f"model_path {model_path!r} from the label config does not exist")
-            return ModelSource(version=file_version(path), weights=path)
+            return ModelSource(version=file_version(path), weights=path, kind="model_path")
         if project_id is not None:
             live = self._registry.live(project_id)
             if live is not None:

@@ -57,16 +57,15 @@ class MLService:
 
     # -- /health ---------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
-        base = self.detectors.base_source
-        if base is not None:
-            model = {"source": "MODEL_PATH", "version": base.version, "path": str(base.weights)}
+        source = self.detectors.source_for(None, ())  # what serves a project with no model
+        model: dict[str, Any] = {"source": source.kind, "version": source.version}
+        if source.weights is not None:
+            model["path"] = str(source.weights)
         else:
-            model = {
-                "source": "random-init",
-                "version": f"random-init-{self.settings.model_yaml}",
-                "warning": "no MODEL_PATH and nothing promoted yet: predictions come from a "
-                "randomly initialised model until a project's first retraining",
-            }
+            model["warning"] = (
+                "no MODEL_PATH and nothing promoted yet: predictions come from a randomly "
+                "initialised model until a project's first retraining"
+            )
         return {"status": "UP", "model_class": "YOLO", "base_model": model}
 
     # -- /setup ----------------------------------------------------------------------------

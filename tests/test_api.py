@@ -35,6 +35,15 @@ def test_health_reports_the_base_model(client: FlaskClient, trained_weights: Pat
     assert client.get("/").status_code == 200
 
 
+def test_health_without_weights_reports_the_random_init(settings: Settings) -> None:
+    client = create_app(replace(settings, model_path=None)).test_client()
+    model = client.get("/health").get_json()["base_model"]
+    assert model["source"] == "random-init"
+    assert "randomly initialised" in model["warning"]
+    setup = client.post("/setup", json={"project": "5.1", "schema": BOX_CONFIG}).get_json()
+    assert setup["model_version"] == model["version"] == "random-init-yolo11n"
+
+
 def test_setup_returns_model_version(client: FlaskClient) -> None:
     response = client.post("/setup", json={"project": "7.1712345678", "schema": BOX_CONFIG})
     assert response.status_code == 200
