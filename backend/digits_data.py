@@ -379,6 +379,7 @@ def _background(rng: np.random.Generator, size: int) -> U8Array:
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) / size
     base = rng.uniform(40, 220, size=3)
     kind = int(rng.integers(0, 5))
+    field_: npt.NDArray[np.float64]
     if kind == 0:  # plain noise
         field_ = np.zeros((size, size))
     elif kind == 1:  # linear gradient

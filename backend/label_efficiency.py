@@ -3,6 +3,10 @@
 A simulated annotation loop that runs the product's own code on the realistic digits data
 (`backend.digits_data`), whose ground truth stays hidden until "labeled":
 
+0. every simulated project starts from a class-agnostic base model (`Simulation.train_base`:
+   one class, "digit", trained on digit samples no other split uses), standing in for the
+   pretrained weights a user brings as MODEL_PATH; the base and the full-data reference are
+   recorded in the workdir and reused by later runs with the same inputs;
 1. a small random seed set is revealed and trained on (`train_and_register`, exactly as a
    Label Studio project's training run: same recipe, validation carved from the labeled
    tasks, the promotion gate);
@@ -19,7 +23,7 @@ mAP@0.5 and mAP@0.5:0.95 per cycle, budgets in images and boxes, AUBC, label eff
 smallest labeled fraction reaching 90% / 95% of the full-data mAP@0.5), the saving vs random,
 mean and spread over seeds; written as JSON, a markdown table and PNG plots.
 
-Run: `python -m backend.label_efficiency --quick --out benchmarks/results/quick` (or the
+Run: `python -m backend.label_efficiency --quick --out /tmp/le-quick` (or the
 `ls-active-yolo bench label-efficiency` sub-command; see `add_bench_parser`).
 """
 
