@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import ultralytics  # noqa: F401  (the server always runs with ultralytics' PIL.Image.open patch)
 from PIL import Image
 
 from backend.config import Settings
