@@ -53,7 +53,7 @@ from backend.ls_client import LabelStudioClient
 from backend.ranker import ImageRecord, class_ap_vector, pool_box_scores
 from backend.registry import ModelRegistry
 from backend.training import TrainParams, evaluate, train_and_register
-from strategies import Pool, get_strategy
+from strategies import Pool, available_strategies, get_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -847,10 +847,21 @@ def plot_curves(result: dict[str, Any], out_dir: Path) -> list[Path]:
                 std = np.array([c[metric]["std"] for c in points])
                 style = "--" if strategy == CONTROL else "-"
                 width = 2.5 if strategy == DEFAULT_STRATEGY else 1.5
+                # One colour per strategy name, the same in every run's plots.
+                order = [*STRATEGIES, *(n for n in available_strategies() if n not in STRATEGIES)]
+                index = order.index(strategy) if strategy in order else len(order)
+                colour = f"C{index % 10}"
                 panel.plot(
-                    x, mean, style, marker="o", markersize=3, linewidth=width, label=strategy
+                    x,
+                    mean,
+                    style,
+                    color=colour,
+                    marker="o",
+                    markersize=3,
+                    linewidth=width,
+                    label=strategy,
                 )
-                panel.fill_between(x, mean - std, mean + std, alpha=0.15)
+                panel.fill_between(x, mean - std, mean + std, color=colour, alpha=0.15)
             reference = full[metric]
             panel.axhline(reference, color="black", linewidth=1, label="full data")
             if metric == "map50":
