@@ -1,8 +1,8 @@
 """Loading and running YOLO detectors.
 
 A `Detector` wraps one ultralytics model, loaded once and shared by every request and thread
-of a process (a lock serialises the forward pass: ultralytics predictors are not
-thread-safe). One forward pass yields, per image, the kept boxes WITH their full per-class
+of a process (its one inference thread serialises the forward passes: ultralytics predictors
+are not thread-safe). One forward pass yields, per image, the kept boxes WITH their full per-class
 score vectors (for margin/entropy uncertainty) and an image embedding pooled from the neck
 (for diversity), so active learning needs no extra passes.
 
@@ -16,10 +16,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,13 +86,23 @@ class Detector:
         self.source = source
         self.version = source.version
         self._settings = settings
-        self._lock = threading.Lock()
         started = time.perf_counter()
         self._yolo = _load_yolo(source)
         self.names: tuple[str, ...] = tuple(
             str(self._yolo.names[i]) for i in sorted(self._yolo.names)
         )
         self.image_size = settings.image_size or trained_image_size(self._yolo) or 640
+        threads = settings.torch_threads or max(1, os.cpu_count() or 1)
+        # Every forward pass runs on this one thread. OpenMP keeps a thread team (and its
+        # spinning workers) per calling thread, so inference from gunicorn's several request
+        # threads would start competing teams on the same cores; one thread also serialises
+        # the model, which ultralytics predictors need.
+        self._inference = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix=f"inference-{source.version}",
+            initializer=_set_threads,
+            initargs=(threads,),
+        )
         logger.info(
             "loaded model version=%s kind=%s classes=%d imgsz=%d in %.2fs",
             self.version,
@@ -101,17 +113,21 @@ class Detector:
         )
 
     def predict(self, images: Sequence[np.ndarray]) -> list[ImageDetections]:
-        """Detect on BGR images, in chunks of PREDICT_BATCH; one result per image, in order."""
+        """Detect on BGR images, in chunks of PREDICT_BATCH; one result per image, in order.
+
+        Thread-safe: chunks run one at a time on the detector's inference thread.
+        """
         out: list[ImageDetections] = []
         size = self._settings.predict_batch
         for start in range(0, len(images), size):
-            out.extend(self._predict_chunk(list(images[start : start + size])))
+            chunk = list(images[start : start + size])
+            out.extend(self._inference.submit(self._predict_chunk, chunk).result())
         return out
 
     def _predict_chunk(self, images: list[np.ndarray]) -> list[ImageDetections]:
         import torch  # noqa: PLC0415
 
-        with self._lock, torch.inference_mode():
+        with torch.inference_mode():
             results = self._yolo.predict(
                 source=images,
                 predictor=self._predictor_cls,
@@ -138,6 +154,12 @@ class Detector:
                 )
             )
         return detections
+
+
+def _set_threads(threads: int) -> None:
+    import torch  # noqa: PLC0415
+
+    torch.set_num_threads(threads)
 
 
 def trained_image_size(yolo: Any) -> int | None:
