@@ -79,7 +79,11 @@ ENV_NAMES = frozenset(
         "LOG_LEVEL",
         "MAX_IMAGE_BYTES",
         "MAX_IMAGE_PIXELS",
+        "MAX_EVENT_BYTES",
         "MAX_LOADED_MODELS",
+        "MAX_REQUEST_BYTES",
+        "MAX_REQUEST_PIXELS",
+        "MODELS_ROOT",
         "MODEL_DIR",
         "MODEL_PATH",
         "MODEL_SCORE_THRESHOLD",
@@ -117,6 +121,8 @@ class Settings:
     model_dir: Path = field(default_factory=lambda: Path("models").resolve())  # MODEL_DIR
     model_path: Path | None = None  # MODEL_PATH: base weights (.pt) used before any retraining
     model_yaml: str = "yolo11n.yaml"  # MODEL_YAML: architecture for a randomly initialised model
+    models_root: Path | None = None  # MODELS_ROOT: the only folder a label config's
+    # `model_path` may name weights in (weights are code: unpickling runs it); unset = refused
     label_studio_url: str | None = None  # LABEL_STUDIO_URL
     label_studio_api_key: str | None = field(default=None, repr=False)  # LABEL_STUDIO_API_KEY
     basic_auth_user: str | None = None  # BASIC_AUTH_USER
@@ -136,9 +142,15 @@ class Settings:
     max_loaded_models: int = 4  # MAX_LOADED_MODELS: detectors kept in memory per process
     image_root: Path | None = None  # IMAGE_ROOT: local paths allowed under this folder
     local_files_root: Path | None = None  # LOCAL_FILES_DOCUMENT_ROOT: LS local storage on disk
-    allowed_image_hosts: tuple[str, ...] = ()  # ALLOWED_IMAGE_HOSTS: extra hosts, "*" = any
+    allowed_image_hosts: tuple[str, ...] = ()  # ALLOWED_IMAGE_HOSTS: extra hosts (names,
+    # IPs or CIDR networks); "*" = any public host. Loopback, private and link-local
+    # addresses are reached only when named here explicitly (or as LABEL_STUDIO_URL's host)
     max_image_bytes: int = 50 * 1024 * 1024  # MAX_IMAGE_BYTES
-    max_image_pixels: int = 64_000_000  # MAX_IMAGE_PIXELS
+    max_image_pixels: int = 64_000_000  # MAX_IMAGE_PIXELS: per image, checked from the header
+    max_request_pixels: int = 64_000_000  # MAX_REQUEST_PIXELS: decoded pixels one /predict
+    # holds at once; a larger batch is decoded and predicted in turns
+    max_request_bytes: int = 64 * 1024 * 1024  # MAX_REQUEST_BYTES: any request body (413)
+    max_event_bytes: int = 4 * 1024 * 1024  # MAX_EVENT_BYTES: one webhook event (413)
     fetch_timeout: float = 15.0  # IMAGE_FETCH_TIMEOUT (seconds)
     training_enabled: bool = True  # TRAINING: "0" runs no background trainer in this process
     train_every: int = 10  # TRAIN_EVERY: changed annotations that trigger a training run
@@ -177,6 +189,9 @@ class Settings:
         model_path = _path(env, "MODEL_PATH")
         if model_path is not None and not model_path.is_file():
             raise ConfigError(f"MODEL_PATH {model_path} does not exist")
+        models_root = _path(env, "MODELS_ROOT")
+        if models_root is not None and not models_root.is_dir():
+            raise ConfigError(f"MODELS_ROOT {models_root} is not a folder")
         redis_url = _get(env, "REDIS_URL")
         if redis_url is not None and urlsplit(redis_url).scheme not in _REDIS_SCHEMES:
             raise ConfigError(
@@ -191,6 +206,7 @@ class Settings:
             model_dir=_path(env, "MODEL_DIR") or Path("models").resolve(),
             model_path=model_path,
             model_yaml=_get(env, "MODEL_YAML") or "yolo11n.yaml",
+            models_root=models_root,
             label_studio_url=ls_url,
             label_studio_api_key=_get(env, "LABEL_STUDIO_API_KEY"),
             basic_auth_user=user,
@@ -213,6 +229,9 @@ class Settings:
             allowed_image_hosts=_hosts(env, "ALLOWED_IMAGE_HOSTS"),
             max_image_bytes=_int(env, "MAX_IMAGE_BYTES", 50 * 1024 * 1024),
             max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", 64_000_000),
+            max_request_pixels=_int(env, "MAX_REQUEST_PIXELS", 64_000_000),
+            max_request_bytes=_int(env, "MAX_REQUEST_BYTES", 64 * 1024 * 1024, minimum=1024),
+            max_event_bytes=_int(env, "MAX_EVENT_BYTES", 4 * 1024 * 1024, minimum=1024),
             fetch_timeout=_float(env, "IMAGE_FETCH_TIMEOUT", 15.0, 0.1, 600.0),
             training_enabled=_bool(env, "TRAINING", True),
             train_every=_int(env, "TRAIN_EVERY", 10),
@@ -241,7 +260,7 @@ class Settings:
     def from_json(cls, text: str) -> Settings:
         """The inverse of `to_json`."""
         raw = json.loads(text)
-        paths = {"model_dir", "model_path", "image_root", "local_files_root"}
+        paths = {"model_dir", "model_path", "models_root", "image_root", "local_files_root"}
         values = {
             k: (Path(v) if k in paths and v is not None else tuple(v) if isinstance(v, list) else v)
             for k, v in raw.items()
