@@ -11,6 +11,7 @@ from typing import Any
 
 from backend.detector import Box
 from backend.label_config import BoxControl
+from backend.registry import MAX_PROJECT_ID
 
 
 def box_region(
@@ -83,21 +84,26 @@ HANDLED_ACTIONS = frozenset(
 def project_id(value: object) -> int | None:
     """Label Studio's project reference as an int: `3`, `"3"`, `"3.1712345678"` or `{"id": 3}`.
 
-    Returns None when absent; raises ValueError when present but malformed.
+    Returns None when absent; raises ValueError when present but malformed or outside
+    1..2**63-1 (SQLite's integers, and short enough to name a folder).
     """
+    if isinstance(value, dict):
+        value = value.get("id")
     if value is None or value == "":
         return None
-    if isinstance(value, dict):
-        return project_id(value.get("id"))
-    if isinstance(value, bool):
-        raise ValueError(f"invalid project reference {value!r}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str):
         head = value.split(".", 1)[0]
-        if head.isdigit():
-            return int(head)
-    raise ValueError(f"invalid project reference {value!r}")
+        if head.isascii() and head.isdigit() and len(head) <= 19:
+            number = int(head)
+    if number is None or not 1 <= number <= MAX_PROJECT_ID:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+        raise ValueError(
+            f"invalid project reference {shown}: expected a project id from 1 to {MAX_PROJECT_ID}"
+        )
+    return number
 
 
 def webhook_annotation_ids(action: str, payload: dict[str, Any]) -> tuple[int, ...]:

@@ -26,6 +26,8 @@ from backend.files import atomic_write, fsync_path
 logger = logging.getLogger(__name__)
 
 _VERSION = re.compile(r"^v(\d+)$")
+_PROJECT_DIR = re.compile(r"^[0-9]{1,19}$")
+MAX_PROJECT_ID = 2**63 - 1  # Label Studio's ids are positive 64-bit signed integers (SQLite's)
 
 
 @dataclass(frozen=True)
@@ -157,10 +159,11 @@ class ModelRegistry:
         )
 
     def projects(self) -> list[int]:
-        """Project ids that have a registry folder."""
+        """Project ids that have a registry folder (other names there are ignored)."""
         if not self.root.is_dir():
             return []
-        return sorted(int(p.name) for p in self.root.iterdir() if p.name.isdigit())
+        ids = (int(p.name) for p in self.root.iterdir() if _PROJECT_DIR.match(p.name))
+        return sorted(i for i in ids if 1 <= i <= MAX_PROJECT_ID)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -49,13 +49,37 @@ def test_empty_prediction_scores_zero() -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(3, 3), ("3", 3), ("12.1712345678", 12), ({"id": 5, "title": "x"}, 5), (None, None)],
+    [
+        (3, 3),
+        ("3", 3),
+        ("12.1712345678", 12),
+        ({"id": 5, "title": "x"}, 5),
+        (None, None),
+        (2**63 - 1, 2**63 - 1),
+        (str(2**63 - 1), 2**63 - 1),
+    ],
 )
 def test_project_id_forms(value: object, expected: int | None) -> None:
     assert ls_format.project_id(value) == expected
 
 
-@pytest.mark.parametrize("value", ["abc", True, {"id": "x"}, 1.5])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "abc",
+        True,
+        {"id": "x"},
+        1.5,
+        0,
+        -3,
+        "0",
+        2**63,  # over SQLite's integers: OverflowError in the event store before
+        str(2**63),
+        "9" * 300,  # a folder name over NAME_MAX: ENAMETOOLONG before
+        "\u0663",  # a non-ASCII digit
+        {"id": {"id": 3}},
+    ],
+)
 def test_project_id_rejects_garbage(value: object) -> None:
     with pytest.raises(ValueError, match="invalid project"):
         ls_format.project_id(value)
