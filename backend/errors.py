@@ -6,6 +6,8 @@ every client error carries a status and a message a Label Studio user can act on
 
 from __future__ import annotations
 
+import errno
+
 
 class BackendError(Exception):
     """Base of every error the backend raises on purpose."""
@@ -56,3 +58,33 @@ class ModelError(BackendError):
 
     status = 503
     code = "model_unavailable"
+
+
+class PayloadTooLarge(BackendError):
+    """A request body is over its size limit (MAX_REQUEST_BYTES, or MAX_EVENT_BYTES for
+    a webhook event)."""
+
+    status = 413
+    code = "payload_too_large"
+
+
+class StorageError(BackendError):
+    """MODEL_DIR cannot be written (read-only, I/O error): nothing was stored, retry later."""
+
+    status = 503
+    code = "storage_unavailable"
+
+
+class StorageFull(StorageError):
+    """MODEL_DIR's disk is full: nothing was stored; free space and retry."""
+
+    status = 507
+    code = "storage_full"
+
+
+def storage_error(exc: BaseException, doing: str) -> StorageError:
+    """The StorageError for an OS or SQLite failure while `doing` something under MODEL_DIR."""
+    text = str(exc)
+    full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "full" in text.lower()
+    kind = StorageFull if full else StorageError
+    return kind(f"{doing} failed: {text or type(exc).__name__}")

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backend.errors import storage_error
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -54,7 +56,7 @@ class Event:
     project_id: int
     action: str
     annotation_ids: tuple[int, ...]
-    payload: dict[str, Any]
+    payload: dict[str, Any] | None  # None from `pending`, which never reads payloads
     processed_at: float | None
 
 
@@ -73,31 +75,42 @@ class EventStore:
     def append(
         self, project_id: int, action: str, annotation_ids: tuple[int, ...], payload: dict[str, Any]
     ) -> int:
-        """Store one event durably (committed before returning); returns its id."""
-        with self._lock, self._db:
-            cursor = self._db.execute(
-                "INSERT INTO events (received_at, project_id, action, annotation_ids, payload)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (
-                    time.time(),
-                    project_id,
-                    action,
-                    json.dumps(list(annotation_ids)),
-                    json.dumps(payload, separators=(",", ":")),
-                ),
-            )
-            return int(cursor.lastrowid or 0)
+        """Store one event durably (committed before returning); returns its id.
+
+        Raises StorageError (StorageFull on a full disk) when it cannot be stored."""
+        row = (
+            time.time(),
+            project_id,
+            action,
+            json.dumps(list(annotation_ids)),
+            json.dumps(payload, separators=(",", ":")),
+        )
+        try:
+            with self._lock, self._db:
+                cursor = self._db.execute(
+                    "INSERT INTO events (received_at, project_id, action, annotation_ids,"
+                    " payload) VALUES (?, ?, ?, ?, ?)",
+                    row,
+                )
+                return int(cursor.lastrowid or 0)
+        except (sqlite3.Error, OSError) as exc:
+            raise storage_error(exc, "storing the webhook event") from exc
 
     def pending(self, project_id: int | None = None) -> list[Event]:
-        """Unprocessed events, oldest first (all projects, or one)."""
-        return self._select("processed_at IS NULL", project_id)
+        """Unprocessed events, oldest first (all projects, or one), without their payloads:
+        the scheduler polls this every few seconds and needs only ids and actions."""
+        return self._select("processed_at IS NULL", project_id, with_payload=False)
 
     def history(self, project_id: int) -> list[Event]:
         """Every event of a project, processed or not, oldest first."""
-        return self._select("1 = 1", project_id)
+        return self._select("1 = 1", project_id, with_payload=True)
 
-    def _select(self, condition: str, project_id: int | None) -> list[Event]:
-        query = f"SELECT * FROM events WHERE {condition}"
+    def _select(self, condition: str, project_id: int | None, with_payload: bool) -> list[Event]:
+        payload = "payload" if with_payload else "NULL"
+        query = (
+            "SELECT id, received_at, project_id, action, annotation_ids, "
+            f"{payload}, processed_at FROM events WHERE {condition}"
+        )
         params: tuple[Any, ...] = ()
         if project_id is not None:
             query += " AND project_id = ?"
@@ -200,6 +213,6 @@ def _event(row: tuple[Any, ...]) -> Event:
         project_id=int(row[2]),
         action=str(row[3]),
         annotation_ids=tuple(json.loads(row[4])),
-        payload=json.loads(row[5]),
+        payload=None if row[5] is None else json.loads(row[5]),
         processed_at=row[6],
     )

@@ -102,14 +102,25 @@ class TrainingScheduler:
             if state == QUEUED:  # scale-out (issue 7): a worker finishes and records it
                 done.append((due.project_id, state))
                 continue
-            logger.info("project=%s run=%s finished: %s", due.project_id, run_id, state)
             if state == "failed":
                 delay = min(max(delay * 2, self._settings.train_retry_seconds), 3600.0)
                 self._backoff[due.project_id] = (time.time() + delay, delay)
+                logger.warning(
+                    "project=%s run=%s failed: %s; events kept, next try in %.0fs",
+                    due.project_id,
+                    run_id,
+                    self._run_error(due.project_id, run_id),
+                    delay,
+                )
             else:
+                logger.info("project=%s run=%s finished: %s", due.project_id, run_id, state)
                 self._backoff.pop(due.project_id, None)
             done.append((due.project_id, state))
         return done
+
+    def _run_error(self, project_id: int, run_id: int) -> str:
+        run = next((r for r in self._events.runs(project_id) if r["id"] == run_id), None)
+        return str((run or {}).get("details", {}).get("error") or "unknown error")
 
     def run_forever(self, stop: threading.Event) -> None:
         """Poll until `stop` is set; an unexpected error is logged and polling goes on."""
