@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None, service: MLService | None = Non
     """Build the app. `settings` default to the environment; `service` to `build_service`."""
     settings = settings or Settings.from_env()
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024 * 1024
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     service = service or build_service(settings)
     app.extensions["ls_active_yolo"] = service
     if settings.training_enabled:

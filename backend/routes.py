@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from backend.errors import BadRequest
+from backend.errors import BadRequest, PayloadTooLarge
 from backend.service import MLService
 
 bp = Blueprint("ml", __name__)
@@ -16,8 +17,18 @@ def _service() -> MLService:
     return current_app.extensions["ls_active_yolo"]
 
 
-def _json_body() -> dict[str, Any]:
-    body = request.get_json(silent=True, force=True)
+def _json_body(limit: int | None = None) -> dict[str, Any]:
+    """The body as a JSON object. Over MAX_REQUEST_BYTES (checked while reading, chunked
+    bodies too) werkzeug answers 413; `limit` is a tighter bound for this route."""
+    raw = request.get_data(cache=False)
+    if limit is not None and len(raw) > limit:
+        raise PayloadTooLarge(f"request body is {len(raw)} bytes, over the {limit}-byte limit")
+    try:
+        body = json.loads(raw)
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply") from None
+    except ValueError as exc:  # includes bad UTF-8
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
     return body
@@ -41,7 +52,8 @@ def predict() -> Response:
 
 @bp.post("/webhook")
 def webhook() -> tuple[Response, int]:
-    answer = _service().record_event(_json_body())
+    service = _service()
+    answer = service.record_event(_json_body(limit=service.settings.max_event_bytes))
     return jsonify(answer), 201 if answer["status"] == "recorded" else 200
 
 
