@@ -21,6 +21,9 @@ def _json_body(limit: int | None = None) -> dict[str, Any]:
     """The body as a JSON object. Over MAX_REQUEST_BYTES (checked while reading, chunked
     bodies too) werkzeug answers 413; `limit` is a tighter bound for this route."""
     raw = request.get_data(cache=False)
+    if request.content_length is None:
+        # werkzeug ends a chunked body at the limit silently; reading on raises its 413
+        request.stream.read(1)
     if limit is not None and len(raw) > limit:
         raise PayloadTooLarge(f"request body is {len(raw)} bytes, over the {limit}-byte limit")
     try:

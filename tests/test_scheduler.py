@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import socket
 from pathlib import Path
+
+import pytest
 
 from backend.config import Settings
 from backend.events import Event, EventStore
-from backend.scheduler import TrainingScheduler, due_projects
+from backend.scheduler import TrainingScheduler, due_projects, subprocess_launcher
 
 
 def _event(i: int, project: int, action: str, ids: tuple[int, ...], at: float) -> Event:
@@ -63,7 +67,9 @@ def test_events_arriving_during_a_run_stay_pending(tmp_path: Path) -> None:
     assert [e.annotation_ids for e in events.pending(1)] == [(2,)]
 
 
-def test_failure_keeps_events_and_backs_off(tmp_path: Path) -> None:
+def test_failure_keeps_events_and_backs_off(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     settings = Settings(
         model_dir=tmp_path, train_every=1, train_quiet_seconds=3600, train_retry_seconds=60
     )
@@ -82,6 +88,31 @@ def test_failure_keeps_events_and_backs_off(tmp_path: Path) -> None:
     assert len(calls) == 1
     assert len(events.pending(1)) == 1
     assert events.runs(1)[0]["state"] == "failed"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("run=1 failed: boom" in w for w in warnings), warnings
+
+
+@pytest.mark.slow
+def test_run_failing_in_its_child_is_logged_at_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Label Studio unreachable: the child's traceback goes to the run's log file, and the
+    server's own log says so at WARNING (it said nothing above INFO before)."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = Settings(
+        model_dir=tmp_path,
+        label_studio_url=f"http://127.0.0.1:{port}",
+        label_studio_api_key="token",
+        train_every=1,
+    )
+    events = EventStore(tmp_path / "events.sqlite3")
+    events.append(4, "START_TRAINING", (), {})
+    launcher = subprocess_launcher(settings, events)
+    assert TrainingScheduler(settings, events, launcher).run_once() == [(4, "failed")]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("project=4 run=1 failed: " in w and "Connect" in w for w in warnings), warnings
 
 
 def test_stale_running_runs_are_marked_interrupted(tmp_path: Path) -> None:
