@@ -3,6 +3,9 @@
 Parsing is done by `label_studio_sdk.label_interface`; this module only turns its tags into
 small frozen dataclasses the rest of the backend uses, and validates the attributes users set
 on the tags (`model_score_threshold`, `model_path`, `model_skip`, `predicted_values`).
+
+Pure: nothing here touches the file system. Whether a `model_path` may be served (it must lie
+under MODELS_ROOT) is decided where the weights are loaded, `backend.detector`.
 """
 
 from __future__ import annotations
@@ -89,7 +92,7 @@ def parse_label_config(xml: str) -> ParsedConfig:
                 labels=labels,
                 class_to_label=_class_map(tag.name, tag.labels_attrs),
                 score_threshold=_threshold(tag.name, attrs.get("model_score_threshold")),
-                model_path=attrs.get("model_path") or None,
+                model_path=_model_path(tag.name, attrs.get("model_path")),
                 queue_attributes=MappingProxyType(
                     {k: str(v) for k, v in attrs.items() if k.startswith("al_")}
                 ),
@@ -130,4 +133,14 @@ def _threshold(control: str, raw: object) -> float | None:
         ) from None
     if not 0.0 <= value <= 1.0:
         raise LabelConfigError(f"{control}: model_score_threshold must be in [0, 1], got {value}")
+    return value
+
+
+def _model_path(control: str, raw: object) -> str | None:
+    """The model_path attribute as written; unset or "" means none. Blank or NUL: refused."""
+    if raw in (None, ""):
+        return None
+    value = str(raw)
+    if not value.strip() or "\0" in value:
+        raise LabelConfigError(f"{control}: model_path must be a file path, got {raw!r}")
     return value

@@ -99,8 +99,31 @@ def test_several_controls_and_model_skip() -> None:
             ),
             "maps to both",
         ),
+        (
+            _config(
+                '<RectangleLabels name="l" toName="image" model_path="   ">'
+                '<Label value="a"/></RectangleLabels>'
+            ),
+            "l: model_path must be a file path",
+        ),
     ],
 )
 def test_unservable_configs_raise_clear_errors(xml: str, message: str) -> None:
     with pytest.raises(LabelConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse_label_config(xml)
+
+
+def test_model_path_is_kept_as_written_and_empty_means_unset() -> None:
+    def model_path(attribute: str) -> str | None:
+        xml = _config(
+            f'<RectangleLabels name="l" toName="image"{attribute}><Label value="a"/>'
+            "</RectangleLabels>"
+        )
+        return parse_label_config(xml).controls[0].model_path
+
+    # The parser only reads the attribute; whether the path may be served (under
+    # MODELS_ROOT) is decided by the detector pool, so an outside path parses here.
+    assert model_path(' model_path="/etc/shadow"') == "/etc/shadow"
+    assert model_path(' model_path="sub/../w.pt"') == "sub/../w.pt"
+    assert model_path(' model_path=""') is None
+    assert model_path("") is None
