@@ -9,6 +9,10 @@ score vectors (for margin/entropy uncertainty) and an image embedding pooled fro
 `DetectorPool` decides which weights serve a project and keeps a few detectors loaded; it
 checks the registry's live pointer on every call, so a promoted model is served by every
 worker on its next request (hot swap without restart).
+
+Weights are code: ultralytics unpickles a checkpoint, so loading one runs whatever it holds.
+A label config's `model_path` therefore names weights only inside MODELS_ROOT (see
+`weights_under_root`); the operator's MODEL_PATH and the registry's own versions are trusted.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from backend.config import Settings
-from backend.errors import ModelError
+from backend.errors import LabelConfigError, ModelError
 from backend.offline import prepare_ultralytics
 from backend.registry import ModelRegistry
 
@@ -88,9 +92,7 @@ class Detector:
         self._settings = settings
         started = time.perf_counter()
         self._yolo = _load_yolo(source)
-        self.names: tuple[str, ...] = tuple(
-            str(self._yolo.names[i]) for i in sorted(self._yolo.names)
-        )
+        self.names: tuple[str, ...] = _class_names(self._yolo, source)
         self.image_size = settings.image_size or trained_image_size(self._yolo) or 640
         threads = settings.torch_threads or max(1, os.cpu_count() or 1)
         # Every forward pass runs on this one thread. OpenMP keeps a thread team (and its
@@ -186,6 +188,55 @@ def _load_yolo(source: ModelSource) -> Any:
         raise ModelError(f"cannot load model {source.weights or source.yaml}: {exc}") from exc
 
 
+def _class_names(yolo: Any, source: ModelSource) -> tuple[str, ...]:
+    """The model's class names in class-id order; ModelError when it is no detector."""
+    try:
+        names = yolo.names
+        return tuple(str(names[i]) for i in sorted(names))
+    except Exception as exc:  # a checkpoint that loaded but holds no usable YOLO model
+        raise ModelError(f"{source.weights or source.yaml} is not a YOLO detector: {exc}") from exc
+
+
+WEIGHTS_SUFFIX = ".pt"
+OUTSIDE_ROOT = f"model_path must name a {WEIGHTS_SUFFIX} weights file under MODELS_ROOT"
+
+
+def weights_under_root(model_path: str, root: Path | None) -> Path:
+    """The weights file a label config's `model_path` names, resolved, if it lies in `root`.
+
+    Relative paths are taken from `root`. `..` is collapsed lexically first, so the file
+    system is consulted only from `root` down; symlinks are then followed and the target must
+    still lie under `root`. Every refusal of a path outside `root` (or without the weights
+    suffix) raises LabelConfigError with the one message OUTSIDE_ROOT, whether or not the
+    path exists, so the answer says nothing about files elsewhere. Under `root`, a missing
+    file is named as such.
+    """
+    if root is None:
+        raise LabelConfigError(
+            "model_path in a label config is refused: the backend has no MODELS_ROOT "
+            "(set it to the folder that holds the weights label configs may name)"
+        )
+    if not model_path or "\0" in model_path:
+        raise LabelConfigError(OUTSIDE_ROOT)
+    root_real = Path(os.path.realpath(root))
+    lexical = Path(os.path.normpath(os.path.join(root_real, model_path)))
+    if not lexical.is_relative_to(root_real):
+        raise LabelConfigError(OUTSIDE_ROOT)
+    resolved = Path(os.path.realpath(lexical))
+    if (
+        resolved == root_real
+        or not resolved.is_relative_to(root_real)
+        or resolved.suffix != WEIGHTS_SUFFIX
+    ):
+        raise LabelConfigError(OUTSIDE_ROOT)
+    if not os.path.isfile(resolved):
+        raise LabelConfigError(
+            f"model_path {model_path!r}: no weights file at {resolved.relative_to(root_real)} "
+            "under MODELS_ROOT"
+        )
+    return resolved
+
+
 def file_version(path: Path) -> str:
     """A stable version string for a weights file: its stem and a content hash."""
     stat = path.stat()
@@ -221,12 +272,18 @@ class DetectorPool:
         self, project_id: int | None, class_names: Sequence[str], model_path: str | None = None
     ) -> ModelSource:
         """Resolution order: the tag's model_path, the project's live registry version,
-        MODEL_PATH, else a randomly initialised model with the config's classes."""
+        MODEL_PATH, else a randomly initialised model with the config's classes.
+
+        The tag's model_path must name a weights file under MODELS_ROOT (LabelConfigError
+        otherwise, see `weights_under_root`).
+        """
         if model_path:
-            path = Path(model_path).expanduser()
-            if not path.is_file():
-                raise ModelError(f"model_path {model_path!r} from the label config does not exist")
-            return ModelSource(version=file_version(path), weights=path, kind="model_path")
+            path = weights_under_root(model_path, self._settings.models_root)
+            try:
+                version = file_version(path)
+            except OSError as exc:
+                raise ModelError(f"cannot read weights {path}: {exc.strerror}") from exc
+            return ModelSource(version=version, weights=path, kind="model_path")
         if project_id is not None:
             live = self._registry.live(project_id)
             if live is not None:
@@ -243,7 +300,10 @@ class DetectorPool:
 
     def get(self, source: ModelSource) -> Detector:
         """The loaded detector for `source`, loading it (once) if needed."""
-        key = source.key
+        try:
+            key = source.key
+        except OSError as exc:  # the weights went away since `source_for`
+            raise ModelError(f"cannot read weights {source.weights}: {exc.strerror}") from exc
         with self._lock:
             detector = self._loaded.get(key)
             if detector is not None:
