@@ -1,4 +1,4 @@
-"""A real HTTP server on 127.0.0.1 that serves canned answers and records request headers."""
+"""A real HTTP server on a loopback address that serves canned answers and records requests."""
 
 from __future__ import annotations
 
@@ -13,17 +13,36 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class CannedServer:
     url: str
     routes: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    redirects: dict[str, tuple[int, str]] = field(default_factory=dict)  # path: status, Location
     seen_headers: dict[str, dict[str, str]] = field(default_factory=dict)
+    paths: list[str] = field(default_factory=list)  # every path requested, in order
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def redirect(self, path: str, location: str, status: int = 302) -> None:
+        """Answer `path` with `status` and a Location header."""
+        self.redirects[path] = (status, location)
 
 
 @contextmanager
-def canned_http_server() -> Iterator[CannedServer]:
-    """Serve `server.routes[path] = (status, body)`; unknown paths get 404."""
+def canned_http_server(host: str = "127.0.0.1") -> Iterator[CannedServer]:
+    """Serve `server.routes[path] = (status, body)` and `server.redirects` on `host` (any
+    loopback address: 127.0.0.2 is a second host); unknown paths get 404."""
     state = CannedServer(url="")
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            state.paths.append(self.path)
             state.seen_headers[self.path] = dict(self.headers)
+            if self.path in state.redirects:
+                status, location = state.redirects[self.path]
+                self.send_response(status)
+                self.send_header("Location", location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             status, body = state.routes.get(self.path, (404, b"not found"))
             self.send_response(status)
             self.send_header("Content-Length", str(len(body)))
@@ -33,8 +52,8 @@ def canned_http_server() -> Iterator[CannedServer]:
         def log_message(self, *_args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    server = ThreadingHTTPServer((host, 0), Handler)
+    state.url = f"http://{host}:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
