@@ -248,15 +248,20 @@ def write_dataset(
 
 
 def _cached_image(item: LabeledImage, loader: ImageLoader, cache_dir: Path) -> Path:
-    """The task's image in the per-project cache, fetched once per (task, URL)."""
-    key = hashlib.sha256(item.image_ref.encode()).hexdigest()[:10]
+    """The task's image in the per-project cache, fetched once per (task, URL).
+
+    Cached as training must see it (`ImageLoader.training_file`): the boxes were drawn on the
+    displayed picture, so a rotated (EXIF) or high-bit-depth image is stored as that 8-bit
+    picture; a plain file keeps its bytes.
+    """
+    key = hashlib.sha256(item.image_ref.encode("utf-8", "surrogatepass")).hexdigest()[:10]
     stem = f"task{item.task_id}-{key}"
     cache_dir.mkdir(parents=True, exist_ok=True)
     found = sorted(cache_dir.glob(f"{stem}.*"))
     if found:
         return found[0]
-    data = loader.read(item.image_ref)
-    return atomic_write(cache_dir / f"{stem}{loader.file_suffix(data, item.image_ref)}", data)
+    data, suffix = loader.training_file(loader.read(item.image_ref), item.image_ref)
+    return atomic_write(cache_dir / f"{stem}{suffix}", data)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

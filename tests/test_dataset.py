@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -156,5 +157,65 @@ def test_not_enough_data(tmp_path: Path) -> None:
     with pytest.raises(NotEnoughData, match="0 usable"):
         write_dataset(
             missing, _loader(tmp_path), tmp_path / "ds", tmp_path / "c", CLASSES, 20, 4, stats
+        )
+    assert stats.skipped["image unavailable"] == 2
+
+
+def _orientation_6_jpeg(path: Path) -> None:
+    """A 60x30 photo stored sideways: red left, blue right, shown rotated 90 degrees clockwise."""
+    stored = Image.new("RGB", (60, 30), (250, 0, 0))
+    stored.paste((0, 0, 250), (30, 0, 60, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(path, "JPEG", exif=exif)
+
+
+def _sixteen_bit_png(path: Path) -> None:
+    """A 256x2 gradient whose right 8-bit reading is 0, 1, ..., 255."""
+    steps = np.arange(256).reshape(1, 256).repeat(2, axis=0)
+    Image.fromarray((steps * 257).astype(np.uint16)).save(path, "PNG")
+
+
+def test_training_cache_holds_the_displayed_8_bit_picture(tmp_path: Path) -> None:
+    from backend.dataset import LabeledImage
+
+    sources = {1: tmp_path / "plain.jpg", 2: tmp_path / "rotated.jpg", 3: tmp_path / "deep.png"}
+    Image.new("RGB", (20, 10), (0, 128, 0)).save(sources[1], "JPEG")
+    _orientation_6_jpeg(sources[2])
+    _sixteen_bit_png(sources[3])
+    images = [LabeledImage(i, i, str(path), ()) for i, path in sources.items()]
+    loader = _loader(tmp_path)
+    cache = tmp_path / "cache"
+    write_dataset(images, loader, tmp_path / "ds", cache, CLASSES, 20, 3, ExportStats())
+    cached = {int(p.name[4 : p.name.index("-")]): p for p in cache.iterdir()}
+
+    # A plain 8-bit image shown as stored keeps its original bytes.
+    assert cached[1].suffix == ".jpg"
+    assert cached[1].read_bytes() == sources[1].read_bytes()
+
+    # A rotated photo is cached as the picture Label Studio showed: upright, no EXIF left.
+    assert cached[2].suffix == ".png"
+    with Image.open(cached[2]) as rotated:
+        assert rotated.size == (30, 60)
+        assert rotated.getexif().get(0x0112) is None
+        shown = loader.decode(sources[2].read_bytes(), "rotated.jpg")
+        assert np.array_equal(np.asarray(rotated.convert("RGB"))[:, :, ::-1], shown.pixels)
+        assert rotated.getpixel((15, 5))[0] > 200  # red on top
+
+    # A 16-bit image is cached as 8 bits that keep the gradient.
+    assert cached[3].suffix == ".png"
+    with Image.open(cached[3]) as deep:
+        assert deep.mode == "RGB"
+        assert np.array_equal(np.asarray(deep)[0, :, 1], np.arange(256, dtype=np.uint8))
+
+
+def test_unencodable_reference_is_an_unavailable_image(tmp_path: Path) -> None:
+    from backend.dataset import LabeledImage
+
+    images = [LabeledImage(1, 1, "\ud800.png", ()), LabeledImage(2, 2, "/x\x00.png", ())]
+    stats = ExportStats()
+    with pytest.raises(NotEnoughData):
+        write_dataset(
+            images, _loader(tmp_path), tmp_path / "ds", tmp_path / "c", CLASSES, 20, 2, stats
         )
     assert stats.skipped["image unavailable"] == 2
