@@ -7,18 +7,20 @@ the model for the project, runs the detector and maps the answer back to Label S
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
+import shutil
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from backend import ls_format
 from backend.config import Settings
-from backend.detector import DetectorPool, ImageDetections
-from backend.errors import BadRequest, ImageError
+from backend.detector import Detector, DetectorPool, ImageDetections, ModelSource
+from backend.errors import BadRequest, ImageError, storage_error
 from backend.events import EventStore
 from backend.files import atomic_write
 from backend.images import ImageLoader, LoadedImage
@@ -57,16 +59,34 @@ class MLService:
 
     # -- /health ---------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
+        """Unauthenticated (Label Studio calls it before every request): says what serves and
+        whether MODEL_DIR takes writes, never a file path."""
         source = self.detectors.source_for(None, ())  # what serves a project with no model
         model: dict[str, Any] = {"source": source.kind, "version": source.version}
-        if source.weights is not None:
-            model["path"] = str(source.weights)
-        else:
+        if source.weights is None:
             model["warning"] = (
                 "no MODEL_PATH and nothing promoted yet: predictions come from a randomly "
                 "initialised model until a project's first retraining"
             )
-        return {"status": "UP", "model_class": "YOLO", "base_model": model}
+        return {
+            "status": "UP",
+            "model_class": "YOLO",
+            "base_model": model,
+            "storage": self._storage_status(),
+        }
+
+    def _storage_status(self) -> dict[str, Any]:
+        """Can MODEL_DIR take a write now? (Events and settings are refused while it cannot.)"""
+        probe = self.settings.model_dir / ".health-probe"
+        try:
+            free = shutil.disk_usage(self.settings.model_dir).free
+            with probe.open("wb") as handle:
+                handle.write(b"\0" * 4096)
+            probe.unlink()
+        except OSError as exc:
+            error = storage_error(exc, "writing to MODEL_DIR")
+            return {"status": "failing", "error": error.code, "message": str(error)}
+        return {"status": "ok", "free_bytes": free}
 
     # -- /setup ----------------------------------------------------------------------------
     def setup(self, body: dict[str, Any], base_url: str = "") -> dict[str, Any]:
@@ -128,7 +148,10 @@ class MLService:
         if project_extra_params(self.registry, project) == overrides:
             return
         path = self.registry.project_dir(project) / "params.json"
-        atomic_write(path, json.dumps(overrides, sort_keys=True).encode())
+        try:
+            atomic_write(path, json.dumps(overrides, sort_keys=True).encode())
+        except OSError as exc:
+            raise storage_error(exc, "saving the project's extra params") from exc
         logger.info("project=%s extra params set: %s", project, overrides)
 
     # -- /predict --------------------------------------------------------------------------
@@ -147,8 +170,16 @@ class MLService:
         config = self._config(body.get("label_config"))
         project = self._project(body.get("project"))
         started = time.perf_counter()
+        # One resolution per request: a promotion landing mid-request must not pair one
+        # version's regions with another's model_version.
+        sources = {
+            control.from_name: self.detectors.source_for(
+                project, control.labels, control.model_path
+            )
+            for control in config.controls
+        }
         primary = config.controls[0]
-        version = self.detectors.source_for(project, primary.labels, primary.model_path).version
+        version = sources[primary.from_name].version
         answers: list[dict[str, Any] | None] = [None] * len(tasks)
         ranked = (
             project is not None
@@ -161,7 +192,7 @@ class MLService:
         todo = [i for i, answer in enumerate(answers) if answer is None]
         offset = 1.0 if ranked else 0.0
         for i, regions in zip(
-            todo, self._detect([tasks[i] for i in todo], config, project), strict=True
+            todo, self._detect([tasks[i] for i in todo], config, sources, project), strict=True
         ):
             answer = ls_format.task_prediction(regions, version)
             answer["score"] = round(answer["score"] + offset, 4)
@@ -192,56 +223,98 @@ class MLService:
         )
 
     def _detect(
-        self, tasks: Sequence[dict[str, Any]], config: ParsedConfig, project: int | None
+        self,
+        tasks: Sequence[dict[str, Any]],
+        config: ParsedConfig,
+        sources: Mapping[str, ModelSource],
+        project: int | None,
     ) -> list[list[dict[str, Any]]]:
-        """Regions per task from the detector(s) of the config's controls."""
+        """Regions per task from the detector(s) of the config's controls (`sources` maps
+        each control's name to the model resolved for this request)."""
         regions: list[list[dict[str, Any]]] = [[] for _ in tasks]
-        if not tasks:
-            return regions
         for value_key, controls in _by_image_field(config).items():
-            loaded = self._load_images(tasks, value_key, project)
-            ok = [(i, image) for i, image in enumerate(loaded) if image is not None]
-            by_model: dict[str, list[ImageDetections]] = {}
-            for control in controls:
-                source = self.detectors.source_for(project, control.labels, control.model_path)
-                detector = self.detectors.get(source)
-                if detector.version not in by_model:
-                    by_model[detector.version] = detector.predict([im.pixels for _, im in ok])
-                threshold = (
-                    control.score_threshold
-                    if control.score_threshold is not None
-                    else self.settings.score_threshold
-                )
-                for (i, image), found in zip(ok, by_model[detector.version], strict=True):
-                    regions[i].extend(
-                        ls_format.control_regions(
-                            found.boxes,
-                            detector.names,
-                            control,
-                            image.width,
-                            image.height,
-                            threshold,
-                        )
-                    )
+            detectors = [(c, self.detectors.get(sources[c.from_name])) for c in controls]
+            self._in_image_batches(
+                tasks,
+                value_key,
+                project,
+                functools.partial(self._detect_batch, detectors, regions),
+            )
         return regions
 
-    def _load_images(
-        self, tasks: Sequence[dict[str, Any]], value_key: str, project: int | None
-    ) -> list[LoadedImage | None]:
-        def load(task: dict[str, Any]) -> LoadedImage | None:
+    def _detect_batch(
+        self,
+        detectors: Sequence[tuple[BoxControl, Detector]],
+        regions: list[list[dict[str, Any]]],
+        batch: list[tuple[int, LoadedImage]],
+    ) -> None:
+        """Add the regions each control's detector finds in `batch` to `regions[task index]`."""
+        pixels = [image.pixels for _, image in batch]
+        by_model: dict[str, list[ImageDetections]] = {}
+        for control, detector in detectors:
+            if detector.version not in by_model:
+                by_model[detector.version] = detector.predict(pixels)
+            threshold = (
+                control.score_threshold
+                if control.score_threshold is not None
+                else self.settings.score_threshold
+            )
+            for (i, image), found in zip(batch, by_model[detector.version], strict=True):
+                regions[i].extend(
+                    ls_format.control_regions(
+                        found.boxes, detector.names, control, image.width, image.height, threshold
+                    )
+                )
+
+    def _in_image_batches(
+        self,
+        tasks: Sequence[dict[str, Any]],
+        value_key: str,
+        project: int | None,
+        handle: Callable[[list[tuple[int, LoadedImage]]], None],
+    ) -> None:
+        """Decode the tasks' images and hand them to `handle` as (task index, image) batches
+        holding at most MAX_REQUEST_PIXELS decoded pixels (a larger image goes alone), so a
+        request of many large images never holds them all in memory. Bytes are fetched a
+        window ahead, concurrently. A task whose image fails is logged and left out."""
+
+        def read(task: dict[str, Any]) -> tuple[str, bytes, int] | None:
             data = task.get("data")
             ref = data.get(value_key) if isinstance(data, dict) else None
             try:
-                if ref is None:
-                    raise ImageError(f"task data has no {value_key!r} field")
-                return self.images.load(ref)
+                if not isinstance(ref, str):
+                    raise ImageError(f"task data has no {value_key!r} field with an image URL")
+                raw = self.images.read(ref)
+                width, height = self.images.image_size(raw, ref)
+                return ref, raw, width * height
             except ImageError as exc:
                 logger.warning("project=%s task=%s: %s", project, task.get("id"), exc)
                 return None
 
-        if len(tasks) == 1:
-            return [load(tasks[0])]
-        return list(self._fetchers.map(load, tasks))
+        budget = self.settings.max_request_pixels
+        batch: list[tuple[int, LoadedImage]] = []
+        held = 0
+        window = max(1, self.settings.predict_batch)
+        for start in range(0, len(tasks), window):
+            indices = range(start, min(start + window, len(tasks)))
+            fetched = list(self._fetchers.map(read, [tasks[i] for i in indices]))
+            for i, item in zip(indices, fetched, strict=True):
+                if item is None:
+                    continue
+                ref, raw, pixels = item
+                if batch and held + pixels > budget:
+                    handle(batch)
+                    batch, held = [], 0
+                try:
+                    image = self.images.decode(raw, ref)
+                except ImageError as exc:
+                    logger.warning("project=%s task=%s: %s", project, tasks[i].get("id"), exc)
+                    continue
+                batch.append((i, image))
+                held += pixels
+            del fetched
+        if batch:
+            handle(batch)
 
     # -- /webhook --------------------------------------------------------------------------
     def record_event(self, body: dict[str, Any]) -> dict[str, Any]:
