@@ -413,6 +413,11 @@ GOOD_NAMES = (
 )
 
 
+def _quoted(text: str) -> str:
+    """Percent-encoded, lone surrogates included (as the bytes a careless client sends)."""
+    return quote(text.encode("utf-8", "surrogatepass"), safe="")
+
+
 def _fill(ref: object, config: Settings) -> object:
     if not isinstance(ref, str):
         return ref
@@ -440,8 +445,8 @@ def _bad_refs(config: Settings) -> st.SearchStrategy[object]:
         st.sampled_from(HOSTILE_REFS + bad),
         texts,
         texts.map(lambda t: f"{config.image_root}/{t}"),
-        texts.map(lambda t: "/data/local-files/?d=" + quote(t)),
-        texts.map(lambda t: f"{config.label_studio_url}/data/upload/{quote(t)}"),
+        texts.map(lambda t: "/data/local-files/?d=" + _quoted(t)),
+        texts.map(lambda t: f"{config.label_studio_url}/data/upload/{_quoted(t)}"),
         leaves,
         json_values,
     )
@@ -764,8 +769,8 @@ def test_other_methods_and_paths(fuzz_client: FlaskClient, last_error: _LastErro
     # quoted with safe="": a path starting "//" would name a host to the test client
     paths = st.one_of(
         st.sampled_from([*GET_ROUTES, *POST_ROUTES, "/versions", "/predict/"]),
-        st.text(max_size=30).map(lambda t: "/" + quote(t, safe="")),
-        st.text(max_size=30).map(lambda t: "/predict/" + quote(t, safe="")),
+        texts.map(lambda t: "/" + _quoted(t)),
+        texts.map(lambda t: "/predict/" + _quoted(t)),
     )
 
     @_budget(150)
