@@ -99,7 +99,7 @@ def _number(value: Any, name: str, lo: float, hi: float) -> float:
         if isinstance(value, bool):
             raise ValueError
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: 10**400
         raise BadRequest(f"{name} must be a number, got {value!r}") from None
     if not lo <= number <= hi:
         raise BadRequest(f"{name} must be between {lo:g} and {hi:g}, got {number:g}")

@@ -98,7 +98,7 @@ def validate_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
             value = kind(raw)
             if kind is int and float(raw) != value:
                 raise ValueError
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # Infinity, 10**400
             raise BadRequest(f"extra_params.{key} must be a {kind.__name__}, got {raw!r}") from None
         if not lo <= value <= hi:
             raise BadRequest(f"extra_params.{key} must be between {lo} and {hi}, got {value}")

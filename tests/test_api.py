@@ -203,6 +203,9 @@ def test_setup_validates_and_saves_extra_params(client: FlaskClient, settings: S
         ({"train_epochs": 0}, "between 1 and 1000"),
         ({"al_strategy": "smartest"}, "choose one of"),
         ({"al_lambda": 1.5}, "al_lambda must be between 0 and 1"),
+        ({"train_epochs": float("inf")}, "train_epochs must be a int"),  # OverflowError before
+        ({"promote_tolerance": 10**400}, "promote_tolerance must be a float"),
+        ({"al_lambda": 10**400}, "al_lambda must be a number"),
         ("{not json", "extra_params must be a JSON object"),
         ([1, 2], "extra_params must be a JSON object"),
     ],
