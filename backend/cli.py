@@ -15,7 +15,17 @@ from backend.logs import configure_logging
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    """gunicorn's tornado worker: tornado reads each request whole (headers and body) on its
+    event loop, and only then runs the app on one of THREADS threads, so a client that sends
+    slowly, or nothing, holds a socket and never a thread. gthread handed the connection to a
+    thread first: four slow clients took the worker offline (benchmarks/slow_clients.py)."""
+    import logging  # noqa: PLC0415
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
     from gunicorn.app.base import BaseApplication  # noqa: PLC0415
+    from gunicorn.workers.gtornado import TornadoWorker  # noqa: PLC0415
+    from tornado.httputil import HTTPServerRequest  # noqa: PLC0415
+    from tornado.wsgi import WSGIContainer  # noqa: PLC0415
 
     from backend.app import create_app  # noqa: PLC0415
 
@@ -33,12 +43,43 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         },
     )
 
+    # Tornado logs every request at INFO; gthread logged none. Keep its 4xx/5xx lines.
+    logging.getLogger("tornado.access").setLevel(max(logging.WARNING, logging.root.level))
+
+    class _App(WSGIContainer):  # type: ignore[misc]
+        """The Flask app on THREADS threads, counting the requests it is running."""
+
+        running = 0
+
+        def environ(self, request: HTTPServerRequest) -> dict[str, Any]:
+            environ: dict[str, Any] = super().environ(request)
+            # Tornado has read (and de-chunked) the whole body: without its length werkzeug
+            # would read a chunked body as empty, and MAX_REQUEST_BYTES could not apply.
+            environ["CONTENT_LENGTH"] = str(len(request.body))
+            environ.pop("HTTP_TRANSFER_ENCODING", None)
+            return environ
+
+        async def handle_request(self, request: HTTPServerRequest) -> None:
+            self.running += 1
+            try:
+                await super().handle_request(request)
+            finally:
+                self.running -= 1
+
+    class _Worker(TornadoWorker):  # type: ignore[misc]
+        def heartbeat(self) -> None:
+            # On SIGTERM gunicorn's tornado worker stops listening, then stops its loop a
+            # second later, dropping the requests still running. Let them finish first, as
+            # gthread did: the arbiter still kills the worker after graceful_timeout.
+            if not self.alive and not self.server_alive and self.wsgi.running:
+                return
+            super().heartbeat()
+
     class _Gunicorn(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
             self.cfg.set("bind", f"{settings.host}:{settings.port}")
             self.cfg.set("workers", settings.workers)
-            self.cfg.set("threads", settings.threads)
-            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("worker_class", _Worker)
             self.cfg.set("timeout", 180)  # Label Studio allows /predict 100 s
             self.cfg.set("graceful_timeout", 30)
             # gunicorn 27's control socket sits at one path per user: several backends on
@@ -46,7 +87,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             self.cfg.set("control_socket_disable", True)
 
         def load(self) -> Any:
-            return create_app(settings)
+            executor = ThreadPoolExecutor(settings.threads, thread_name_prefix="request")
+            return _App(create_app(settings), executor=executor)
 
     _Gunicorn().run()
     return 0

@@ -2,17 +2,62 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
 import requests
 
 from tests.conftest import BOX_CONFIG
+
+
+@dataclass
+class HeldImage:
+    """An image server that answers only once `release` is set; `asked` tells it was asked."""
+
+    url: str
+    asked: threading.Event
+    release: threading.Event
+
+
+@pytest.fixture
+def held(image_root: Path) -> Iterator[HeldImage]:
+    image = (image_root / "bus.jpg").read_bytes()
+    held = HeldImage("", threading.Event(), threading.Event())
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            held.asked.set()
+            held.release.wait(timeout=60)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(image)))
+            self.end_headers()
+            self.wfile.write(image)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    held.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield held
+    finally:
+        held.release.set()
+        server.shutdown()
+        server.server_close()
 
 
 def _free_port() -> int:
@@ -22,7 +67,11 @@ def _free_port() -> int:
 
 
 def test_gunicorn_serves_health_and_predict(
-    tmp_path: Path, trained_weights: Path, image_root: Path, ultralytics_dir: Path
+    tmp_path: Path,
+    trained_weights: Path,
+    image_root: Path,
+    ultralytics_dir: Path,
+    held: HeldImage,
 ) -> None:
     port = _free_port()
     env = {
@@ -32,6 +81,7 @@ def test_gunicorn_serves_health_and_predict(
         "IMAGE_ROOT": str(image_root),
         "IMAGE_SIZE": "160",
         "YOLO_CONFIG_DIR": str(ultralytics_dir),
+        "ALLOWED_IMAGE_HOSTS": "127.0.0.1",  # the held image below
     }
     command = [
         str(Path(sys.executable).with_name("ls-active-yolo")),
@@ -74,6 +124,44 @@ def test_gunicorn_serves_health_and_predict(
         assert any(r["result"] for r in results[:3])
         bad = requests.post(f"{base}/predict", data="{oops", timeout=10)
         assert bad.status_code == 400
+
+        # A chunked body (no Content-Length) reaches the app whole.
+        chunks = iter([json.dumps(body)[:50].encode(), json.dumps(body)[50:].encode()])
+        chunked = requests.post(
+            f"{base}/predict",
+            data=chunks,
+            headers={"Content-Type": "application/json"},
+            timeout=60,
+        )
+        assert chunked.status_code == 200, chunked.text
+        assert len(chunked.json()["results"]) == 4
+
+        # SIGTERM while a /predict runs: the worker stops listening but answers it first.
+        # The request is surely running: it waits, inside the app, for its image.
+        answers: list[object] = []
+
+        def predict_held() -> None:
+            task = {"id": 0, "data": {"image": f"{held.url}/held.jpg"}}
+            try:
+                answer = requests.post(
+                    f"{base}/predict", json={**body, "tasks": [task]}, timeout=90
+                )
+                answers.append(answer)
+            except requests.RequestException as exc:
+                answers.append(exc)
+
+        in_flight = threading.Thread(target=predict_held)
+        in_flight.start()
+        assert held.asked.wait(timeout=60), "the backend never asked for the image"
+        process.send_signal(signal.SIGTERM)
+        time.sleep(3.0)  # tornado's stock worker closed its loop ~1 s after SIGTERM
+        held.release.set()
+        in_flight.join(timeout=90)
+        (answer,) = answers
+        assert isinstance(answer, requests.Response), answer
+        assert answer.status_code == 200, answer.text
+        assert len(answer.json()["results"]) == 1
+        assert process.wait(timeout=40) == 0
     finally:
         process.send_signal(signal.SIGTERM)
         try:
