@@ -19,13 +19,13 @@ latency, and how long /health took to answer again once the attack stopped.
         [--attacks idle,headers,body,predict] [--duration 15] [--json results.json]
 
 Set-ups (`--setups`, comma-separated; `all` runs every one whose requirements are here):
-  serve        `ls-active-yolo serve` as shipped (THREADS=4, WORKERS=1)
+  serve        `ls-active-yolo serve` as shipped: the tornado worker, 1 worker x 4 threads
   gthread      gunicorn gthread, 1 worker x 4 threads: what `serve` ran before the fix
   gthread-32   the same with 32 threads, the only gthread knob that changes anything
   nginx        nginx (proxy_request_buffering on, client header/body timeouts 10 s) in
                front of gthread 1 x 4 (needs an `nginx` binary: apt-get install nginx-light)
-  tornado      gunicorn's tornado worker, the app in tornado's WSGIContainer on 4 threads
-               (needs tornado)
+  tornado      gunicorn's stock tornado worker, the app in tornado's WSGIContainer on 4
+               threads (`serve` adds chunked bodies and a graceful stop to it)
   asgi         gunicorn's asgi worker, the app wrapped by a2wsgi on 4 threads (needs a2wsgi)
   gevent       gunicorn's gevent worker (monkey-patches threads; needs gevent)
 """
@@ -134,9 +134,7 @@ def _spawn(
     log = workdir / f"{name}.log"
     with log.open("wb") as out:
         server.processes.append(
-            subprocess.Popen(
-                command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
-            )
+            subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
         )
     server.logs.append(log)
 
@@ -208,9 +206,7 @@ class Setup:
         return out
 
 
-def _start_serve(
-    workdir: Path, env: dict[str, str], args: argparse.Namespace
-) -> Server:
+def _start_serve(workdir: Path, env: dict[str, str], args: argparse.Namespace) -> Server:
     server = Server(free_port())
     command = [
         sys.executable,
@@ -226,9 +222,7 @@ def _start_serve(
     return server
 
 
-def _start_gunicorn(
-    extra: list[str], app: str = "backend.wsgi:app"
-) -> Callable[..., Server]:
+def _start_gunicorn(extra: list[str], app: str = "backend.wsgi:app") -> Callable[..., Server]:
     def start(workdir: Path, env: dict[str, str], args: argparse.Namespace) -> Server:
         server = Server(free_port())
         _spawn(server, workdir, "gunicorn", _gunicorn(server.port, extra, app), env)
@@ -237,9 +231,7 @@ def _start_gunicorn(
     return start
 
 
-def _start_nginx(
-    workdir: Path, env: dict[str, str], args: argparse.Namespace
-) -> Server:
+def _start_nginx(workdir: Path, env: dict[str, str], args: argparse.Namespace) -> Server:
     upstream = free_port()
     server = Server(free_port())
     gthread = ["--worker-class", "gthread", "--threads", str(THREADS)]
@@ -264,9 +256,7 @@ SETUPS = {
     s.name: s
     for s in (
         Setup("serve", (), _start_serve),
-        Setup(
-            "gthread", (), _start_gunicorn(["-k", "gthread", "--threads", str(THREADS)])
-        ),
+        Setup("gthread", (), _start_gunicorn(["-k", "gthread", "--threads", str(THREADS)])),
         Setup("gthread-32", (), _start_gunicorn(["-k", "gthread", "--threads", "32"])),
         Setup("nginx", ("bin:nginx",), _start_nginx),
         Setup(
@@ -345,9 +335,7 @@ class SlowClients:
         self.opened = 0  # connections opened
         self.closed_by_server = 0  # connections the server closed (or answered) first
         self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=lambda: asyncio.run(self._run()), daemon=True
-        )
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
 
     def __enter__(self) -> SlowClients:
         self._thread.start()
@@ -370,9 +358,7 @@ class SlowClients:
                 await asyncio.sleep(0.5)
                 continue
             self.opened += 1
-            ended = asyncio.ensure_future(
-                reader.read(65536)
-            )  # data or EOF: the server acted
+            ended = asyncio.ensure_future(reader.read(65536))  # data or EOF: the server acted
             sent = 0
             try:
                 if self.head:
@@ -380,9 +366,7 @@ class SlowClients:
                 while not self._stop.is_set() and not ended.done():
                     await asyncio.wait([ended], timeout=self.interval)
                     if self.trickle and not ended.done():
-                        writer.write(
-                            self.trickle[sent % len(self.trickle)].to_bytes(1, "big")
-                        )
+                        writer.write(self.trickle[sent % len(self.trickle)].to_bytes(1, "big"))
                         sent += 1
                         await writer.drain()
             except OSError:
@@ -400,9 +384,7 @@ class PredictClients:
 
     def __init__(self, count: int, port: int, images: list[Path]) -> None:
         body = {
-            "tasks": [
-                {"id": i, "data": {"image": str(p)}} for i, p in enumerate(images)
-            ],
+            "tasks": [{"id": i, "data": {"image": str(p)}} for i, p in enumerate(images)],
             "project": "1.1712345678",
             "label_config": LABEL_CONFIG,
         }
@@ -410,9 +392,7 @@ class PredictClients:
         self.opened = 0  # requests sent
         self.closed_by_server = 0  # requests answered 200
         self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._loop, daemon=True) for _ in range(count)
-        ]
+        self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(count)]
 
     def __enter__(self) -> PredictClients:
         for thread in self._threads:
@@ -459,9 +439,7 @@ class Row:
     closed_by_server: int
 
 
-def measure(
-    setup: str, server: Server, kind: str, count: int, args: argparse.Namespace
-) -> Row:
+def measure(setup: str, server: Server, kind: str, count: int, args: argparse.Namespace) -> Row:
     latencies: list[float | None] = []
     load = (
         PredictClients(count, server.port, server.images)
@@ -510,9 +488,7 @@ def running(setup: Setup, workdir: Path, args: argparse.Namespace) -> Iterator[S
     server.images = images
     try:
         if wait_until_up(server, 120.0) is None:
-            raise SystemExit(
-                f"{setup.name}: /health never answered\n{server.log_tail()}"
-            )
+            raise SystemExit(f"{setup.name}: /health never answered\n{server.log_tail()}")
         yield server
     finally:
         server.stop()
@@ -585,17 +561,13 @@ def main(argv: list[str] | None = None) -> int:
         default=shutil.which("nginx") or "/usr/sbin/nginx",
         help="nginx binary for the nginx set-up (default: %(default)s)",
     )
-    parser.add_argument(
-        "--json", type=Path, help="also write the rows to this JSON file"
-    )
+    parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
 
     names = list(SETUPS) if args.setups == "all" else _csv(args.setups)
     unknown = [n for n in names if n not in SETUPS]
     if unknown:
-        parser.error(
-            f"unknown set-up(s) {', '.join(unknown)}; choose from {', '.join(SETUPS)}"
-        )
+        parser.error(f"unknown set-up(s) {', '.join(unknown)}; choose from {', '.join(SETUPS)}")
     kinds = _csv(args.attacks)
     for kind in kinds:
         _payload(kind, 0)  # raises on an unknown attack
@@ -614,9 +586,7 @@ def main(argv: list[str] | None = None) -> int:
             workdir = Path(tmp)
             os.chmod(workdir, 0o755)  # nginx's workers run as nobody
             with running(setup, workdir, args) as server:
-                print(
-                    f"{name}: up on {HOST}:{server.port}", file=sys.stderr, flush=True
-                )
+                print(f"{name}: up on {HOST}:{server.port}", file=sys.stderr, flush=True)
                 for kind in kinds:
                     for count in counts:
                         rows.append(measure(name, server, kind, count, args))
