@@ -211,9 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="run the ML backend under gunicorn",
-        description="Run the ML backend under gunicorn (gthread workers). Options override the "
-        "environment (HOST, PORT, WORKERS, THREADS); every other setting comes from the "
-        "environment (see README).",
+        description="Run the ML backend under gunicorn (tornado workers: a slow client holds no "
+        "thread). Options override the environment (HOST, PORT, WORKERS, THREADS); every "
+        "other setting comes from the environment (see README).",
     )
     serve.add_argument("--host", help="interface to bind (default: HOST or 0.0.0.0)")
     serve.add_argument("--port", type=int, help="port (default: PORT or 9090)")

@@ -1,4 +1,8 @@
-"""WSGI entry point: `gunicorn backend.wsgi:app`. Configures logging, then builds the app."""
+"""WSGI entry point: `gunicorn backend.wsgi:app`. Configures logging, then builds the app.
+
+Under gunicorn's default workers a few slow clients can hold every thread: face untrusted
+networks with `ls-active-yolo serve` (tornado workers) or behind a buffering proxy.
+"""
 
 from __future__ import annotations
 
