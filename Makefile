@@ -35,7 +35,7 @@ system-deps:
 	@bash scripts/system-deps.sh
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check backend strategies tests benchmarks
+	$(VENV)/bin/ruff check backend strategies devkit tests benchmarks
 	$(VENV)/bin/mypy strategies
 
 test: $(STAMP) $(LS_STAMP) system-deps
@@ -46,10 +46,10 @@ serve: $(STAMP)
 	$(VENV)/bin/ls-active-yolo serve
 
 demo: $(STAMP) $(LS_STAMP)
-	$(PY) -m backend.demo
+	$(PY) -m devkit.demo
 
 bench: $(STAMP)
-	$(PY) benchmarks/predict_overhead.py
+	$(PY) -m benchmarks.predict_overhead
 
 clean:
 	rm -rf $(VENV) $(LS_VENV) .demo test-output

@@ -1,4 +1,4 @@
-"""`ls-active-yolo`: the command line (serve, models, train, rank, bench, worker)."""
+"""`ls-active-yolo`: the command line (serve, models, train, rank, worker)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from typing import Any
 
 from backend.config import Settings
 from backend.errors import BackendError
-from backend.label_efficiency import add_bench_parser
 from backend.logs import configure_logging
 
 
@@ -27,7 +26,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from tornado.httputil import HTTPServerRequest  # noqa: PLC0415
     from tornado.wsgi import WSGIContainer  # noqa: PLC0415
 
-    from backend.app import create_app  # noqa: PLC0415
+    from backend.serving.app import create_app  # noqa: PLC0415
 
     settings = replace(
         settings,
@@ -95,7 +94,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _models(args: argparse.Namespace, settings: Settings) -> int:
-    from backend.registry import ModelRegistry  # noqa: PLC0415
+    from backend.models.registry import ModelRegistry  # noqa: PLC0415
 
     registry = ModelRegistry(settings.model_dir)
     if args.action == "promote":
@@ -121,8 +120,8 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
     import time  # noqa: PLC0415
 
     from backend.events import EventStore  # noqa: PLC0415
-    from backend.registry import ModelRegistry  # noqa: PLC0415
-    from backend.training import cancel_flag  # noqa: PLC0415
+    from backend.models.registry import ModelRegistry  # noqa: PLC0415
+    from backend.training.trainer import cancel_flag  # noqa: PLC0415
 
     registry = ModelRegistry(settings.model_dir)
     if args.cancel:
@@ -153,12 +152,12 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     import threading  # noqa: PLC0415
 
     if settings.redis_url is not None:  # scale-out (issue 7): run queued training jobs
-        from backend.distributed import run_worker  # noqa: PLC0415
+        from backend.jobs.distributed import run_worker  # noqa: PLC0415
 
         return run_worker(settings)
 
     from backend.events import EventStore  # noqa: PLC0415
-    from backend.scheduler import BackgroundTrainer  # noqa: PLC0415
+    from backend.jobs.scheduler import BackgroundTrainer  # noqa: PLC0415
 
     settings.model_dir.mkdir(parents=True, exist_ok=True)
     trainer = BackgroundTrainer(settings, EventStore(settings.model_dir / "events.sqlite3"))
@@ -172,7 +171,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _rank(args: argparse.Namespace, settings: Settings) -> int:
-    from backend.ranker import RankProgress, rank_as_configured  # noqa: PLC0415
+    from backend.ranking.job import RankProgress, rank_as_configured  # noqa: PLC0415
 
     overrides: dict[str, object] = {}
     for key, value in (
@@ -268,8 +267,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-clusters", action="store_true", help="write no cluster ids (bulk, faster)"
     )
     rank.set_defaults(handler=_rank)
-
-    add_bench_parser(commands)
 
     worker = commands.add_parser(
         "worker",

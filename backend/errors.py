@@ -1,6 +1,6 @@
 """The backend's exception hierarchy.
 
-Core modules raise these; only the HTTP edge (`backend.routes`) turns them into answers, so
+Core modules raise these; only the HTTP edge (`backend.serving.routes`) turns them into answers, so
 every client error carries a status and a message a Label Studio user can act on.
 """
 

@@ -6,9 +6,9 @@ networks with `ls-active-yolo serve` (tornado workers) or behind a buffering pro
 
 from __future__ import annotations
 
-from backend.app import create_app
 from backend.config import Settings
 from backend.logs import configure_logging
+from backend.serving.app import create_app
 
 _settings = Settings.from_env()
 configure_logging(_settings.log_level)

@@ -5,7 +5,7 @@ Prints, in one run: per-image latency at batch 1 (median of N requests) and imag
 settings (imgsz, confidence floor), and the ratios. Targets (issue 2): latency ratio <= 1.10
 at batch 1; 32-task throughput within 10% of raw.
 
-    python benchmarks/predict_overhead.py [--weights W.pt] [--requests 30] [--imgsz 640]
+    python -m benchmarks.predict_overhead [--weights W.pt] [--requests 30] [--imgsz 640]
                                           [--repeats 3]
 """
 
@@ -23,9 +23,9 @@ from pathlib import Path
 import requests
 
 from backend.config import Settings
-from backend.datagen import CLASSES, write_images
-from backend.demo_model import train_shapes_model
-from backend.offline import prepare_ultralytics, set_torch_threads
+from backend.models.offline import prepare_ultralytics, set_torch_threads
+from devkit.datagen import CLASSES, write_images
+from devkit.demo_model import train_shapes_model
 
 CONFIG = (
     '<View><Image name="image" value="$image"/><RectangleLabels name="label" toName="image">'

@@ -18,7 +18,7 @@ within ~16 MiB). It counts FAISS's C++ buffers too, unlike tracemalloc. Time is 
 reports how close (exactly, in float64) the two competing distances were.
 
 Example:
-    .venv/bin/python benchmarks/ranking_scale.py --sizes 10000 100000 --dim 256 --batch 1000
+    python -m benchmarks.ranking_scale --sizes 10000 100000 --dim 256 --batch 1000
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ when the backend's /metrics shows the promoted version. Every run fine-tunes the
 model (yolo11n trained briefly on other shape images, standing in for a pretrained model) with
 the default CPU recipe (TRAIN_EPOCHS 10, TRAIN_BATCH 8, TRAIN_IMAGE_SIZE: the base's size).
 
-    python benchmarks/retrain_time.py [--sizes 50 100 200] [--epochs 10]
+    python -m benchmarks.retrain_time [--sizes 50 100 200] [--epochs 10]
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import requests
 
-from backend.datagen import CLASSES, ls_regions, write_images
-from backend.demo import BackendServer
-from backend.demo_model import train_shapes_model
-from backend.local_label_studio import LocalLabelStudio, find_free_port
+from devkit.datagen import CLASSES, ls_regions, write_images
+from devkit.demo import BackendServer
+from devkit.demo_model import train_shapes_model
+from devkit.local_label_studio import LocalLabelStudio, find_free_port
 
 CONFIG = (
     '<View><Image name="image" value="$image"/><RectangleLabels name="label" toName="image">'

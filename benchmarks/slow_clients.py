@@ -15,7 +15,7 @@ Studio does, with a --timeout second socket timeout, and the table gives: how ma
 200 at all, how many within 1 s (Label Studio's /health budget), their median and worst
 latency, and how long /health took to answer again once the attack stopped.
 
-    python benchmarks/slow_clients.py [--setups serve,gthread,nginx] [--clients 4,100]
+    python -m benchmarks.slow_clients [--setups serve,gthread,nginx] [--clients 4,100]
         [--attacks idle,headers,body,predict] [--duration 15] [--json results.json]
 
 Set-ups (`--setups`, comma-separated; `all` runs every one whose requirements are here):
@@ -54,7 +54,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-from backend.datagen import CLASSES, write_images
+from devkit.datagen import CLASSES, write_images
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"

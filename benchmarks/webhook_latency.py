@@ -7,7 +7,7 @@ One run measures, against the same backend (gunicorn, 1 worker x 8 threads, loop
 Latency is client-side wall time per POST /webhook (connection reused). Bounded: N events,
 then it stops.
 
-    python benchmarks/webhook_latency.py [--events 500] [--clients 8] [--images 40]
+    python -m benchmarks.webhook_latency [--events 500] [--clients 8] [--images 40]
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import requests
 
-from backend.datagen import CLASSES, ls_regions, write_images
-from backend.demo import BackendServer
-from backend.local_label_studio import LocalLabelStudio, find_free_port
+from devkit.datagen import CLASSES, ls_regions, write_images
+from devkit.demo import BackendServer
+from devkit.local_label_studio import LocalLabelStudio, find_free_port
 
 CONFIG = (
     '<View><Image name="image" value="$image"/><RectangleLabels name="label" toName="image">'

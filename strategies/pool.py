@@ -176,9 +176,7 @@ def _stack_box_scores(
             if n_classes < 1:
                 raise ValueError("box_scores matrices need at least one class column")
         elif item.shape[1] != n_classes:
-            raise ValueError(
-                f"box_scores[{i}] has {item.shape[1]} classes, expected {n_classes}"
-            )
+            raise ValueError(f"box_scores[{i}] has {item.shape[1]} classes, expected {n_classes}")
         counts[i] = item.shape[0]
         arrays.append(item.astype(np.float64, copy=False))
     width = 1 if n_classes is None else n_classes

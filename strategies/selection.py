@@ -197,8 +197,10 @@ class Strategy(ABC):
         """Full order and scores for `pool` (n >= 1); the first `batch_size` are the batch."""
 
     def _rng(self) -> np.random.Generator:
-        return self.seed if isinstance(self.seed, np.random.Generator) else np.random.default_rng(
+        return (
             self.seed
+            if isinstance(self.seed, np.random.Generator)
+            else np.random.default_rng(self.seed)
         )
 
     def _int_seed(self) -> int:
@@ -334,7 +336,10 @@ class DUA(ScoreStrategy):
     name = "dua"
 
     def __init__(
-        self, *, floor: float = DEFAULT_FLOOR, empty_score: float = DEFAULT_EMPTY_SCORE,
+        self,
+        *,
+        floor: float = DEFAULT_FLOOR,
+        empty_score: float = DEFAULT_EMPTY_SCORE,
         **common: Any,
     ) -> None:
         super().__init__(**common)
@@ -344,8 +349,12 @@ class DUA(ScoreStrategy):
     def score(self, pool: Pool) -> FloatArray:
         weights = dua_weights(pool.class_ap, pool.n_classes)
         return dua_image_scores(
-            pool.flat_scores, pool.flat_image, pool.n, weights,
-            floor=self.floor, empty_score=self.empty_score,
+            pool.flat_scores,
+            pool.flat_image,
+            pool.n,
+            weights,
+            floor=self.floor,
+            empty_score=self.empty_score,
         )
 
 
@@ -378,11 +387,16 @@ class DCUS(ScoreStrategy):
         self.empty_score = _number("empty_score", empty_score)
 
     def score(self, pool: Pool) -> FloatArray:
-        weights = dcus_weights(pool.class_quality, pool.n_classes, alpha=self.alpha,
-                               upper=self.upper)
+        weights = dcus_weights(
+            pool.class_quality, pool.n_classes, alpha=self.alpha, upper=self.upper
+        )
         return dcus_image_scores(
-            pool.flat_scores, pool.flat_image, pool.n, weights,
-            floor=self.floor, empty_score=self.empty_score,
+            pool.flat_scores,
+            pool.flat_image,
+            pool.n,
+            weights,
+            floor=self.floor,
+            empty_score=self.empty_score,
         )
 
 
@@ -411,7 +425,10 @@ class KCenter(Strategy):
     def diversity_ranking(self, pool: Pool, batch_size: int) -> tuple[IntArray, FloatArray]:
         """(n,) order and (n,) distance scores from k-center greedy with `batch_size` picks."""
         result = kcenter_greedy(
-            pool.embeddings, batch_size, pool.labeled, metric=self.metric,
+            pool.embeddings,
+            batch_size,
+            pool.labeled,
+            metric=self.metric,
             shortlist=self.shortlist,
         )
         return kcenter_ranking(result)
@@ -468,7 +485,10 @@ class UncertaintyThenKCenter(Strategy):
         size = min(pool.n, int(np.ceil(self.factor * batch_size)))
         candidates = u_order[:size]
         result = kcenter_greedy(
-            pool.embeddings[candidates], batch_size, pool.labeled, metric=self.metric,
+            pool.embeddings[candidates],
+            batch_size,
+            pool.labeled,
+            metric=self.metric,
             shortlist=self.shortlist,
         )
         picks = candidates[result.picks]

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from backend.app import create_app
 from backend.config import Settings
-from backend.datagen import CLASSES, write_images
-from backend.demo_model import train_shapes_model
-from backend.offline import prepare_ultralytics
+from backend.models.offline import prepare_ultralytics
+from backend.serving.app import create_app
+from devkit.datagen import CLASSES, write_images
+from devkit.demo_model import train_shapes_model
 
 BOX_CONFIG = (
     '<View><Image name="image" value="$image"/>'

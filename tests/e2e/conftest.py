@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from backend.datagen import SyntheticImage, write_images
-from backend.demo import BackendServer, retrieve_predictions
-from backend.local_label_studio import (
+from devkit.datagen import SyntheticImage, write_images
+from devkit.demo import BackendServer, retrieve_predictions
+from devkit.local_label_studio import (
     DEFAULT_LS_EXECUTABLE,
     REPO_ROOT,
     LocalLabelStudio,

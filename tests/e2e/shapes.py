@@ -1,7 +1,7 @@
 """Compare what Label Studio stores with the synthetic generator's ground truth.
 
 Regions are Label Studio JSON (x/y/width/height in percent of the image); ground truth is
-`backend.datagen.SyntheticImage` boxes in pixels. A prediction is right when a box of the same
+`devkit.datagen.SyntheticImage` boxes in pixels. A prediction is right when a box of the same
 label overlaps it with IoU >= 0.5, the usual detection criterion.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from backend.datagen import SyntheticBox, SyntheticImage
+from devkit.datagen import SyntheticBox, SyntheticImage
 
 IOU_MATCH = 0.5
 T = TypeVar("T")

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from backend.datagen import ls_regions, write_images
-from backend.demo import BackendServer, retrieve_predictions
 from backend.events import Event, EventStore
-from backend.local_label_studio import LocalLabelStudio
+from devkit.datagen import ls_regions, write_images
+from devkit.demo import BackendServer, retrieve_predictions
+from devkit.local_label_studio import LocalLabelStudio
 
 from .conftest import BackendFactory, ShapesProject, stored_predictions
 from .shapes import agreement, wait_for

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backend.local_label_studio import LocalLabelStudio
+from devkit.local_label_studio import LocalLabelStudio
 
 from .browser import count_task_regions
 from .conftest import Retrieval, ShapesProject

@@ -13,11 +13,11 @@ from typing import Any
 
 import requests
 
-from backend.datagen import ls_regions
-from backend.demo import BackendServer, retrieve_predictions
-from backend.detector import file_version
 from backend.events import Event, EventStore
-from backend.local_label_studio import LocalLabelStudio
+from backend.models.detector import file_version
+from devkit.datagen import ls_regions
+from devkit.demo import BackendServer, retrieve_predictions
+from devkit.local_label_studio import LocalLabelStudio
 
 from .conftest import Retrieval, ShapesProject, stored_predictions
 from .shapes import agreement, same_regions, total, wait_for

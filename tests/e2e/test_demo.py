@@ -1,4 +1,4 @@
-"""`python -m backend.demo` end to end: ready, reused on a rerun, stopped cleanly by a signal.
+"""`python -m devkit.demo` end to end: ready, reused on a rerun, stopped cleanly by a signal.
 
 The demo's model is put in place beforehand (the session's `trained_weights`), so no training
 runs here; everything else is what `make demo` does, on free ports and in a temporary folder.
@@ -18,21 +18,21 @@ import threading
 import time
 from pathlib import Path
 
-from backend.demo import PROJECT_TITLE
-from backend.local_label_studio import REPO_ROOT, LocalLabelStudio, find_free_port
+from devkit.demo import PROJECT_TITLE
+from devkit.local_label_studio import REPO_ROOT, LocalLabelStudio, find_free_port
 
 READY = "Press Ctrl-C to stop"
 IMAGES = 3
 
 
 class DemoRun:
-    """One `python -m backend.demo` child whose output is collected line by line."""
+    """One `python -m devkit.demo` child whose output is collected line by line."""
 
     def __init__(self, demo_dir: Path, ls_port: int, backend_port: int) -> None:
         command = [
             sys.executable,
             "-m",
-            "backend.demo",
+            "devkit.demo",
             "--dir",
             str(demo_dir),
             "--images",

@@ -17,7 +17,7 @@ import pytest
 import requests
 from PIL import Image, ImageDraw
 
-from backend.local_label_studio import LabelStudioError, LocalLabelStudio
+from devkit.local_label_studio import LabelStudioError, LocalLabelStudio
 
 from .browser import count_task_regions
 

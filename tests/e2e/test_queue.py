@@ -13,12 +13,11 @@ import pytest
 import requests
 
 from backend.config import Settings
-from backend.datagen import write_images
-from backend.detector import DetectorPool
-from backend.images import ImageLoader
-from backend.local_label_studio import LocalLabelStudio
-from backend.ls_client import LabelStudioClient
-from backend.ranker import (
+from backend.labelstudio.client import LabelStudioClient
+from backend.labelstudio.images import ImageLoader
+from backend.models.detector import DetectorPool
+from backend.models.registry import ModelRegistry
+from backend.ranking.job import (
     QUEUE_VIEW_TITLE,
     UNCERTAINTY_SAMPLING,
     RankingCancelled,
@@ -28,7 +27,8 @@ from backend.ranker import (
     precomputed_prediction,
     rank_project,
 )
-from backend.registry import ModelRegistry
+from devkit.datagen import write_images
+from devkit.local_label_studio import LocalLabelStudio
 from tests.conftest import BOX_CONFIG
 
 N_IMAGES = 12

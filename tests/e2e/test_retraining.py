@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import requests
 
-from backend.datagen import ls_regions, write_images
-from backend.demo import BackendServer, retrieve_predictions
 from backend.events import EventStore
-from backend.local_label_studio import LocalLabelStudio, find_free_port
+from devkit.datagen import ls_regions, write_images
+from devkit.demo import BackendServer, retrieve_predictions
+from devkit.local_label_studio import LocalLabelStudio, find_free_port
 from tests.conftest import BOX_CONFIG
 
 TRAIN_EVERY = 6

@@ -27,14 +27,14 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry
 from rq.serializers import JSONSerializer
 
 from backend.config import Settings
-from backend.datagen import SyntheticImage, ls_regions, write_images
-from backend.demo import BackendServer
-from backend.distributed import job_id, training_queue
 from backend.events import EventStore
-from backend.local_label_studio import LocalLabelStudio, find_free_port
-from backend.registry import ModelRegistry
+from backend.jobs.distributed import job_id, training_queue
+from backend.models.registry import ModelRegistry
+from devkit.datagen import SyntheticImage, ls_regions, write_images
+from devkit.demo import BackendServer
+from devkit.local_label_studio import LocalLabelStudio, find_free_port
 from tests.conftest import BOX_CONFIG
-from tests.scale_out_support import (
+from tests.support.scale_out import (
     ENTRYPOINT,
     RedisServer,
     WorkerProcess,

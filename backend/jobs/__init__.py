@@ -1,0 +1,1 @@
+"""Jobs: when training runs, and where (a child process, or RQ workers)."""

@@ -1,0 +1,1 @@
+"""The Label Studio edge: its API client, image references, label configs and JSON."""

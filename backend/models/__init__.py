@@ -1,0 +1,1 @@
+"""Models: loading and running YOLO detectors, and the versioned registry of weights."""

@@ -1,0 +1,1 @@
+"""Ranking: the active-learning queue, from detections to Label Studio predictions."""

@@ -1,0 +1,1 @@
+"""Serving: the Flask app, its routes and the ML backend service behind them."""

@@ -1,0 +1,393 @@
+"""The ML backend's behaviour behind the routes: setup, predict, webhook intake, status.
+
+Routes parse HTTP and call one method here; this module validates Label Studio's JSON, picks
+the model for the project, runs the detector and maps the answer back to Label Studio JSON.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from backend.config import Settings
+from backend.errors import BadRequest, ImageError, storage_error
+from backend.events import EventStore
+from backend.files import atomic_write
+from backend.labelstudio import format as ls_format
+from backend.labelstudio.client import LabelStudioClient
+from backend.labelstudio.images import ImageLoader, LoadedImage
+from backend.labelstudio.label_config import BoxControl, ParsedConfig, parse_label_config
+from backend.models.detector import Detector, DetectorPool, ImageDetections, ModelSource
+from backend.models.registry import ModelRegistry
+from backend.ranking.job import load_ranking, precomputed_prediction
+from backend.ranking.queue_config import KEYS as QUEUE_KEYS
+from backend.ranking.queue_config import queue_config
+from backend.training.trainer import TrainParams, project_extra_params, validate_overrides
+
+logger = logging.getLogger(__name__)
+
+
+class MLService:
+    """One per process; built by `create_app` and shared by every request thread."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        detectors: DetectorPool,
+        images: ImageLoader,
+        events: EventStore,
+        registry: ModelRegistry,
+        ls: LabelStudioClient,
+    ) -> None:
+        self.settings = settings
+        self.ls = ls
+        self.detectors = detectors
+        self.images = images
+        self.events = events
+        self.registry = registry
+        self._fetchers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="image-fetch")
+        self._hooks_done: set[int] = set()  # projects whose webhook carries our credentials
+        self._hooks_lock = threading.Lock()
+
+    # -- /health ---------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        """Unauthenticated (Label Studio calls it before every request): says what serves and
+        whether MODEL_DIR takes writes, never a file path."""
+        source = self.detectors.source_for(None, ())  # what serves a project with no model
+        model: dict[str, Any] = {"source": source.kind, "version": source.version}
+        if source.weights is None:
+            model["warning"] = (
+                "no MODEL_PATH and nothing promoted yet: predictions come from a randomly "
+                "initialised model until a project's first retraining"
+            )
+        return {
+            "status": "UP",
+            "model_class": "YOLO",
+            "base_model": model,
+            "storage": self._storage_status(),
+        }
+
+    def _storage_status(self) -> dict[str, Any]:
+        """Can MODEL_DIR take a write now? (Events and settings are refused while it cannot.)"""
+        probe = self.settings.model_dir / ".health-probe"
+        try:
+            free = shutil.disk_usage(self.settings.model_dir).free
+            with probe.open("wb") as handle:
+                handle.write(b"\0" * 4096)
+            probe.unlink()
+        except OSError as exc:
+            error = storage_error(exc, "writing to MODEL_DIR")
+            return {"status": "failing", "error": error.code, "message": str(error)}
+        return {"status": "ok", "free_bytes": free}
+
+    # -- /setup ----------------------------------------------------------------------------
+    def setup(self, body: dict[str, Any], base_url: str = "") -> dict[str, Any]:
+        """Validate the project's label config and report the version that will serve it.
+
+        `base_url` is how Label Studio reached us; with basic auth on, it locates the webhook
+        Label Studio made for us, which must carry our credentials (see `_secure_webhook`).
+        """
+        config = self._config(body.get("schema", body.get("label_config")))
+        project = self._project(body.get("project"))
+        extra = body.get("extra_params") or {}
+        if isinstance(extra, str):
+            try:
+                extra = json.loads(extra) if extra.strip() else {}
+            except ValueError:
+                raise BadRequest("extra_params must be a JSON object") from None
+        if not isinstance(extra, dict):
+            raise BadRequest("extra_params must be a JSON object")
+        validate_overrides(extra)
+        control = config.controls[0]
+        queue_config(extra, control.queue_attributes)
+        if project is not None:
+            keys = (*TrainParams.OVERRIDES, *QUEUE_KEYS)
+            self._save_overrides(project, {k: extra[k] for k in keys if k in extra})
+        if project is not None and base_url:
+            self._secure_webhook(project, base_url)
+        source = self.detectors.source_for(project, control.labels, control.model_path)
+        return {"model_version": source.version}
+
+    def _secure_webhook(self, project: int, base_url: str) -> None:
+        """With basic auth on, make LS's webhook to us send credentials (in the background:
+        /setup has a 3 s budget, and LS creates the webhook only after the first /setup)."""
+        user, password = self.settings.basic_auth_user, self.settings.basic_auth_pass
+        if user is None or not self.ls.configured:
+            return
+        with self._hooks_lock:
+            if project in self._hooks_done:
+                return
+            self._hooks_done.add(project)  # one attempt at a time; undone on failure
+        token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
+        url = base_url.rstrip("/") + "/webhook"
+
+        def attempt() -> None:
+            try:
+                for _ in range(60):  # LS makes the webhook right after its first /setup
+                    if self.ls.ensure_webhook_credentials(project, url, f"Basic {token}"):
+                        return
+                    time.sleep(0.5)
+                logger.warning("project=%s: no Label Studio webhook to %s found", project, url)
+            except Exception:
+                logger.exception("project=%s: could not add credentials to the webhook", project)
+            with self._hooks_lock:
+                self._hooks_done.discard(project)  # try again at the next /setup
+
+        self._fetchers.submit(attempt)
+
+    def _save_overrides(self, project: int, overrides: dict[str, Any]) -> None:
+        """Persist the project's extra params when they changed (read by trainer and ranker)."""
+        if project_extra_params(self.registry, project) == overrides:
+            return
+        path = self.registry.project_dir(project) / "params.json"
+        try:
+            atomic_write(path, json.dumps(overrides, sort_keys=True).encode())
+        except OSError as exc:
+            raise storage_error(exc, "saving the project's extra params") from exc
+        logger.info("project=%s extra params set: %s", project, overrides)
+
+    # -- /predict --------------------------------------------------------------------------
+    def predict(self, body: dict[str, Any]) -> dict[str, Any]:
+        """One result per task, in order; a task whose image fails gets an empty result.
+
+        Tasks the ranking job already scored with the live model are answered from its
+        stored predictions (same regions, and the queue score Label Studio orders by); the
+        rest go through the detector. Once a ranking exists, those others get scores above
+        every ranked one (1 + mean confidence), so they queue after the ranked tasks until
+        the next ranking places them.
+        """
+        tasks = body.get("tasks")
+        if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+            raise BadRequest("'tasks' must be a list of task objects")
+        config = self._config(body.get("label_config"))
+        project = self._project(body.get("project"))
+        started = time.perf_counter()
+        # One resolution per request: a promotion landing mid-request must not pair one
+        # version's regions with another's model_version.
+        sources = {
+            control.from_name: self.detectors.source_for(
+                project, control.labels, control.model_path
+            )
+            for control in config.controls
+        }
+        primary = config.controls[0]
+        version = sources[primary.from_name].version
+        answers: list[dict[str, Any] | None] = [None] * len(tasks)
+        ranked = (
+            project is not None
+            and len(_by_image_field(config)) == 1
+            and load_ranking(self.settings.model_dir, project, version) is not None
+        )
+        if ranked:
+            for i, task in enumerate(tasks):
+                answers[i] = self._precomputed(project, version, primary, task)  # type: ignore[arg-type]
+        todo = [i for i, answer in enumerate(answers) if answer is None]
+        offset = 1.0 if ranked else 0.0
+        for i, regions in zip(
+            todo, self._detect([tasks[i] for i in todo], config, sources, project), strict=True
+        ):
+            answer = ls_format.task_prediction(regions, version)
+            answer["score"] = round(answer["score"] + offset, 4)
+            answers[i] = answer
+        logger.info(
+            "project=%s predicted %d tasks (%d from the ranking) with model_version=%s in %.3fs",
+            project,
+            len(tasks),
+            len(tasks) - len(todo),
+            version,
+            time.perf_counter() - started,
+        )
+        return {"results": answers}
+
+    def _precomputed(
+        self, project: int, version: str, control: BoxControl, task: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        task_id, data = task.get("id"), task.get("data")
+        if not isinstance(task_id, int) or isinstance(task_id, bool) or not isinstance(data, dict):
+            return None
+        ref = data.get(control.value_key)
+        return precomputed_prediction(
+            self.settings.model_dir,
+            project,
+            task_id,
+            version,
+            image_ref=ref if isinstance(ref, str) else None,
+        )
+
+    def _detect(
+        self,
+        tasks: Sequence[dict[str, Any]],
+        config: ParsedConfig,
+        sources: Mapping[str, ModelSource],
+        project: int | None,
+    ) -> list[list[dict[str, Any]]]:
+        """Regions per task from the detector(s) of the config's controls (`sources` maps
+        each control's name to the model resolved for this request)."""
+        regions: list[list[dict[str, Any]]] = [[] for _ in tasks]
+        for value_key, controls in _by_image_field(config).items():
+            detectors = [(c, self.detectors.get(sources[c.from_name])) for c in controls]
+            self._in_image_batches(
+                tasks,
+                value_key,
+                project,
+                functools.partial(self._detect_batch, detectors, regions),
+            )
+        return regions
+
+    def _detect_batch(
+        self,
+        detectors: Sequence[tuple[BoxControl, Detector]],
+        regions: list[list[dict[str, Any]]],
+        batch: list[tuple[int, LoadedImage]],
+    ) -> None:
+        """Add the regions each control's detector finds in `batch` to `regions[task index]`."""
+        pixels = [image.pixels for _, image in batch]
+        by_model: dict[str, list[ImageDetections]] = {}
+        for control, detector in detectors:
+            if detector.version not in by_model:
+                by_model[detector.version] = detector.predict(pixels)
+            threshold = (
+                control.score_threshold
+                if control.score_threshold is not None
+                else self.settings.score_threshold
+            )
+            for (i, image), found in zip(batch, by_model[detector.version], strict=True):
+                regions[i].extend(
+                    ls_format.control_regions(
+                        found.boxes, detector.names, control, image.width, image.height, threshold
+                    )
+                )
+
+    def _in_image_batches(
+        self,
+        tasks: Sequence[dict[str, Any]],
+        value_key: str,
+        project: int | None,
+        handle: Callable[[list[tuple[int, LoadedImage]]], None],
+    ) -> None:
+        """Decode the tasks' images and hand them to `handle` as (task index, image) batches
+        holding at most MAX_REQUEST_PIXELS decoded pixels (a larger image goes alone), so a
+        request of many large images never holds them all in memory. Bytes are fetched a
+        window ahead, concurrently. A task whose image fails is logged and left out."""
+
+        def read(task: dict[str, Any]) -> tuple[str, bytes, int] | None:
+            data = task.get("data")
+            ref = data.get(value_key) if isinstance(data, dict) else None
+            try:
+                if not isinstance(ref, str):
+                    raise ImageError(f"task data has no {value_key!r} field with an image URL")
+                raw = self.images.read(ref)
+                width, height = self.images.image_size(raw, ref)
+                return ref, raw, width * height
+            except ImageError as exc:
+                logger.warning("project=%s task=%s: %s", project, task.get("id"), exc)
+                return None
+
+        budget = self.settings.max_request_pixels
+        batch: list[tuple[int, LoadedImage]] = []
+        held = 0
+        window = max(1, self.settings.predict_batch)
+        for start in range(0, len(tasks), window):
+            indices = range(start, min(start + window, len(tasks)))
+            fetched = list(self._fetchers.map(read, [tasks[i] for i in indices]))
+            for i, item in zip(indices, fetched, strict=True):
+                if item is None:
+                    continue
+                ref, raw, pixels = item
+                if batch and held + pixels > budget:
+                    handle(batch)
+                    batch, held = [], 0
+                try:
+                    image = self.images.decode(raw, ref)
+                except ImageError as exc:
+                    logger.warning("project=%s task=%s: %s", project, tasks[i].get("id"), exc)
+                    continue
+                batch.append((i, image))
+                held += pixels
+            del fetched
+        if batch:
+            handle(batch)
+
+    # -- /webhook --------------------------------------------------------------------------
+    def record_event(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Validate and durably store a webhook event; unhandled actions are acknowledged."""
+        action = body.get("action")
+        if not isinstance(action, str) or not action:
+            raise BadRequest("webhook payload needs a string 'action'")
+        if action not in ls_format.HANDLED_ACTIONS:
+            logger.debug("ignoring webhook action %s", action)
+            return {"status": "ignored", "action": action}
+        annotation = body.get("annotation")
+        fallback = annotation.get("project") if isinstance(annotation, dict) else None
+        project = self._project(body.get("project", fallback))
+        if project is None:
+            raise BadRequest(f"{action} payload has no project id")
+        try:
+            ids = ls_format.webhook_annotation_ids(action, body)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        event_id = self.events.append(project, action, ids, body)
+        logger.info(
+            "project=%s recorded %s event=%d annotations=%s", project, action, event_id, ids
+        )
+        return {"status": "recorded", "event_id": event_id}
+
+    # -- /metrics --------------------------------------------------------------------------
+    def metrics(self) -> dict[str, Any]:
+        pending = self.events.pending_counts()
+        projects = sorted(set(pending) | set(self.registry.projects()))
+        per_project = {}
+        for pid in projects:
+            live = self.registry.live(pid)
+            runs = self.events.runs(pid, limit=1)
+            last = None
+            if runs:
+                run = runs[0]
+                details = run["details"]
+                last = {
+                    "run_id": run["id"],
+                    "state": run["state"],
+                    "reason": run["reason"],
+                    "version": run["version"],
+                    "started_at": run["started_at"],
+                    "finished_at": run["finished_at"],
+                    "duration_s": (run["finished_at"] or time.time()) - run["started_at"],
+                    "metrics": details.get("metrics"),
+                    "gate": details.get("gate"),
+                    "error": details.get("error"),
+                }
+            per_project[str(pid)] = {
+                "live_version": live.version if live else None,
+                "queued_events": pending.get(pid, 0),
+                "last_training": last,
+            }
+        return {"projects": per_project}
+
+    # -- helpers ---------------------------------------------------------------------------
+    @staticmethod
+    def _config(xml: object) -> ParsedConfig:
+        if not isinstance(xml, str) or not xml.strip():
+            raise BadRequest("request needs the project's label config ('label_config')")
+        return parse_label_config(xml)
+
+    @staticmethod
+    def _project(value: object) -> int | None:
+        try:
+            return ls_format.project_id(value)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+
+
+def _by_image_field(config: ParsedConfig) -> dict[str, list[BoxControl]]:
+    groups: dict[str, list[BoxControl]] = {}
+    for control in config.controls:
+        groups.setdefault(control.value_key, []).append(control)
+    return groups

@@ -1,0 +1,1 @@
+"""Training: Label Studio annotations -> a YOLO dataset -> a fine-tuned, gated version."""

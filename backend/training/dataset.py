@@ -1,0 +1,276 @@
+"""Label Studio annotations -> a YOLO dataset on disk, for fine-tuning.
+
+Annotations are pulled fresh from Label Studio (so updates and deletions are honoured), the
+newest non-cancelled annotation of each task is the ground truth, and RectangleLabels regions
+become YOLO boxes: rotated boxes are replaced by their axis-aligned envelope (the SDK's
+converter does that geometry), boxes are clipped to the image, labels outside the config are
+skipped with a warning, and an annotation with no box stays as a negative image. Each task's
+train/validation split is a hash of its id: stable across runs, so the promotion gate always
+compares models on the same kind of split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backend.errors import BackendError, ImageError
+from backend.files import atomic_write
+from backend.labelstudio.images import ImageLoader
+from backend.labelstudio.label_config import BoxControl
+
+logger = logging.getLogger(__name__)
+
+
+class NotEnoughData(BackendError):
+    """Too few usable annotated images to train and validate."""
+
+    status = 409
+    code = "not_enough_data"
+
+
+@dataclass(frozen=True)
+class YoloBox:
+    """One box in YOLO form: class index and normalised centre/size."""
+
+    class_index: int
+    cx: float
+    cy: float
+    w: float
+    h: float
+
+    def line(self) -> str:
+        return f"{self.class_index} {self.cx:.6f} {self.cy:.6f} {self.w:.6f} {self.h:.6f}"
+
+
+@dataclass(frozen=True)
+class LabeledImage:
+    """A task's ground truth for training."""
+
+    task_id: int
+    annotation_id: int
+    image_ref: str
+    boxes: tuple[YoloBox, ...]
+
+
+@dataclass
+class ExportStats:
+    """What went into a dataset, and what was left out and why."""
+
+    tasks: int = 0
+    train: int = 0
+    val: int = 0
+    boxes: int = 0
+    negatives: int = 0
+    class_counts: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "tasks": self.tasks,
+            "train_images": self.train,
+            "val_images": self.val,
+            "boxes": self.boxes,
+            "negative_images": self.negatives,
+            "class_counts": dict(self.class_counts),
+            "skipped": dict(self.skipped),
+        }
+
+
+def fetch_annotated_tasks(
+    sdk: Any, project_id: int, page_size: int = 100
+) -> Iterator[dict[str, Any]]:
+    """Every annotated task of the project with its annotations (the SDK pages for us)."""
+    pager = sdk.tasks.list(
+        project=project_id, fields="all", only_annotated=True, page_size=page_size
+    )
+    for task in pager:
+        yield task.model_dump() if hasattr(task, "model_dump") else dict(task)
+
+
+def latest_annotation(task: dict[str, Any]) -> dict[str, Any] | None:
+    """The newest annotation that was not cancelled (skipped), or None."""
+    candidates = [
+        a
+        for a in task.get("annotations") or []
+        if isinstance(a, dict) and not a.get("was_cancelled")
+    ]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda a: (str(a.get("updated_at") or ""), int(a.get("id") or 0)))
+
+
+def task_to_labeled(
+    task: dict[str, Any],
+    controls: Sequence[BoxControl],
+    classes: Sequence[str],
+    skipped: Counter[str],
+) -> LabeledImage | None:
+    """A task's YOLO ground truth from its newest annotation; None if it has none usable.
+
+    `controls` must share one image field (the first control's); reasons for anything left
+    out are counted in `skipped`.
+    """
+    annotation = latest_annotation(task)
+    if annotation is None:
+        skipped["no non-cancelled annotation"] += 1
+        return None
+    value_key = controls[0].value_key
+    ref = (task.get("data") or {}).get(value_key)
+    if not isinstance(ref, str) or not ref:
+        skipped[f"task data has no {value_key!r}"] += 1
+        return None
+    names = {c.from_name for c in controls}
+    index = {name: i for i, name in enumerate(classes)}
+    boxes = []
+    for region in annotation.get("result") or []:
+        if not isinstance(region, dict) or region.get("from_name") not in names:
+            continue
+        if region.get("type") != "rectanglelabels":
+            continue
+        box = _region_box(region, index, skipped, task.get("id"))
+        if box is not None:
+            boxes.append(box)
+    return LabeledImage(
+        task_id=int(task["id"]),
+        annotation_id=int(annotation.get("id") or 0),
+        image_ref=ref,
+        boxes=tuple(boxes),
+    )
+
+
+def _region_box(
+    region: dict[str, Any], index: dict[str, int], skipped: Counter[str], task_id: object
+) -> YoloBox | None:
+    value = region.get("value") or {}
+    labels = value.get("rectanglelabels") or []
+    if not labels:
+        skipped["malformed box"] += 1
+        return None
+    if labels[0] not in index:
+        skipped["label not in the config"] += 1
+        logger.warning("task=%s: label %s is not in the label config; box skipped", task_id, labels)
+        return None
+    try:
+        x, y, w, h = (float(value[k]) for k in ("x", "y", "width", "height"))
+        if float(value.get("rotation") or 0.0) % 360:
+            # The SDK's converter does the rotation geometry; it imports slowly (~3 s), so
+            # only when a rotated box actually turns up.
+            from label_studio_sdk.converter import Converter  # noqa: PLC0415
+
+            x, y, w, h = Converter.rotated_rectangle(value)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        skipped["malformed box"] += 1
+        logger.warning("task=%s: malformed rectangle %s; box skipped", task_id, value)
+        return None
+    x1, y1 = max(0.0, x), max(0.0, y)
+    x2, y2 = min(100.0, x + w), min(100.0, y + h)
+    if x2 - x1 <= 0.01 or y2 - y1 <= 0.01:
+        skipped["box outside the image"] += 1
+        return None
+    if (x1, y1, x2, y2) != (x, y, x + w, y + h):
+        skipped["box clipped to the image"] += 1
+    return YoloBox(
+        class_index=index[labels[0]],
+        cx=(x1 + x2) / 200.0,
+        cy=(y1 + y2) / 200.0,
+        w=(x2 - x1) / 100.0,
+        h=(y2 - y1) / 100.0,
+    )
+
+
+def is_validation(task_id: int, val_percent: int) -> bool:
+    """Stable split: a task is in validation iff its id's hash falls under `val_percent`."""
+    digest = hashlib.sha256(f"task-{task_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % 100 < val_percent
+
+
+def write_dataset(
+    images: Iterable[LabeledImage],
+    loader: ImageLoader,
+    out_dir: Path,
+    cache_dir: Path,
+    classes: Sequence[str],
+    val_percent: int,
+    min_images: int,
+    stats: ExportStats,
+) -> Path:
+    """Fetch (or reuse cached) images, write images/ + labels/ + data.yaml; returns data.yaml.
+
+    Raises NotEnoughData when fewer than `min_images` usable images remain, or when no split
+    can hold at least one image.
+    """
+    usable: list[tuple[LabeledImage, Path]] = []
+    for item in images:
+        try:
+            usable.append((item, _cached_image(item, loader, cache_dir)))
+        except ImageError as exc:
+            stats.skipped["image unavailable"] += 1
+            logger.warning(
+                "task=%s: image unavailable, left out of training: %s", item.task_id, exc
+            )
+    if len(usable) < max(2, min_images):
+        raise NotEnoughData(
+            f"{len(usable)} usable annotated images; training needs at least {max(2, min_images)}"
+        )
+    splits = {item.task_id: is_validation(item.task_id, val_percent) for item, _ in usable}
+    if not any(splits.values()):  # keep at least one image on each side
+        splits[min(splits)] = True
+    if all(splits.values()):
+        splits[max(splits)] = False
+    for item, cached in usable:
+        split = "val" if splits[item.task_id] else "train"
+        image_dir, label_dir = out_dir / "images" / split, out_dir / "labels" / split
+        image_dir.mkdir(parents=True, exist_ok=True)
+        label_dir.mkdir(parents=True, exist_ok=True)
+        target = image_dir / cached.name
+        if not target.exists():
+            _link_or_copy(cached, target)
+        (label_dir / f"{cached.stem}.txt").write_text("".join(b.line() + "\n" for b in item.boxes))
+        stats.val += split == "val"
+        stats.train += split == "train"
+        stats.boxes += len(item.boxes)
+        stats.negatives += not item.boxes
+        stats.class_counts.update(classes[b.class_index] for b in item.boxes)
+    data_yaml = out_dir / "data.yaml"
+    names = "".join(f"  {i}: {_yaml_string(name)}\n" for i, name in enumerate(classes))
+    data_yaml.write_text(
+        f"path: {_yaml_string(str(out_dir.resolve()))}\ntrain: images/train\nval: images/val\n"
+        f"names:\n{names}"
+    )
+    return data_yaml
+
+
+def _cached_image(item: LabeledImage, loader: ImageLoader, cache_dir: Path) -> Path:
+    """The task's image in the per-project cache, fetched once per (task, URL).
+
+    Cached as training must see it (`ImageLoader.training_file`): the boxes were drawn on the
+    displayed picture, so a rotated (EXIF) or high-bit-depth image is stored as that 8-bit
+    picture; a plain file keeps its bytes.
+    """
+    key = hashlib.sha256(item.image_ref.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    stem = f"task{item.task_id}-{key}"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    found = sorted(cache_dir.glob(f"{stem}.*"))
+    if found:
+        return found[0]
+    data, suffix = loader.training_file(loader.read(item.image_ref), item.image_ref)
+    return atomic_write(cache_dir / f"{stem}{suffix}", data)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        target.write_bytes(source.read_bytes())
+
+
+def _yaml_string(text: str) -> str:
+    """A double-quoted YAML scalar (label names may hold ':' or '#')."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,0 +1,473 @@
+"""One training job: export -> fine-tune -> evaluate -> register -> promote or reject -> rank.
+
+Runs in a child process by default (`python -m backend.training.trainer --project N --run R`,
+started by the scheduler): training is CPU-heavy and mutates ultralytics/torch process state, so the
+serving process only waits for it. The same `execute_run` also runs in-process (tests, CLI).
+The serving model is never touched: training uses its own YOLO instance, and a candidate
+becomes live only through the registry's atomic promotion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from backend.config import Settings
+from backend.errors import BackendError, BadRequest
+from backend.events import EventStore
+from backend.labelstudio.client import LabelStudioClient
+from backend.labelstudio.images import ImageLoader
+from backend.labelstudio.label_config import parse_label_config
+from backend.models.detector import file_version, trained_image_size
+from backend.models.offline import prepare_ultralytics, set_torch_threads
+from backend.models.registry import ModelRegistry
+from backend.training.dataset import (
+    ExportStats,
+    LabeledImage,
+    NotEnoughData,
+    fetch_annotated_tasks,
+    task_to_labeled,
+    write_dataset,
+)
+
+logger = logging.getLogger(__name__)
+
+SETTINGS_ENV = "LS_ACTIVE_YOLO_SETTINGS"
+
+
+class TrainingCancelled(BackendError):
+    """The run was cancelled (`ls-active-yolo train cancel`)."""
+
+    code = "training_cancelled"
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """The recipe of one run: settings, overridden per project by the ML backend's extra params."""
+
+    epochs: int
+    image_size: int
+    batch: int
+    val_percent: int
+    min_images: int
+    tolerance: float
+
+    # extra_params key -> (field, type, lowest, highest)
+    OVERRIDES = {  # noqa: RUF012  (a class constant, not a dataclass field)
+        "train_epochs": ("epochs", int, 1, 1000),
+        "train_image_size": ("image_size", int, 32, 4096),
+        "train_batch": ("batch", int, 1, 1024),
+        "train_val_percent": ("val_percent", int, 1, 90),
+        "train_min_images": ("min_images", int, 2, 1_000_000),
+        "promote_tolerance": ("tolerance", float, 0.0, 1.0),
+    }
+
+    @classmethod
+    def resolve(cls, settings: Settings, overrides: Mapping[str, Any]) -> TrainParams:
+        """Settings defaults with the project's overrides applied; BadRequest on bad values."""
+        values: dict[str, Any] = {
+            "epochs": settings.train_epochs,
+            "image_size": settings.train_image_size,
+            "batch": settings.train_batch,
+            "val_percent": settings.train_val_percent,
+            "min_images": settings.train_min_images,
+            "tolerance": settings.promote_tolerance,
+        }
+        values.update(validate_overrides(overrides))
+        return cls(**values)
+
+
+def validate_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Training keys of an extra_params object, checked; unknown keys are left for others."""
+    checked: dict[str, Any] = {}
+    for key, (name, kind, lo, hi) in TrainParams.OVERRIDES.items():
+        if key not in overrides:
+            continue
+        raw = overrides[key]
+        try:
+            if isinstance(raw, bool):
+                raise ValueError
+            value = kind(raw)
+            if kind is int and float(raw) != value:
+                raise ValueError
+        except (TypeError, ValueError, OverflowError):  # Infinity, 10**400
+            raise BadRequest(f"extra_params.{key} must be a {kind.__name__}, got {raw!r}") from None
+        if not lo <= value <= hi:
+            raise BadRequest(f"extra_params.{key} must be between {lo} and {hi}, got {value}")
+        checked[name] = value
+    return checked
+
+
+def project_extra_params(registry: ModelRegistry, project_id: int) -> dict[str, Any]:
+    """The project's saved extra params (written at /setup: training and queue keys), or {}."""
+    path = registry.project_dir(project_id) / "params.json"
+    if not path.is_file():
+        return {}
+    return dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def cancel_flag(registry: ModelRegistry, project_id: int) -> Path:
+    """Touching this file cancels the project's running job at its next batch."""
+    return registry.project_dir(project_id) / "CANCEL"
+
+
+def execute_run(settings: Settings, events: EventStore, project_id: int, run_id: int) -> str:
+    """Run a recorded training run to its end and record the outcome; returns the state.
+
+    Events up to the run's snapshot are consumed unless the run failed (then they stay
+    pending and the scheduler retries with back-off): nothing is lost either way.
+    """
+    registry = ModelRegistry(settings.model_dir)
+    ls = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)
+    started = time.time()
+    try:
+        details = _train(settings, registry, ls, ImageLoader(settings, ls), project_id, run_id)
+    except TrainingCancelled:
+        events.finish_run(run_id, "cancelled", {"duration_s": time.time() - started})
+        logger.warning("project=%s run=%s cancelled", project_id, run_id)
+        return "cancelled"
+    except NotEnoughData as exc:
+        events.finish_run(run_id, "skipped", {"reason": str(exc)})
+        logger.info("project=%s run=%s skipped: %s", project_id, run_id, exc)
+        return "skipped"
+    except Exception as exc:
+        logger.exception("project=%s run=%s failed", project_id, run_id)
+        details = {"error": f"{type(exc).__name__}: {exc}", "duration_s": time.time() - started}
+        events.finish_run(run_id, "failed", details, consume_events=False)
+        return "failed"
+    finally:
+        cancel_flag(registry, project_id).unlink(missing_ok=True)
+    state = "promoted" if details["gate"]["passed"] else "rejected"
+    events.finish_run(run_id, state, details, version=details["version"])
+    return state
+
+
+def run_job(settings: Settings, events: EventStore, project_id: int, run_id: int) -> str:
+    """A whole training job: the run, then (when due) the re-ranked queue; returns the
+    run's state. What every launcher executes (child process, in-process, RQ worker)."""
+    state = execute_run(settings, events, project_id, run_id)
+    rank_after_run(settings, events, project_id, run_id)
+    return state
+
+
+def rank_after_run(settings: Settings, events: EventStore, project_id: int, run_id: int) -> None:
+    """Re-rank the queue after a run: always after a promotion (a new model scores every
+    task anew), and after a run someone asked for (START_TRAINING) even when it promoted
+    nothing, e.g. a cold start with too few labels. A ranking failure never undoes the run."""
+    run = next((r for r in events.runs(project_id) if r["id"] == run_id), None)
+    if run is None or not (
+        run["state"] == "promoted"
+        or (run["reason"] == "requested" and run["state"] in ("rejected", "skipped"))
+    ):
+        return
+    if not (settings.label_studio_url and settings.label_studio_api_key):
+        logger.info("project=%s: no LABEL_STUDIO_URL/API key, queue not ranked", project_id)
+        return
+    from backend.ranking.job import RankingBusy, rank_as_configured  # noqa: PLC0415
+
+    try:
+        summary = rank_as_configured(settings, project_id)
+    except RankingBusy:
+        logger.info("project=%s: a ranking is already running", project_id)
+    except Exception:
+        logger.exception("project=%s run=%s: ranking the queue failed", project_id, run_id)
+    else:
+        logger.info(
+            "project=%s run=%s ranked %d tasks with %s in %.1fs",
+            project_id,
+            run_id,
+            summary.n_ranked,
+            summary.model_version,
+            summary.timings.get("total", 0.0),
+        )
+
+
+def _train(
+    settings: Settings,
+    registry: ModelRegistry,
+    ls: LabelStudioClient,
+    loader: ImageLoader,
+    project_id: int,
+    run_id: int,
+) -> dict[str, Any]:
+    params = TrainParams.resolve(settings, project_extra_params(registry, project_id))
+    started = time.perf_counter()
+    labeled, classes, stats = export_labeled(ls, project_id)
+    exported_s = round(time.perf_counter() - started, 3)
+    details = train_and_register(
+        settings, registry, loader, project_id, run_id, labeled, classes, stats, params
+    )
+    details["durations"]["label_studio_export_s"] = exported_s
+    return details
+
+
+def export_labeled(
+    ls: LabelStudioClient, project_id: int
+) -> tuple[list[LabeledImage], list[str], ExportStats]:
+    """The project's ground truth from Label Studio: images, class list (label config
+    order), and what was skipped. Boxes come from the controls over the first image field."""
+    project = ls.sdk.projects.get(id=project_id)
+    config = parse_label_config(project.label_config or "")
+    controls = [c for c in config.controls if c.value_key == config.controls[0].value_key]
+    classes = list(dict.fromkeys(label for c in controls for label in c.labels))
+    stats = ExportStats()
+    labeled = []
+    for task in fetch_annotated_tasks(ls.sdk, project_id):
+        stats.tasks += 1
+        item = task_to_labeled(task, controls, classes, stats.skipped)
+        if item is not None:
+            labeled.append(item)
+    return labeled, classes, stats
+
+
+def train_and_register(
+    settings: Settings,
+    registry: ModelRegistry,
+    loader: ImageLoader,
+    project_id: int,
+    run_id: int,
+    labeled: Sequence[LabeledImage],
+    classes: list[str],
+    stats: ExportStats,
+    params: TrainParams,
+) -> dict[str, Any]:
+    """Dataset -> fine-tune from the live model -> evaluate both -> new version -> gate.
+
+    The one training path: Label Studio runs and the label-efficiency simulation both use it.
+    """
+    prepare_ultralytics(settings.model_dir / ".ultralytics")
+    set_torch_threads(settings.torch_threads)
+    run_dir = registry.project_dir(project_id) / "runs" / f"run-{run_id}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    t0 = time.perf_counter()
+    data_yaml = write_dataset(
+        labeled,
+        loader,
+        run_dir / "data",
+        registry.project_dir(project_id) / "image-cache",
+        classes,
+        params.val_percent,
+        params.min_images,
+        stats,
+    )
+    t1 = time.perf_counter()
+    logger.info(
+        "project=%s run=%s dataset: %d train / %d val images, %d boxes, skipped %s",
+        project_id,
+        run_id,
+        stats.train,
+        stats.val,
+        stats.boxes,
+        dict(stats.skipped),
+    )
+
+    live = registry.live(project_id)
+    if live is not None:
+        parent_weights, parent = live.weights, live.version
+    elif settings.model_path is not None:
+        parent_weights, parent = (
+            settings.model_path,
+            f"MODEL_PATH:{file_version(settings.model_path)}",
+        )
+    else:
+        parent_weights, parent = None, f"random-init:{settings.model_yaml}"
+    candidate, size = _fine_tune(
+        settings, params, parent_weights, data_yaml, run_dir, project_id, run_id
+    )
+    t2 = time.perf_counter()
+
+    # Both models are judged on the same split at the same (the candidate's) image size.
+    metrics = evaluate(
+        settings, params, candidate, data_yaml, classes, run_dir / "eval-candidate", size
+    )
+    live_metrics = None
+    if live is not None:
+        live_metrics = evaluate(
+            settings, params, live.weights, data_yaml, classes, run_dir / "eval-live", size
+        )
+    t3 = time.perf_counter()
+    if metrics is None:
+        raise RuntimeError("the trained candidate does not predict the project's classes")
+    if live_metrics is None:
+        passed = True
+        why = "no comparable live model" if live is None else "live model predicts other classes"
+    else:
+        passed = metrics["map50"] >= live_metrics["map50"] - params.tolerance
+        why = (
+            f"candidate mAP50 {metrics['map50']:.4f} vs live {live_metrics['map50']:.4f} "
+            f"(tolerance {params.tolerance})"
+        )
+    details: dict[str, Any] = {
+        "run_id": run_id,
+        "parent": parent,
+        "classes": classes,
+        "params": {**asdict(params), "image_size": size},
+        "data": stats.as_dict(),
+        "metrics": metrics,
+        "live_metrics": live_metrics,
+        "gate": {"passed": passed, "reason": why},
+        "durations": {
+            "dataset_s": round(t1 - t0, 3),
+            "train_s": round(t2 - t1, 3),
+            "evaluate_s": round(t3 - t2, 3),
+        },
+        "created_at": time.time(),
+    }
+    version = registry.create_version(project_id, candidate, details)
+    details["version"] = version.version
+    if passed:
+        registry.promote(project_id, version.version, reason=f"run {run_id}: {why}")
+    else:
+        logger.warning(
+            "project=%s run=%s %s rejected: %s", project_id, run_id, version.version, why
+        )
+    details["durations"]["total_s"] = round(time.perf_counter() - t0, 3)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return details
+
+
+def _fine_tune(
+    settings: Settings,
+    params: TrainParams,
+    parent: Path | None,
+    data_yaml: Path,
+    run_dir: Path,
+    project_id: int,
+    run_id: int,
+) -> tuple[Path, int]:
+    """Train a fresh YOLO instance (never the serving one) from `parent`; returns the
+    weights and the image size they were trained at."""
+    from ultralytics import YOLO  # noqa: PLC0415  (after prepare_ultralytics)
+
+    model = YOLO(str(parent) if parent is not None else settings.model_yaml, task="detect")
+    image_size = params.image_size or trained_image_size(model) or 320
+    flag = cancel_flag(ModelRegistry(settings.model_dir), project_id)
+    started = time.monotonic()
+
+    def on_batch_end(_trainer: Any) -> None:
+        if flag.exists():
+            raise TrainingCancelled(f"project {project_id} run {run_id} cancelled")
+
+    def on_epoch_end(trainer: Any) -> None:
+        done = trainer.epoch + 1
+        elapsed = time.monotonic() - started
+        eta = elapsed / done * (trainer.epochs - done)
+        loss = _total_loss(getattr(trainer, "tloss", None))
+        logger.info(
+            "project=%s run=%s epoch %d/%d loss=%.3f elapsed=%.0fs eta=%.0fs",
+            project_id,
+            run_id,
+            done,
+            trainer.epochs,
+            loss,
+            elapsed,
+            eta,
+        )
+
+    model.add_callback("on_train_batch_end", on_batch_end)
+    model.add_callback("on_train_epoch_end", on_epoch_end)
+    model.train(
+        data=str(data_yaml),
+        epochs=params.epochs,
+        imgsz=image_size,
+        batch=params.batch,
+        device=settings.device,
+        workers=0,
+        plots=False,
+        amp=False,
+        val=False,
+        verbose=False,
+        seed=0,
+        deterministic=False,
+        mosaic=0.0,
+        optimizer="AdamW",
+        lr0=0.002,
+        warmup_epochs=1,
+        project=str(run_dir),
+        name="train",
+        exist_ok=True,
+    )
+    weights = run_dir / "train" / "weights" / "last.pt"
+    if not weights.is_file():
+        raise RuntimeError(f"training finished without weights at {weights}")
+    return weights, image_size
+
+
+def _total_loss(loss: Any) -> float:
+    """ultralytics keeps the running loss as a tensor or a dict of named parts."""
+    if loss is None:
+        return float("nan")
+    if isinstance(loss, dict):
+        return float(sum(float(v) for v in loss.values()))
+    return float(loss.sum())
+
+
+def evaluate(
+    settings: Settings,
+    params: TrainParams,
+    weights: Path,
+    data_yaml: Path,
+    classes: list[str],
+    workdir: Path,
+    image_size: int | None = None,
+) -> dict[str, Any] | None:
+    """mAP50, mAP50-95 and per-class AP of `weights` on the dataset's validation split, at
+    `image_size` (default: TrainParams' size, else the size the weights were trained at).
+
+    None when the model's classes differ from the dataset's (no fair comparison exists).
+    """
+    from ultralytics import YOLO  # noqa: PLC0415
+
+    model = YOLO(str(weights), task="detect")
+    names = [str(model.names[i]) for i in sorted(model.names)]
+    if names != classes:
+        return None
+    result = model.val(
+        data=str(data_yaml),
+        split="val",
+        imgsz=image_size or params.image_size or trained_image_size(model) or 640,
+        batch=params.batch,
+        device=settings.device,
+        workers=0,
+        plots=False,
+        verbose=False,
+        project=str(workdir.parent),
+        name=workdir.name,
+        exist_ok=True,
+    )
+    box = result.box
+    index = [int(i) for i in box.ap_class_index]
+    return {
+        "map50": float(box.map50),
+        "map50_95": float(box.map),
+        "per_class_ap50": {classes[c]: float(box.ap50[i]) for i, c in enumerate(index)},
+        "per_class_ap50_95": {classes[c]: float(box.ap[i]) for i, c in enumerate(index)},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Child-process entry: run one recorded training run."""
+    from backend.logs import configure_logging  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(description="Run one recorded training run (internal).")
+    parser.add_argument("--project", type=int, required=True)
+    parser.add_argument("--run", type=int, required=True)
+    args = parser.parse_args(argv)
+    raw = os.environ.get(SETTINGS_ENV)
+    settings = Settings.from_json(raw) if raw else Settings.from_env()
+    configure_logging(settings.log_level)
+    events = EventStore(settings.model_dir / "events.sqlite3")
+    state = run_job(settings, events, args.project, args.run)
+    return 0 if state != "failed" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

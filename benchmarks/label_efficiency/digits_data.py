@@ -1,0 +1,532 @@
+"""A realistic, offline, seeded detection dataset: real handwritten digits in cluttered scenes.
+
+Why not the shapes of `devkit.datagen`: they are separable by colour alone, so every
+active-learning strategy looks the same on them. Here the objects are real handwriting
+(scikit-learn's bundled `load_digits`, 1,797 8x8 digits from 43 writers, no download), and
+the scenes carry what makes labeling choices matter on real data:
+
+* 10 classes with a long-tailed mix, where the rare class of each confusable pair (1/7, 3/8/9,
+  5/6) is the rare one: mistakes concentrate where labels are scarce;
+* scene-level correlation: some images are "themed" (mostly one class), as objects cluster
+  in real scenes;
+* 1-15 objects per image at several scales (crowded images get smaller digits), slight
+  rotation and aspect changes, varied ink contrast (light on dark too);
+* textured backgrounds (noise, gradients, stripes, blobs, ruled paper), partial occlusion,
+  unlabeled distractor shapes (rings, bars, scribbles), sensor noise and blur;
+* near-duplicate images in the pool (small shifts and lighting changes of another image),
+  which waste labels when chosen twice.
+
+Digit sprites are split between the splits, so test digits are unseen samples. Splits: `pool`
+(the unlabeled images an annotator works through), `val` (for tuning a recipe without touching
+test), `test` (the fixed yardstick), and the optional `base`: scenes of yet other digit
+samples for a class-agnostic base model (one class, "digit"), the stand-in for the pretrained
+weights a user brings; it learns where handwriting is, never which digit it is.
+Everything comes from `seed`: image i of a split is drawn from its own generator, so the same
+seed gives the same files and boxes. The ground truth (pixel boxes with labels) is stored in
+`manifest.json` and converts directly to `LabeledImage`s.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, ImageDraw, ImageFilter
+
+from backend.training.dataset import LabeledImage, YoloBox
+
+logger = logging.getLogger(__name__)
+
+CLASSES: tuple[str, ...] = tuple(str(d) for d in range(10))
+# Long tail (sums to 1): in each confusable pair the second member is rare.
+CLASS_WEIGHTS: tuple[float, ...] = (0.12, 0.20, 0.10, 0.16, 0.09, 0.13, 0.06, 0.07, 0.03, 0.04)
+CONFUSABLE: tuple[tuple[str, ...], ...] = (("1", "7"), ("3", "8", "9"), ("5", "6"))
+SPLITS: tuple[str, ...] = ("pool", "val", "test", "base")
+_SPRITE_SHARE = {"pool": 0.45, "val": 0.1, "test": 0.25, "base": 0.2}
+_SPLIT_CODE = {"pool": 1, "val": 2, "test": 3, "base": 4}
+_ID_BASE = {"pool": 0, "val": 1_000_000, "test": 2_000_000, "base": 3_000_000}
+BASE_CLASS = "digit"
+MANIFEST = "manifest.json"
+
+U8Array = npt.NDArray[np.uint8]
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class DigitsConfig:
+    """Sizes and knobs of a generated dataset (all counts are images)."""
+
+    n_pool: int = 360
+    n_val: int = 60
+    n_test: int = 150
+    n_base: int = 300  # class-agnostic scenes for a base model (see module doc); 0 = none
+    image_size: int = 160
+    min_objects: int = 1
+    max_objects: int = 15
+    min_digit: int = 16  # digit height in pixels
+    max_digit: int = 56
+    themed_fraction: float = 0.4  # images whose objects are mostly one class
+    duplicate_fraction: float = 0.08  # pool images that are near-copies of another pool image
+    occlusion_prob: float = 0.3  # per digit
+    max_distractors: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.n_pool, self.n_test) < 1 or min(self.n_val, self.n_base) < 0:
+            raise ValueError("n_pool and n_test must be >= 1, n_val and n_base >= 0")
+        if self.image_size < 64:
+            raise ValueError(f"image_size must be >= 64, got {self.image_size}")
+        if not 1 <= self.min_objects <= self.max_objects:
+            raise ValueError("need 1 <= min_objects <= max_objects")
+        if not 8 <= self.min_digit <= self.max_digit <= self.image_size // 2:
+            raise ValueError("need 8 <= min_digit <= max_digit <= image_size / 2")
+        for name in ("themed_fraction", "duplicate_fraction", "occlusion_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1]")
+        if self.seed < 0 or self.max_distractors < 0:
+            raise ValueError("seed and max_distractors must be >= 0")
+
+    def size(self, split: str) -> int:
+        return {"pool": self.n_pool, "val": self.n_val, "test": self.n_test, "base": self.n_base}[
+            split
+        ]
+
+
+@dataclass(frozen=True)
+class DigitBox:
+    """One ground-truth box in pixels (x2, y2 exclusive edges)."""
+
+    label: str
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+
+@dataclass(frozen=True)
+class DigitSample:
+    """One generated image and its ground truth."""
+
+    task_id: int  # unique across splits: the simulated Label Studio task id
+    split: str
+    file: str  # relative to the dataset root
+    width: int
+    height: int
+    boxes: tuple[DigitBox, ...]
+    duplicate_of: int | None = None  # task id of the image this one nearly copies
+
+    def to_labeled(self, root: Path, classes: Sequence[str] = CLASSES) -> LabeledImage:
+        """The sample as training ground truth (normalised YOLO boxes, absolute image path).
+
+        `classes == (BASE_CLASS,)` maps every digit to that one class (the base model's task).
+        """
+        index = {name: i for i, name in enumerate(classes)}
+        agnostic = tuple(classes) == (BASE_CLASS,)
+        boxes = tuple(
+            YoloBox(
+                class_index=0 if agnostic else index[b.label],
+                cx=(b.x1 + b.x2) / 2 / self.width,
+                cy=(b.y1 + b.y2) / 2 / self.height,
+                w=(b.x2 - b.x1) / self.width,
+                h=(b.y2 - b.y1) / self.height,
+            )
+            for b in self.boxes
+        )
+        return LabeledImage(
+            task_id=self.task_id,
+            annotation_id=self.task_id,
+            image_ref=str((root / self.file).resolve()),
+            boxes=boxes,
+        )
+
+
+@dataclass(frozen=True)
+class DigitsDataset:
+    """A generated dataset on disk: its root, classes, config and samples per split."""
+
+    root: Path
+    config: DigitsConfig
+    classes: tuple[str, ...] = CLASSES
+    splits: dict[str, tuple[DigitSample, ...]] = field(default_factory=dict)
+
+    def labeled(self, split: str, class_agnostic: bool = False) -> list[LabeledImage]:
+        """Every sample of `split` as a `LabeledImage` (one class `BASE_CLASS` if agnostic)."""
+        classes = (BASE_CLASS,) if class_agnostic else self.classes
+        return [s.to_labeled(self.root, classes) for s in self.splits[split]]
+
+    def class_counts(self, split: str) -> dict[str, int]:
+        """Boxes per class in `split` (every class listed, zeros included)."""
+        counts = dict.fromkeys(self.classes, 0)
+        for sample in self.splits[split]:
+            for box in sample.boxes:
+                counts[box.label] += 1
+        return counts
+
+
+# ------------------------------------------------------------------------------ public API
+def generate(root: Path, config: DigitsConfig | None = None) -> DigitsDataset:
+    """Render every split into `root/<split>/*.png` and write `root/manifest.json`.
+
+    Reuses an existing dataset when its manifest records the same config (generation takes
+    seconds, but the simulation re-opens it from several processes).
+    """
+    config = config or DigitsConfig()
+    existing = _try_load(root, config)
+    if existing is not None:
+        logger.info("reusing the digits dataset at %s", root)
+        return existing
+    sprites = _sprite_splits(config.seed)
+    splits: dict[str, tuple[DigitSample, ...]] = {}
+    for split in SPLITS:
+        splits[split] = _render_split(root, split, config, *sprites[split])
+    dataset = DigitsDataset(root=root, config=config, splits=splits)
+    manifest = {
+        "config": asdict(config),
+        "classes": list(CLASSES),
+        "splits": {k: [asdict(s) for s in v] for k, v in splits.items()},
+    }
+    (root / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+    logger.info(
+        "digits dataset at %s: %s",
+        root,
+        {k: (len(v), sum(len(s.boxes) for s in v)) for k, v in splits.items()},
+    )
+    return dataset
+
+
+def load(root: Path) -> DigitsDataset:
+    """Open a dataset written by `generate`."""
+    raw = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+    config = DigitsConfig(**raw["config"])
+    splits = {
+        name: tuple(
+            DigitSample(**{**s, "boxes": tuple(DigitBox(**b) for b in s["boxes"])}) for s in samples
+        )
+        for name, samples in raw["splits"].items()
+    }
+    return DigitsDataset(root=root, config=config, classes=tuple(raw["classes"]), splits=splits)
+
+
+def render_image(
+    rng: np.random.Generator,
+    sprites: npt.NDArray[np.floating],
+    labels: npt.NDArray[np.integer],
+    config: DigitsConfig,
+) -> tuple[U8Array, list[DigitBox]]:
+    """One scene: (H, W, 3) uint8 RGB pixels and its digit boxes.
+
+    `sprites` (k, 8, 8) in [0, 16] and `labels` (k,) are the digits this split may use.
+    """
+    size = config.image_size
+    canvas = _background(rng, size)
+    n_objects = _object_count(rng, config)
+    classes = _object_classes(rng, n_objects, config.themed_fraction)
+    by_class = [np.flatnonzero(labels == c) for c in range(len(CLASSES))]
+    # Crowded scenes get smaller digits, so up to 15 fit in one image.
+    top = min(float(config.max_digit), 0.85 * size / math.sqrt(n_objects))
+    low = min(float(config.min_digit), top)
+    placed: list[tuple[float, float, float, float]] = []
+    boxes: list[DigitBox] = []
+    for cls in classes:
+        sprite = sprites[int(rng.choice(by_class[cls]))]
+        height = float(np.exp(rng.uniform(np.log(low), np.log(top))))
+        alpha = _digit_alpha(rng, sprite, height)
+        spot = _find_spot(rng, alpha.shape, size, placed, max_iou=0.1)
+        if spot is None:
+            continue
+        x, y = spot
+        ink = _ink_colour(rng, canvas[y : y + alpha.shape[0], x : x + alpha.shape[1]])
+        _blend(canvas, alpha, ink, x, y)
+        ys, xs = np.nonzero(alpha > 0.25)
+        box = (
+            float(x + xs.min()),
+            float(y + ys.min()),
+            float(x + xs.max() + 1),
+            float(y + ys.max() + 1),
+        )
+        placed.append(box)
+        boxes.append(DigitBox(CLASSES[cls], *box))
+    image = Image.fromarray(canvas, "RGB")
+    draw = ImageDraw.Draw(image)
+    for box in placed:
+        if rng.random() < config.occlusion_prob:
+            _occlude(rng, draw, box)
+    for _ in range(int(rng.integers(0, config.max_distractors + 1))):
+        _distractor(rng, draw, size, placed)
+    if rng.random() < 0.3:
+        image = image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.4, 1.0))))
+    pixels = np.asarray(image, dtype=np.float64)
+    pixels = pixels + rng.normal(0.0, rng.uniform(2.0, 10.0), size=pixels.shape)
+    return np.clip(pixels, 0, 255).astype(np.uint8), boxes
+
+
+# ------------------------------------------------------------------------------- internals
+def _try_load(root: Path, config: DigitsConfig) -> DigitsDataset | None:
+    if not (root / MANIFEST).is_file():
+        return None
+    try:
+        dataset = load(root)
+    except (OSError, ValueError, KeyError, TypeError):
+        logger.warning("unreadable manifest under %s; regenerating", root)
+        return None
+    files_ok = all((root / s.file).is_file() for v in dataset.splits.values() for s in v)
+    return dataset if dataset.config == config and files_ok else None
+
+
+def _sprite_splits(seed: int) -> dict[str, tuple[FloatArray, npt.NDArray[np.int64]]]:
+    """Disjoint digit samples per split (stratified by class), so test digits are unseen."""
+    from sklearn.datasets import load_digits  # noqa: PLC0415  (only the generator needs it)
+
+    digits = load_digits()
+    images = np.asarray(digits.images, dtype=np.float64)
+    target = np.asarray(digits.target, dtype=np.int64)
+    rng = np.random.default_rng([seed, 0])
+    chosen: dict[str, list[int]] = {s: [] for s in SPLITS}
+    for cls in range(len(CLASSES)):
+        members = rng.permutation(np.flatnonzero(target == cls))
+        shares = np.cumsum([_SPRITE_SHARE[s] for s in SPLITS])
+        cuts = [0, *(int(round(len(members) * c)) for c in shares[:-1]), len(members)]
+        for split, start, stop in zip(SPLITS, cuts[:-1], cuts[1:], strict=True):
+            chosen[split].extend(members[start:stop].tolist())
+    out = {}
+    for split, members_of_split in chosen.items():
+        idx = np.array(members_of_split, dtype=np.int64)
+        out[split] = (images[idx], target[idx])
+    return out
+
+
+def _render_split(
+    root: Path,
+    split: str,
+    config: DigitsConfig,
+    sprites: FloatArray,
+    labels: npt.NDArray[np.int64],
+) -> tuple[DigitSample, ...]:
+    folder = root / split
+    folder.mkdir(parents=True, exist_ok=True)
+    samples: list[DigitSample] = []
+    rendered: list[tuple[U8Array, list[DigitBox]]] = []
+    for i in range(config.size(split)):
+        rng = np.random.default_rng([config.seed, _SPLIT_CODE[split], i])
+        duplicate_of: int | None = None
+        if split == "pool" and i > 0 and rng.random() < config.duplicate_fraction:
+            source = int(rng.integers(0, i))
+            pixels, boxes = _near_duplicate(rng, *rendered[source], config.image_size)
+            duplicate_of = samples[source].task_id
+        else:
+            pixels, boxes = render_image(rng, sprites, labels, config)
+        rendered.append((pixels, boxes))
+        name = f"{split}_{i:05d}.png"
+        Image.fromarray(pixels, "RGB").save(folder / name)
+        samples.append(
+            DigitSample(
+                task_id=_ID_BASE[split] + i + 1,
+                split=split,
+                file=f"{split}/{name}",
+                width=config.image_size,
+                height=config.image_size,
+                boxes=tuple(boxes),
+                duplicate_of=duplicate_of,
+            )
+        )
+    return tuple(samples)
+
+
+def _near_duplicate(
+    rng: np.random.Generator, pixels: U8Array, boxes: list[DigitBox], size: int
+) -> tuple[U8Array, list[DigitBox]]:
+    """A re-shot of the same scene: shifted by a few pixels, other lighting, fresh noise."""
+    dx, dy = (int(v) for v in rng.integers(-4, 5, size=2))
+    shifted = np.roll(pixels.astype(np.float64), (dy, dx), axis=(0, 1))
+    gain, offset = rng.uniform(0.85, 1.15), rng.uniform(-15, 15)
+    out = shifted * gain + offset + rng.normal(0.0, 3.0, size=shifted.shape)
+    moved: list[DigitBox] = []
+    for b in boxes:
+        x1, y1 = max(0.0, b.x1 + dx), max(0.0, b.y1 + dy)
+        x2, y2 = min(float(size), b.x2 + dx), min(float(size), b.y2 + dy)
+        # np.roll wraps pixels around: a digit pushed over an edge is cut; keep it if most stays.
+        if (x2 - x1) * (y2 - y1) >= 0.6 * (b.x2 - b.x1) * (b.y2 - b.y1):
+            moved.append(DigitBox(b.label, x1, y1, x2, y2))
+    return np.clip(out, 0, 255).astype(np.uint8), moved
+
+
+def _object_count(rng: np.random.Generator, config: DigitsConfig) -> int:
+    """Mostly a few objects, sometimes a crowd: P(k) decays geometrically over the range."""
+    ks = np.arange(config.min_objects, config.max_objects + 1)
+    p = np.exp(-(ks - config.min_objects) / 4.0)
+    return int(rng.choice(ks, p=p / p.sum()))
+
+
+def _object_classes(rng: np.random.Generator, n: int, themed_fraction: float) -> list[int]:
+    weights = np.asarray(CLASS_WEIGHTS)
+    if rng.random() < themed_fraction:
+        theme = int(rng.choice(len(CLASSES), p=weights))
+        mix = 0.4 * weights
+        mix[theme] += 0.6
+        return [int(c) for c in rng.choice(len(CLASSES), size=n, p=mix / mix.sum())]
+    return [int(c) for c in rng.choice(len(CLASSES), size=n, p=weights)]
+
+
+def _background(rng: np.random.Generator, size: int) -> U8Array:
+    """One of five textures, in colour."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) / size
+    base = rng.uniform(40, 220, size=3)
+    kind = int(rng.integers(0, 5))
+    field_: npt.NDArray[np.float64]
+    if kind == 0:  # plain noise
+        field_ = np.zeros((size, size))
+    elif kind == 1:  # linear gradient
+        angle = rng.uniform(0, np.pi)
+        field_ = (np.cos(angle) * xx + np.sin(angle) * yy) * rng.uniform(40, 110)
+    elif kind == 2:  # stripes
+        angle, freq = rng.uniform(0, np.pi), rng.uniform(3, 14)
+        field_ = np.sin(2 * np.pi * freq * (np.cos(angle) * xx + np.sin(angle) * yy))
+        field_ *= rng.uniform(10, 45)
+    elif kind == 3:  # soft blobs
+        field_ = np.zeros((size, size))
+        for _ in range(int(rng.integers(3, 9))):
+            cx, cy, r = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.05, 0.3)
+            field_ += rng.uniform(-60, 60) * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / r**2)
+    else:  # ruled paper
+        base = rng.uniform(180, 245, size=3)
+        field_ = np.where((yy * size) % int(rng.integers(10, 24)) < 1, -rng.uniform(30, 70), 0.0)
+    tint = rng.uniform(0.7, 1.3, size=3)
+    pixels = base[None, None, :] + field_[:, :, None] * tint[None, None, :]
+    pixels = pixels + rng.normal(0.0, rng.uniform(3, 18), size=pixels.shape)
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+def _digit_alpha(
+    rng: np.random.Generator, sprite: npt.NDArray[np.floating], height: float
+) -> FloatArray:
+    """The 8x8 sprite upscaled to `height` pixels (aspect and rotation jittered) as alpha."""
+    h = max(8, int(round(height)))
+    w = max(6, int(round(h * rng.uniform(0.65, 1.0))))
+    image = Image.fromarray(np.asarray(sprite / 16.0 * 255.0, dtype=np.uint8), "L")
+    image = image.resize((w, h), Image.Resampling.BICUBIC)
+    angle = float(rng.uniform(-12, 12))
+    image = image.rotate(angle, resample=Image.Resampling.BILINEAR, expand=True)
+    alpha = np.asarray(image, dtype=np.float64) / 255.0
+    alpha = np.clip((alpha - 0.1) * rng.uniform(1.2, 1.8), 0.0, 1.0)
+    ys, xs = np.nonzero(alpha > 0.25)
+    if ys.size == 0:  # a blank sprite cannot happen with load_digits, but stay safe
+        return np.ones((h, w))
+    return alpha[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+
+
+def _find_spot(
+    rng: np.random.Generator,
+    shape: tuple[int, ...],
+    size: int,
+    placed: list[tuple[float, float, float, float]],
+    max_iou: float,
+) -> tuple[int, int] | None:
+    h, w = shape[0], shape[1]
+    if h >= size or w >= size:
+        return None
+    for _ in range(30):
+        x, y = int(rng.integers(0, size - w)), int(rng.integers(0, size - h))
+        box = (float(x), float(y), float(x + w), float(y + h))
+        if all(_iou(box, other) <= max_iou for other in placed):
+            return x, y
+    return None
+
+
+def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _ink_colour(rng: np.random.Generator, patch: U8Array) -> FloatArray:
+    """Dark ink on light ground or light on dark, with a varied (sometimes weak) contrast."""
+    mean = patch.reshape(-1, 3).mean(axis=0)
+    contrast = rng.uniform(55, 170)
+    direction = -1.0 if mean.mean() > 110 else 1.0
+    colour = mean + direction * contrast + rng.normal(0, 20, size=3)
+    return np.clip(colour, 0, 255)
+
+
+def _blend(canvas: U8Array, alpha: FloatArray, ink: FloatArray, x: int, y: int) -> None:
+    h, w = alpha.shape
+    region = canvas[y : y + h, x : x + w].astype(np.float64)
+    mixed = region * (1 - alpha[:, :, None]) + ink[None, None, :] * alpha[:, :, None]
+    canvas[y : y + h, x : x + w] = np.clip(mixed, 0, 255).astype(np.uint8)
+
+
+def _random_colour(rng: np.random.Generator) -> tuple[int, int, int]:
+    r, g, b = (int(v) for v in rng.integers(0, 256, size=3))
+    return r, g, b
+
+
+def _occlude(
+    rng: np.random.Generator, draw: ImageDraw.ImageDraw, box: tuple[float, float, float, float]
+) -> None:
+    """Cover up to ~35% of a digit from one side with a solid patch (the box stays whole)."""
+    x1, y1, x2, y2 = box
+    w, h = x2 - x1, y2 - y1
+    cover = float(rng.uniform(0.15, 0.35))
+    side = int(rng.integers(0, 4))
+    if side == 0:
+        rect = (x1 - 2, y1 - 2, x1 + cover * w, y2 + 2)
+    elif side == 1:
+        rect = (x2 - cover * w, y1 - 2, x2 + 2, y2 + 2)
+    elif side == 2:
+        rect = (x1 - 2, y1 - 2, x2 + 2, y1 + cover * h)
+    else:
+        rect = (x1 - 2, y2 - cover * h, x2 + 2, y2 + 2)
+    if rng.random() < 0.5:
+        draw.rectangle(rect, fill=_random_colour(rng))
+    else:
+        draw.ellipse(rect, fill=_random_colour(rng))
+
+
+def _distractor(
+    rng: np.random.Generator,
+    draw: ImageDraw.ImageDraw,
+    size: int,
+    placed: list[tuple[float, float, float, float]],
+) -> None:
+    """An unlabeled shape of digit scale (ring, bar, blob or scribble) away from the digits."""
+    extent = float(rng.uniform(10, 40))
+    for _ in range(20):
+        x, y = float(rng.uniform(0, size - extent)), float(rng.uniform(0, size - extent))
+        box = (x, y, x + extent, y + extent)
+        if all(_iou(box, other) <= 0.02 for other in placed):
+            break
+    else:
+        return
+    colour = _random_colour(rng)
+    kind = int(rng.integers(0, 4))
+    width = int(rng.integers(1, 4))
+    if kind == 0:
+        draw.ellipse(box, outline=colour, width=width)
+    elif kind == 1:
+        draw.line((box[0], box[1], box[2], box[3]), fill=colour, width=width + 1)
+    elif kind == 2:
+        draw.rectangle((x, y, x + extent, y + extent * rng.uniform(0.3, 1.0)), fill=colour)
+    else:
+        points = [(float(px), float(py)) for px, py in rng.uniform(0, extent, size=(5, 2)) + (x, y)]
+        draw.line(points, fill=colour, width=width, joint="curve")
+
+
+def summary(dataset: DigitsDataset) -> dict[str, Any]:
+    """Image, box and per-class counts per split (for logs and the benchmark's JSON)."""
+    return {
+        split: {
+            "images": len(samples),
+            "boxes": sum(len(s.boxes) for s in samples),
+            "near_duplicates": sum(s.duplicate_of is not None for s in samples),
+            "class_counts": dataset.class_counts(split),
+        }
+        for split, samples in dataset.splits.items()
+    }
