@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from backend.errors import ConfigError
+from backend.layout import ModelDir
 
 
 def _get(env: Mapping[str, str], name: str) -> str | None:
@@ -251,6 +252,11 @@ class Settings:
             train_job_retries=_int(env, "TRAIN_JOB_RETRIES", 3, minimum=0),
             worker_heartbeat_seconds=_int(env, "WORKER_HEARTBEAT_SECONDS", 10),
         )
+
+    @property
+    def paths(self) -> ModelDir:
+        """Every path under MODEL_DIR."""
+        return ModelDir(self.model_dir)
 
     def to_json(self) -> str:
         """Serialise (secrets included: only for a child process's environment)."""

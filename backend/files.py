@@ -1,15 +1,23 @@
-"""Crash-safe file writes, shared by the registry, the ranker, the index and the caches.
+"""OS plumbing every process shares: crash-safe writes, file locks, parent-death signals.
 
 A reader (another gunicorn worker, a training child, a restart after a crash) must see a file
-whole or not at all: write to a unique temporary name beside it, flush it to disk, then
-`os.replace` it into place and flush the folder's entry.
+whole or not at all: `atomic_write` writes to a unique temporary name beside it, flushes it to
+disk, then `os.replace`s it into place and flushes the folder's entry.
 """
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import os
+import signal
+import sys
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def atomic_write(path: Path, data: bytes) -> Path:
@@ -35,3 +43,35 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextmanager
+def exclusive_lock(path: Path, wait: Callable[[], bool] | None = None) -> Iterator[bool]:
+    """Hold an exclusive flock on `path` for the block; yields whether it was acquired.
+
+    Without `wait`, one try. With it, `wait()` is called between tries (it sleeps, and
+    returns False to give up). The lock goes with the process, so a killed holder frees it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if wait is None or not wait():
+                    yield False
+                    return
+                continue
+            yield True
+            return
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def die_with_parent(sig: signal.Signals = signal.SIGKILL) -> None:
+    """In a child process: have Linux send `sig` when the thread that started it ends, so a
+    killed server leaves no orphan trainer, work horse or test server (no-op elsewhere)."""
+    if sys.platform != "linux":
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(sig))

@@ -1,11 +1,9 @@
 """The model registry: immutable version folders and an atomically swapped live pointer.
 
-Layout under MODEL_DIR:
-    projects/<project_id>/versions/<vN>/weights.pt   the model
-    projects/<project_id>/versions/<vN>/meta.json    parent, data counts, metrics, durations
-    projects/<project_id>/LIVE                       the live version's name ("v7")
-A version folder never changes once written; promotion rewrites LIVE with `os.replace`, so a
-reader sees the old or the new version, never half of one.
+Per project (paths in backend.layout): `versions/<vN>/` holds weights.pt and meta.json
+(parent, data counts, metrics, durations); `LIVE` names the live version ("v7"). A version
+folder never changes once written; promotion rewrites LIVE with `os.replace`, so a reader
+sees the old or the new version, never half of one.
 """
 
 from __future__ import annotations
@@ -22,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.files import atomic_write, fsync_path
+from backend.layout import ModelDir, ProjectPaths
 
 logger = logging.getLogger(__name__)
 
@@ -37,25 +36,22 @@ class ModelVersion:
     project_id: int
     version: str
     path: Path
+    weights: Path
     meta: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
-
-    @property
-    def weights(self) -> Path:
-        return self.path / "weights.pt"
 
 
 class ModelRegistry:
     """Reads (and, for the trainer, writes) versions under MODEL_DIR/projects."""
 
     def __init__(self, model_dir: Path) -> None:
-        self.root = model_dir / "projects"
+        self._paths = ModelDir(model_dir)
 
-    def project_dir(self, project_id: int) -> Path:
-        return self.root / str(int(project_id))
+    def _project(self, project_id: int) -> ProjectPaths:
+        return self._paths.project(project_id)
 
     def live(self, project_id: int) -> ModelVersion | None:
         """The project's live version, or None if nothing was promoted yet."""
-        pointer = self.project_dir(project_id) / "LIVE"
+        pointer = self._project(project_id).live_pointer
         try:
             name = pointer.read_text(encoding="utf-8").strip()
         except FileNotFoundError:
@@ -70,14 +66,19 @@ class ModelRegistry:
         """A version by name (without checking that it exists)."""
         if not _VERSION.match(name):
             raise ValueError(f"invalid version name {name!r} (expected v<number>)")
-        path = self.project_dir(project_id) / "versions" / name
-        meta_file = path / "meta.json"
-        meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
-        return ModelVersion(project_id=int(project_id), version=name, path=path, meta=meta)
+        folder = self._project(project_id).version(name)
+        meta = json.loads(folder.meta.read_text(encoding="utf-8")) if folder.meta.is_file() else {}
+        return ModelVersion(
+            project_id=int(project_id),
+            version=name,
+            path=folder.root,
+            weights=folder.weights,
+            meta=meta,
+        )
 
     def versions(self, project_id: int) -> list[ModelVersion]:
         """Every stored version of the project, oldest first."""
-        folder = self.project_dir(project_id) / "versions"
+        folder = self._project(project_id).versions
         if not folder.is_dir():
             return []
         names = sorted(
@@ -92,29 +93,29 @@ class ModelRegistry:
         The folder is written under a temporary name and renamed into place, so a crash
         never leaves a half-written version; concurrent writers get distinct numbers.
         """
-        versions = self.project_dir(project_id) / "versions"
-        versions.mkdir(parents=True, exist_ok=True)
-        staging = self.project_dir(project_id) / f".staging-{uuid.uuid4().hex}"
-        staging.mkdir()
+        paths = self._project(project_id)
+        paths.versions.mkdir(parents=True, exist_ok=True)
+        staging = paths.staging(uuid.uuid4().hex)
+        staging.root.mkdir()
         try:
-            shutil.copyfile(weights, staging / "weights.pt")
-            fsync_path(staging / "weights.pt")
+            shutil.copyfile(weights, staging.weights)
+            fsync_path(staging.weights)
             number = 1 + max((int(v.version[1:]) for v in self.versions(project_id)), default=0)
             while True:
                 name = f"v{number}"
-                _write_json(staging / "meta.json", {**meta, "version": name})
+                _write_json(staging.meta, {**meta, "version": name})
                 try:
-                    os.rename(staging, versions / name)
+                    os.rename(staging.root, paths.version(name).root)
                 except OSError:  # taken by a concurrent writer
-                    if not (versions / name).exists():
+                    if not paths.version(name).root.exists():
                         raise
                     number += 1
                     continue
-                fsync_path(versions)
+                fsync_path(paths.versions)
                 return self.get(project_id, name)
         finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
+            if staging.root.exists():
+                shutil.rmtree(staging.root, ignore_errors=True)
 
     def promote(
         self, project_id: int, name: str, reason: str, rolled_back: str | None = None
@@ -123,9 +124,9 @@ class ModelRegistry:
         version = self.get(project_id, name)
         if not version.weights.is_file():
             raise FileNotFoundError(f"project {project_id} has no version {name}")
-        folder = self.project_dir(project_id)
-        atomic_write(folder / "LIVE", f"{name}\n".encode())
-        with (folder / "history.jsonl").open("a", encoding="utf-8") as history:
+        paths = self._project(project_id)
+        atomic_write(paths.live_pointer, f"{name}\n".encode())
+        with paths.promotion_history.open("a", encoding="utf-8") as history:
             entry = {"version": name, "at": time.time(), "reason": reason}
             if rolled_back:
                 entry["rolled_back"] = rolled_back
@@ -135,7 +136,7 @@ class ModelRegistry:
 
     def history(self, project_id: int) -> list[dict[str, Any]]:
         """Promotions, oldest first."""
-        path = self.project_dir(project_id) / "history.jsonl"
+        path = self._project(project_id).promotion_history
         if not path.is_file():
             return []
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -160,9 +161,10 @@ class ModelRegistry:
 
     def projects(self) -> list[int]:
         """Project ids that have a registry folder (other names there are ignored)."""
-        if not self.root.is_dir():
+        root = self._paths.projects
+        if not root.is_dir():
             return []
-        ids = (int(p.name) for p in self.root.iterdir() if _PROJECT_DIR.match(p.name))
+        ids = (int(p.name) for p in root.iterdir() if _PROJECT_DIR.match(p.name))
         return sorted(i for i in ids if 1 <= i <= MAX_PROJECT_ID)
 
 

@@ -1,0 +1,123 @@
+"""Every path under MODEL_DIR, named once.
+
+MODEL_DIR is the one volume every process shares (web workers, the training child, RQ
+workers): the event store, the model registry, per-project settings, caches and logs. Code
+asks this module for a path instead of spelling it, so the layout can be read here whole:
+
+    events.sqlite3                       webhook events and training runs (events.py)
+    trainer.lock                         flock electing the one scheduler (jobs/scheduler.py)
+    .ultralytics/                        ultralytics' settings, offline (models/offline.py)
+    .health-probe                        /health's write test
+    projects/<id>/LIVE                   the live version's name (models/registry.py)
+    projects/<id>/history.jsonl          promotions and rollbacks
+    projects/<id>/versions/<vN>/         weights.pt + meta.json, never changed once written
+    projects/<id>/params.json            the project's extra params, saved at /setup
+    projects/<id>/CANCEL                 touched to cancel the running training job
+    projects/<id>/logs/run-<n>.log       a training run's log
+    projects/<id>/runs/run-<n>/          a training run's dataset and scratch (removed after)
+    projects/<id>/image-cache/           downloaded training images
+    projects/<id>/ranking/               the stored queue and detection caches (ranking/)
+    projects/<id>/embeddings/            FAISS indexes per model version (ranking/)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class VersionPaths:
+    """One model version's folder (or its staging folder while it is written)."""
+
+    root: Path
+
+    @property
+    def weights(self) -> Path:
+        return self.root / "weights.pt"
+
+    @property
+    def meta(self) -> Path:
+        return self.root / "meta.json"
+
+
+@dataclass(frozen=True)
+class ProjectPaths:
+    """The paths of one project under MODEL_DIR/projects/<id>."""
+
+    root: Path
+
+    @property
+    def live_pointer(self) -> Path:
+        return self.root / "LIVE"
+
+    @property
+    def promotion_history(self) -> Path:
+        return self.root / "history.jsonl"
+
+    @property
+    def versions(self) -> Path:
+        return self.root / "versions"
+
+    def version(self, name: str) -> VersionPaths:
+        return VersionPaths(self.versions / name)
+
+    def staging(self, token: str) -> VersionPaths:
+        """A version being written, renamed into `versions/` when whole."""
+        return VersionPaths(self.root / f".staging-{token}")
+
+    @property
+    def params(self) -> Path:
+        return self.root / "params.json"
+
+    @property
+    def cancel_flag(self) -> Path:
+        return self.root / "CANCEL"
+
+    def run_log(self, run_id: int) -> Path:
+        return self.root / "logs" / f"run-{int(run_id)}.log"
+
+    def run_dir(self, run_id: int) -> Path:
+        return self.root / "runs" / f"run-{int(run_id)}"
+
+    @property
+    def image_cache(self) -> Path:
+        return self.root / "image-cache"
+
+    @property
+    def ranking(self) -> Path:
+        return self.root / "ranking"
+
+    @property
+    def embeddings(self) -> Path:
+        return self.root / "embeddings"
+
+
+@dataclass(frozen=True)
+class ModelDir:
+    """The paths under MODEL_DIR."""
+
+    root: Path
+
+    @property
+    def events_db(self) -> Path:
+        return self.root / "events.sqlite3"
+
+    @property
+    def trainer_lock(self) -> Path:
+        return self.root / "trainer.lock"
+
+    @property
+    def ultralytics(self) -> Path:
+        return self.root / ".ultralytics"
+
+    @property
+    def health_probe(self) -> Path:
+        return self.root / ".health-probe"
+
+    @property
+    def projects(self) -> Path:
+        return self.root / "projects"
+
+    def project(self, project_id: int) -> ProjectPaths:
+        return ProjectPaths(self.projects / str(int(project_id)))
