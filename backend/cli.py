@@ -3,100 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
 
 from backend.config import Settings
 from backend.errors import BackendError
+from backend.jobs.scheduler import BackgroundTrainer
+from backend.jobs.worker import run_worker
 from backend.logs import configure_logging
+from backend.services import build_services
+from backend.serving.server import serve
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    """gunicorn's tornado worker: tornado reads each request whole (headers and body) on its
-    event loop, and only then runs the app on one of THREADS threads, so a client that sends
-    slowly, or nothing, holds a socket and never a thread. gthread handed the connection to a
-    thread first: four slow clients took the worker offline (benchmarks/slow_clients.py)."""
-    import logging  # noqa: PLC0415
-    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
-
-    from gunicorn.app.base import BaseApplication  # noqa: PLC0415
-    from gunicorn.workers.gtornado import TornadoWorker  # noqa: PLC0415
-    from tornado.httputil import HTTPServerRequest  # noqa: PLC0415
-    from tornado.wsgi import WSGIContainer  # noqa: PLC0415
-
-    from backend.serving.app import create_app  # noqa: PLC0415
-
-    settings = replace(
-        settings,
-        **{
-            k: v
-            for k, v in (
-                ("host", args.host),
-                ("port", args.port),
-                ("workers", args.workers),
-                ("threads", args.threads),
-            )
-            if v is not None
-        },
-    )
-
-    # Tornado logs every request at INFO; gthread logged none. Keep its 4xx/5xx lines.
-    logging.getLogger("tornado.access").setLevel(max(logging.WARNING, logging.root.level))
-
-    class _App(WSGIContainer):  # type: ignore[misc]
-        """The Flask app on THREADS threads, counting the requests it is running."""
-
-        running = 0
-
-        def environ(self, request: HTTPServerRequest) -> dict[str, Any]:
-            environ: dict[str, Any] = super().environ(request)
-            # Tornado has read (and de-chunked) the whole body: without its length werkzeug
-            # would read a chunked body as empty, and MAX_REQUEST_BYTES could not apply.
-            environ["CONTENT_LENGTH"] = str(len(request.body))
-            environ.pop("HTTP_TRANSFER_ENCODING", None)
-            return environ
-
-        async def handle_request(self, request: HTTPServerRequest) -> None:
-            self.running += 1
-            try:
-                await super().handle_request(request)
-            finally:
-                self.running -= 1
-
-    class _Worker(TornadoWorker):  # type: ignore[misc]
-        def heartbeat(self) -> None:
-            # On SIGTERM gunicorn's tornado worker stops listening, then stops its loop a
-            # second later, dropping the requests still running. Let them finish first, as
-            # gthread did: the arbiter still kills the worker after graceful_timeout.
-            if not self.alive and not self.server_alive and self.wsgi.running:
-                return
-            super().heartbeat()
-
-    class _Gunicorn(BaseApplication):  # type: ignore[misc]
-        def load_config(self) -> None:
-            self.cfg.set("bind", f"{settings.host}:{settings.port}")
-            self.cfg.set("workers", settings.workers)
-            self.cfg.set("worker_class", _Worker)
-            self.cfg.set("timeout", 180)  # Label Studio allows /predict 100 s
-            self.cfg.set("graceful_timeout", 30)
-            # gunicorn 27's control socket sits at one path per user: several backends on
-            # one machine would take it from each other. Nothing here uses it.
-            self.cfg.set("control_socket_disable", True)
-
-        def load(self) -> Any:
-            executor = ThreadPoolExecutor(settings.threads, thread_name_prefix="request")
-            return _App(create_app(settings), executor=executor)
-
-    _Gunicorn().run()
+    overrides = {"host": args.host, "port": args.port}
+    overrides.update(workers=args.workers, threads=args.threads)
+    serve(replace(settings, **{k: v for k, v in overrides.items() if v is not None}))
     return 0
 
 
 def _models(args: argparse.Namespace, settings: Settings) -> int:
-    from backend.models.registry import ModelRegistry  # noqa: PLC0415
-
-    registry = ModelRegistry(settings.model_dir)
+    registry = build_services(settings).registry
     if args.action == "promote":
         registry.promote(args.project, args.version, reason="manual (ls-active-yolo models)")
     elif args.action == "rollback":
@@ -117,20 +48,13 @@ def _models(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _train(args: argparse.Namespace, settings: Settings) -> int:
-    import time  # noqa: PLC0415
-
-    from backend.events import EventStore  # noqa: PLC0415
-    from backend.models.registry import ModelRegistry  # noqa: PLC0415
-    from backend.training.trainer import cancel_flag  # noqa: PLC0415
-
-    registry = ModelRegistry(settings.model_dir)
     if args.cancel:
-        flag = cancel_flag(registry, args.project)
+        flag = settings.paths.project(args.project).cancel_flag
         flag.parent.mkdir(parents=True, exist_ok=True)
         flag.touch()
         print(f"cancel requested for project {args.project}'s running job")
         return 0
-    events = EventStore(settings.model_dir / "events.sqlite3")
+    events = build_services(settings).events
     event_id = events.append(args.project, "START_TRAINING", (), {"source": "cli"})
     print(f"training requested for project {args.project} (event {event_id})")
     if not args.wait:
@@ -148,19 +72,9 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
-    import signal  # noqa: PLC0415
-    import threading  # noqa: PLC0415
-
-    if settings.redis_url is not None:  # scale-out (issue 7): run queued training jobs
-        from backend.jobs.distributed import run_worker  # noqa: PLC0415
-
+    if settings.redis_url is not None:  # scale-out: run queued training jobs
         return run_worker(settings)
-
-    from backend.events import EventStore  # noqa: PLC0415
-    from backend.jobs.scheduler import BackgroundTrainer  # noqa: PLC0415
-
-    settings.model_dir.mkdir(parents=True, exist_ok=True)
-    trainer = BackgroundTrainer(settings, EventStore(settings.model_dir / "events.sqlite3"))
+    trainer = BackgroundTrainer(build_services(settings))
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopped.set())

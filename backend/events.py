@@ -13,6 +13,7 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,21 @@ CREATE TABLE IF NOT EXISTS training_runs (
 );
 """
 
-RUNNING = "running"
-FINISHED_STATES = ("promoted", "rejected", "skipped", "failed", "cancelled", "interrupted")
+class RunState(StrEnum):
+    """A training run's state (stored as its value). Every state but RUNNING is final."""
+
+    RUNNING = "running"
+    PROMOTED = "promoted"
+    REJECTED = "rejected"  # trained and registered, but the gate kept the live model
+    SKIPPED = "skipped"  # too little data
+    FAILED = "failed"  # events stay pending; retried with back-off
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"  # its process died; events stay pending
+    QUEUED = "queued"  # never stored: a launcher's answer while an RQ worker has the run
+
+
+FINISHED_STATES = frozenset(RunState) - {RunState.RUNNING, RunState.QUEUED}
+REQUESTED = "requested"  # the reason of a run someone asked for (START_TRAINING)
 
 
 @dataclass(frozen=True)
@@ -134,21 +148,22 @@ class EventStore:
             cursor = self._db.execute(
                 "INSERT INTO training_runs (project_id, reason, state, max_event_id, started_at)"
                 " VALUES (?, ?, ?, ?, ?)",
-                (project_id, reason, RUNNING, max_event_id, time.time()),
+                (project_id, reason, RunState.RUNNING.value, max_event_id, time.time()),
             )
             return int(cursor.lastrowid or 0)
 
     def finish_run(
         self,
         run_id: int,
-        state: str,
+        state: RunState,
         details: dict[str, Any],
         version: str | None = None,
         consume_events: bool = True,
     ) -> None:
         """Close a run; when `consume_events`, its events (id <= max_event_id) are processed."""
         if state not in FINISHED_STATES:
-            raise ValueError(f"unknown run state {state!r}")
+            raise ValueError(f"{state!r} is not a finished run state")
+        state = RunState(state)
         with self._lock, self._db:
             row = self._db.execute(
                 "SELECT project_id, max_event_id FROM training_runs WHERE id = ?", (run_id,)
@@ -159,7 +174,14 @@ class EventStore:
             self._db.execute(
                 "UPDATE training_runs SET state = ?, finished_at = ?, version = ?, promoted = ?,"
                 " details = ? WHERE id = ?",
-                (state, now, version, int(state == "promoted"), json.dumps(details), run_id),
+                (
+                    state.value,
+                    now,
+                    version,
+                    int(state == RunState.PROMOTED),
+                    json.dumps(details),
+                    run_id,
+                ),
             )
             if consume_events:
                 self._db.execute(
@@ -172,33 +194,36 @@ class EventStore:
         """Runs still 'running' after a restart died with their process: mark them."""
         with self._lock, self._db:
             cursor = self._db.execute(
-                "UPDATE training_runs SET state = 'interrupted', finished_at = ? WHERE state = ?",
-                (time.time(), RUNNING),
+                "UPDATE training_runs SET state = ?, finished_at = ? WHERE state = ?",
+                (RunState.INTERRUPTED.value, time.time(), RunState.RUNNING.value),
             )
             return cursor.rowcount
 
     def runs(self, project_id: int, limit: int = 20) -> list[dict[str, Any]]:
         """The project's latest runs, newest first."""
+        return self._runs("project_id = ? ORDER BY id DESC LIMIT ?", (project_id, limit))
+
+    def run(self, project_id: int, run_id: int) -> dict[str, Any] | None:
+        """One run of the project, as `runs` gives it, or None."""
+        found = self._runs("project_id = ? AND id = ?", (project_id, run_id))
+        return found[0] if found else None
+
+    def _runs(self, where: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, project_id, reason, state, max_event_id, started_at, finished_at,"
-                " version, promoted, details FROM training_runs WHERE project_id = ?"
-                " ORDER BY id DESC LIMIT ?",
-                (project_id, limit),
+                f" version, promoted, details FROM training_runs WHERE {where}",
+                params,
             ).fetchall()
-        keys = (
-            "id",
-            "project_id",
-            "reason",
-            "state",
-            "max_event_id",
-            "started_at",
-            "finished_at",
-            "version",
-            "promoted",
-        )
+        keys = ("id", "project_id", "reason", "state", "max_event_id", "started_at")
+        keys += ("finished_at", "version", "promoted")
         return [
-            {**dict(zip(keys, row[:9], strict=True)), "details": json.loads(row[9])} for row in rows
+            {
+                **dict(zip(keys, row[:9], strict=True)),
+                "state": RunState(row[3]),
+                "details": json.loads(row[9]),
+            }
+            for row in rows
         ]
 
     def close(self) -> None:

@@ -24,12 +24,10 @@ overriding `stop` and calling ``super().stop(timeout)``.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -38,7 +36,7 @@ from typing import ClassVar, Self
 
 import requests
 
-PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+from backend import files
 
 
 def die_with_parent() -> None:
@@ -47,8 +45,7 @@ def die_with_parent() -> None:
     ``stop()`` never runs when the parent is killed outright (SIGKILL, or SIGTERM without a
     handler, as CI timeouts do); this keeps the child from outliving it.
     """
-    if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    files.die_with_parent(signal.SIGTERM)
 
 
 def signal_group(pgid: int, sig: signal.Signals) -> None:

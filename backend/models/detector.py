@@ -84,7 +84,7 @@ class Detector:
 
     def __init__(self, source: ModelSource, settings: Settings) -> None:
         prepare_ultralytics(settings.model_dir / ".ultralytics")
-        from backend.models.scoring_predictor import ScoringPredictor  # noqa: PLC0415
+        from backend.models.scoring_predictor import ScoringPredictor  # noqa: PLC0415  (ultralytics: after prepare_ultralytics)
 
         self._predictor_cls = ScoringPredictor
         self.source = source

@@ -10,13 +10,8 @@ from werkzeug.exceptions import HTTPException
 
 from backend.config import Settings
 from backend.errors import BackendError, Unauthorized
-from backend.events import EventStore
 from backend.jobs.scheduler import BackgroundTrainer
-from backend.labelstudio.client import LabelStudioClient
-from backend.labelstudio.images import ImageLoader
-from backend.models.detector import DetectorPool
-from backend.models.offline import prepare_ultralytics, set_torch_threads
-from backend.models.registry import ModelRegistry
+from backend.services import Services, build_services
 from backend.serving.routes import bp
 from backend.serving.service import MLService
 
@@ -25,34 +20,17 @@ logger = logging.getLogger(__name__)
 _OPEN_PATHS = frozenset({"/", "/health"})
 
 
-def build_service(settings: Settings) -> MLService:
-    """Wire the backend's services together for one process."""
-    settings.model_dir.mkdir(parents=True, exist_ok=True)
-    prepare_ultralytics(settings.model_dir / ".ultralytics")
-    set_torch_threads(settings.torch_threads)
-    registry = ModelRegistry(settings.model_dir)
-    ls = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)
-    return MLService(
-        settings=settings,
-        detectors=DetectorPool(settings, registry),
-        images=ImageLoader(settings, ls),
-        events=EventStore(settings.model_dir / "events.sqlite3"),
-        registry=registry,
-        ls=ls,
-    )
-
-
-def create_app(settings: Settings | None = None, service: MLService | None = None) -> Flask:
-    """Build the app. `settings` default to the environment; `service` to `build_service`."""
-    settings = settings or Settings.from_env()
+def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
+    """Build the app. `settings` default to the environment, `services` to `build_services`;
+    with TRAINING on, the process also starts its (file-lock elected) background trainer."""
+    services = services or build_services(settings or Settings.from_env())
+    settings = services.settings
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
-    service = service or build_service(settings)
+    service = MLService(services)
     app.extensions["ls_active_yolo"] = service
     if settings.training_enabled:
-        app.extensions["ls_active_yolo_trainer"] = BackgroundTrainer(
-            settings, service.events
-        ).start()
+        app.extensions["ls_active_yolo_trainer"] = BackgroundTrainer(services).start()
     app.register_blueprint(bp)
 
     if settings.basic_auth_user is not None:

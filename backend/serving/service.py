@@ -17,20 +17,17 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from backend.config import Settings
 from backend.errors import BadRequest, ImageError, storage_error
-from backend.events import EventStore
-from backend.files import atomic_write
 from backend.labelstudio import format as ls_format
-from backend.labelstudio.client import LabelStudioClient
-from backend.labelstudio.images import ImageLoader, LoadedImage
+from backend.labelstudio.images import LoadedImage
 from backend.labelstudio.label_config import BoxControl, ParsedConfig, parse_label_config
-from backend.models.detector import Detector, DetectorPool, ImageDetections, ModelSource
-from backend.models.registry import ModelRegistry
+from backend.models.detector import Detector, ImageDetections, ModelSource
+from backend.project_params import save_project_params
 from backend.ranking.job import load_ranking, precomputed_prediction
 from backend.ranking.queue_config import KEYS as QUEUE_KEYS
 from backend.ranking.queue_config import queue_config
-from backend.training.trainer import TrainParams, project_extra_params, validate_overrides
+from backend.services import Services
+from backend.training.trainer import TrainParams, validate_overrides
 
 logger = logging.getLogger(__name__)
 
@@ -38,21 +35,13 @@ logger = logging.getLogger(__name__)
 class MLService:
     """One per process; built by `create_app` and shared by every request thread."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        detectors: DetectorPool,
-        images: ImageLoader,
-        events: EventStore,
-        registry: ModelRegistry,
-        ls: LabelStudioClient,
-    ) -> None:
-        self.settings = settings
-        self.ls = ls
-        self.detectors = detectors
-        self.images = images
-        self.events = events
-        self.registry = registry
+    def __init__(self, services: Services) -> None:
+        self.settings = services.settings
+        self.ls = services.label_studio
+        self.detectors = services.detectors
+        self.images = services.images
+        self.events = services.events
+        self.registry = services.registry
         self._fetchers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="image-fetch")
         self._hooks_done: set[int] = set()  # projects whose webhook carries our credentials
         self._hooks_lock = threading.Lock()
@@ -77,7 +66,7 @@ class MLService:
 
     def _storage_status(self) -> dict[str, Any]:
         """Can MODEL_DIR take a write now? (Events and settings are refused while it cannot.)"""
-        probe = self.settings.model_dir / ".health-probe"
+        probe = self.settings.paths.health_probe
         try:
             free = shutil.disk_usage(self.settings.model_dir).free
             with probe.open("wb") as handle:
@@ -110,7 +99,9 @@ class MLService:
         queue_config(extra, control.queue_attributes)
         if project is not None:
             keys = (*TrainParams.OVERRIDES, *QUEUE_KEYS)
-            self._save_overrides(project, {k: extra[k] for k in keys if k in extra})
+            saved = {k: extra[k] for k in keys if k in extra}
+            if save_project_params(self.settings.paths, project, saved):
+                logger.info("project=%s extra params set: %s", project, saved)
         if project is not None and base_url:
             self._secure_webhook(project, base_url)
         source = self.detectors.source_for(project, control.labels, control.model_path)
@@ -142,17 +133,6 @@ class MLService:
                 self._hooks_done.discard(project)  # try again at the next /setup
 
         self._fetchers.submit(attempt)
-
-    def _save_overrides(self, project: int, overrides: dict[str, Any]) -> None:
-        """Persist the project's extra params when they changed (read by trainer and ranker)."""
-        if project_extra_params(self.registry, project) == overrides:
-            return
-        path = self.registry.project_dir(project) / "params.json"
-        try:
-            atomic_write(path, json.dumps(overrides, sort_keys=True).encode())
-        except OSError as exc:
-            raise storage_error(exc, "saving the project's extra params") from exc
-        logger.info("project=%s extra params set: %s", project, overrides)
 
     # -- /predict --------------------------------------------------------------------------
     def predict(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -1,18 +1,14 @@
-"""One training job: export -> fine-tune -> evaluate -> register -> promote or reject -> rank.
+"""One training run: export -> fine-tune -> evaluate -> register -> promote or reject.
 
-Runs in a child process by default (`python -m backend.training.trainer --project N --run R`,
-started by the scheduler): training is CPU-heavy and mutates ultralytics/torch process state, so the
-serving process only waits for it. The same `execute_run` also runs in-process (tests, CLI).
+Where it runs is the jobs' business (backend.jobs: a child process by default, since training
+is CPU-heavy and mutates ultralytics/torch process state; in-process in tests; RQ workers).
 The serving model is never touched: training uses its own YOLO instance, and a candidate
 becomes live only through the registry's atomic promotion.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -22,13 +18,15 @@ from typing import Any
 
 from backend.config import Settings
 from backend.errors import BackendError, BadRequest
-from backend.events import EventStore
+from backend.events import RunState
 from backend.labelstudio.client import LabelStudioClient
 from backend.labelstudio.images import ImageLoader
 from backend.labelstudio.label_config import parse_label_config
 from backend.models.detector import file_version, trained_image_size
 from backend.models.offline import prepare_ultralytics, set_torch_threads
 from backend.models.registry import ModelRegistry
+from backend.project_params import load_project_params
+from backend.services import Services
 from backend.training.dataset import (
     ExportStats,
     LabeledImage,
@@ -39,8 +37,6 @@ from backend.training.dataset import (
 )
 
 logger = logging.getLogger(__name__)
-
-SETTINGS_ENV = "LS_ACTIVE_YOLO_SETTINGS"
 
 
 class TrainingCancelled(BackendError):
@@ -106,88 +102,42 @@ def validate_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
     return checked
 
 
-def project_extra_params(registry: ModelRegistry, project_id: int) -> dict[str, Any]:
-    """The project's saved extra params (written at /setup: training and queue keys), or {}."""
-    path = registry.project_dir(project_id) / "params.json"
-    if not path.is_file():
-        return {}
-    return dict(json.loads(path.read_text(encoding="utf-8")))
-
-
-def cancel_flag(registry: ModelRegistry, project_id: int) -> Path:
-    """Touching this file cancels the project's running job at its next batch."""
-    return registry.project_dir(project_id) / "CANCEL"
-
-
-def execute_run(settings: Settings, events: EventStore, project_id: int, run_id: int) -> str:
+def execute_run(services: Services, project_id: int, run_id: int) -> RunState:
     """Run a recorded training run to its end and record the outcome; returns the state.
 
     Events up to the run's snapshot are consumed unless the run failed (then they stay
     pending and the scheduler retries with back-off): nothing is lost either way.
     """
-    registry = ModelRegistry(settings.model_dir)
-    ls = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)
+    settings, events = services.settings, services.events
+    cancel_flag = settings.paths.project(project_id).cancel_flag
     started = time.time()
     try:
-        details = _train(settings, registry, ls, ImageLoader(settings, ls), project_id, run_id)
+        details = _train(
+            settings,
+            services.registry,
+            services.label_studio,
+            services.images,
+            project_id,
+            run_id,
+        )
     except TrainingCancelled:
-        events.finish_run(run_id, "cancelled", {"duration_s": time.time() - started})
+        events.finish_run(run_id, RunState.CANCELLED, {"duration_s": time.time() - started})
         logger.warning("project=%s run=%s cancelled", project_id, run_id)
-        return "cancelled"
+        return RunState.CANCELLED
     except NotEnoughData as exc:
-        events.finish_run(run_id, "skipped", {"reason": str(exc)})
+        events.finish_run(run_id, RunState.SKIPPED, {"reason": str(exc)})
         logger.info("project=%s run=%s skipped: %s", project_id, run_id, exc)
-        return "skipped"
+        return RunState.SKIPPED
     except Exception as exc:
         logger.exception("project=%s run=%s failed", project_id, run_id)
         details = {"error": f"{type(exc).__name__}: {exc}", "duration_s": time.time() - started}
-        events.finish_run(run_id, "failed", details, consume_events=False)
-        return "failed"
+        events.finish_run(run_id, RunState.FAILED, details, consume_events=False)
+        return RunState.FAILED
     finally:
-        cancel_flag(registry, project_id).unlink(missing_ok=True)
-    state = "promoted" if details["gate"]["passed"] else "rejected"
+        cancel_flag.unlink(missing_ok=True)
+    state = RunState.PROMOTED if details["gate"]["passed"] else RunState.REJECTED
     events.finish_run(run_id, state, details, version=details["version"])
     return state
-
-
-def run_job(settings: Settings, events: EventStore, project_id: int, run_id: int) -> str:
-    """A whole training job: the run, then (when due) the re-ranked queue; returns the
-    run's state. What every launcher executes (child process, in-process, RQ worker)."""
-    state = execute_run(settings, events, project_id, run_id)
-    rank_after_run(settings, events, project_id, run_id)
-    return state
-
-
-def rank_after_run(settings: Settings, events: EventStore, project_id: int, run_id: int) -> None:
-    """Re-rank the queue after a run: always after a promotion (a new model scores every
-    task anew), and after a run someone asked for (START_TRAINING) even when it promoted
-    nothing, e.g. a cold start with too few labels. A ranking failure never undoes the run."""
-    run = next((r for r in events.runs(project_id) if r["id"] == run_id), None)
-    if run is None or not (
-        run["state"] == "promoted"
-        or (run["reason"] == "requested" and run["state"] in ("rejected", "skipped"))
-    ):
-        return
-    if not (settings.label_studio_url and settings.label_studio_api_key):
-        logger.info("project=%s: no LABEL_STUDIO_URL/API key, queue not ranked", project_id)
-        return
-    from backend.ranking.job import RankingBusy, rank_as_configured  # noqa: PLC0415
-
-    try:
-        summary = rank_as_configured(settings, project_id)
-    except RankingBusy:
-        logger.info("project=%s: a ranking is already running", project_id)
-    except Exception:
-        logger.exception("project=%s run=%s: ranking the queue failed", project_id, run_id)
-    else:
-        logger.info(
-            "project=%s run=%s ranked %d tasks with %s in %.1fs",
-            project_id,
-            run_id,
-            summary.n_ranked,
-            summary.model_version,
-            summary.timings.get("total", 0.0),
-        )
 
 
 def _train(
@@ -198,7 +148,7 @@ def _train(
     project_id: int,
     run_id: int,
 ) -> dict[str, Any]:
-    params = TrainParams.resolve(settings, project_extra_params(registry, project_id))
+    params = TrainParams.resolve(settings, load_project_params(settings.paths, project_id))
     started = time.perf_counter()
     labeled, classes, stats = export_labeled(ls, project_id)
     exported_s = round(time.perf_counter() - started, 3)
@@ -243,16 +193,17 @@ def train_and_register(
 
     The one training path: Label Studio runs and the label-efficiency simulation both use it.
     """
-    prepare_ultralytics(settings.model_dir / ".ultralytics")
+    prepare_ultralytics(settings.paths.ultralytics)
     set_torch_threads(settings.torch_threads)
-    run_dir = registry.project_dir(project_id) / "runs" / f"run-{run_id}"
+    paths = settings.paths.project(project_id)
+    run_dir = paths.run_dir(run_id)
     shutil.rmtree(run_dir, ignore_errors=True)
     t0 = time.perf_counter()
     data_yaml = write_dataset(
         labeled,
         loader,
         run_dir / "data",
-        registry.project_dir(project_id) / "image-cache",
+        paths.image_cache,
         classes,
         params.val_percent,
         params.min_images,
@@ -349,7 +300,7 @@ def _fine_tune(
 
     model = YOLO(str(parent) if parent is not None else settings.model_yaml, task="detect")
     image_size = params.image_size or trained_image_size(model) or 320
-    flag = cancel_flag(ModelRegistry(settings.model_dir), project_id)
+    flag = settings.paths.project(project_id).cancel_flag
     started = time.monotonic()
 
     def on_batch_end(_trainer: Any) -> None:
@@ -451,23 +402,3 @@ def evaluate(
         "per_class_ap50": {classes[c]: float(box.ap50[i]) for i, c in enumerate(index)},
         "per_class_ap50_95": {classes[c]: float(box.ap[i]) for i, c in enumerate(index)},
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Child-process entry: run one recorded training run."""
-    from backend.logs import configure_logging  # noqa: PLC0415
-
-    parser = argparse.ArgumentParser(description="Run one recorded training run (internal).")
-    parser.add_argument("--project", type=int, required=True)
-    parser.add_argument("--run", type=int, required=True)
-    args = parser.parse_args(argv)
-    raw = os.environ.get(SETTINGS_ENV)
-    settings = Settings.from_json(raw) if raw else Settings.from_env()
-    configure_logging(settings.log_level)
-    events = EventStore(settings.model_dir / "events.sqlite3")
-    state = run_job(settings, events, args.project, args.run)
-    return 0 if state != "failed" else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

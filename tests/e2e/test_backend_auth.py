@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from backend.events import Event, EventStore
+from backend.layout import ModelDir
 from devkit.datagen import ls_regions, write_images
 from devkit.demo import BackendServer, retrieve_predictions
 from devkit.local_label_studio import LocalLabelStudio
@@ -106,7 +107,7 @@ def test_right_basic_auth_connects_and_predicts(
 
 def _pending_events(backend: BackendServer, project_id: int) -> list[Event]:
     """Events the backend's store holds for the project, read from its SQLite file."""
-    store = EventStore(Path(backend.settings["MODEL_DIR"]) / "events.sqlite3")
+    store = EventStore(ModelDir(Path(backend.settings["MODEL_DIR"])).events_db)
     try:
         return store.pending(project_id)
     finally:

@@ -14,6 +14,7 @@ from typing import Any
 import requests
 
 from backend.events import Event, EventStore
+from backend.layout import ModelDir
 from backend.models.detector import file_version
 from devkit.datagen import ls_regions
 from devkit.demo import BackendServer, retrieve_predictions
@@ -193,7 +194,7 @@ def test_annotation_events_reach_the_webhook(
         selected_items={"all": False, "included": [task_a, task_b]},
     )
 
-    store_path = Path(ml_backend.settings["MODEL_DIR"]) / "events.sqlite3"
+    store_path = ModelDir(Path(ml_backend.settings["MODEL_DIR"])).events_db
     events = wait_for(
         lambda: _events(store_path, project_id),
         lambda found: len(found) >= 6,

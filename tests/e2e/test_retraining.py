@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from backend.events import EventStore
+from backend.layout import ModelDir
 from devkit.datagen import ls_regions, write_images
 from devkit.demo import BackendServer, retrieve_predictions
 from devkit.local_label_studio import LocalLabelStudio, find_free_port
@@ -91,7 +92,7 @@ def test_annotations_train_promote_and_serve_new_version(
     assert info["last_training"]["state"] == "promoted"
     assert info["last_training"]["metrics"]["map50"] > 0.5
     assert info["queued_events"] == 0
-    events = EventStore(Path(settings["MODEL_DIR"]) / "events.sqlite3")
+    events = EventStore(ModelDir(Path(settings["MODEL_DIR"])).events_db)
     assert [r["state"] for r in events.runs(project)] == ["promoted"]  # one run for the storm
 
     # The promotion re-ranks the queue: Label Studio now serves the ranked tasks of v1.
@@ -145,7 +146,7 @@ def test_sigkill_mid_training_loses_nothing_and_resumes(
 
     restarted = BackendServer(find_free_port(), settings, server.state_dir).start()
     try:
-        events = EventStore(Path(settings["MODEL_DIR"]) / "events.sqlite3")
+        events = EventStore(ModelDir(Path(settings["MODEL_DIR"])).events_db)
         info = _wait(restarted.url, project, lambda i: i.get("live_version"), 240, "promotion")
         states = [r["state"] for r in reversed(events.runs(project))]
         assert states == ["interrupted", "promoted"]

@@ -28,7 +28,8 @@ from rq.serializers import JSONSerializer
 
 from backend.config import Settings
 from backend.events import EventStore
-from backend.jobs.distributed import job_id, training_queue
+from backend.jobs.launchers import job_id, training_queue
+from backend.layout import ModelDir
 from backend.models.registry import ModelRegistry
 from devkit.datagen import SyntheticImage, ls_regions, write_images
 from devkit.demo import BackendServer
@@ -63,7 +64,7 @@ class Cluster:
         return Path(self.settings["MODEL_DIR"])
 
     def events(self) -> EventStore:
-        return EventStore(self.model_dir / "events.sqlite3")
+        return EventStore(ModelDir(self.model_dir).events_db)
 
     def run_log(self, project: int, run: int) -> Path:
         return self.model_dir / "projects" / str(project) / "logs" / f"run-{run}.log"

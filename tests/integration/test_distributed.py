@@ -23,17 +23,16 @@ from rq.serializers import JSONSerializer
 
 from backend.config import Settings
 from backend.errors import ConfigError
-from backend.events import EventStore
-from backend.jobs.distributed import (
+from backend.events import EventStore, RunState
+from backend.jobs.launchers import (
     JOB_FUNCTION,
-    ProjectBusy,
-    ProjectLock,
     RQLauncher,
     job_id,
     retry_not_before,
     training_queue,
 )
-from backend.jobs.scheduler import QUEUED, TrainingScheduler
+from backend.jobs.scheduler import TrainingScheduler
+from backend.jobs.worker import ProjectBusy, ProjectLock
 from devkit.local_label_studio import find_free_port
 from tests.support.scale_out import RedisServer, WorkerProcess, pid_alive, redis_server_path
 
@@ -142,7 +141,7 @@ def test_a_storm_queues_one_job_per_project_and_holds_the_project_back(
     tmp_path: Path, connection: redis.Redis, redis_server: RedisServer
 ) -> None:
     settings = _settings(tmp_path, redis_server.url)
-    events = EventStore(settings.model_dir / "events.sqlite3")
+    events = EventStore(settings.paths.events_db)
     for i in range(40):
         events.append(7, "ANNOTATION_CREATED", (i,), {})
     for i in range(5):
@@ -150,7 +149,7 @@ def test_a_storm_queues_one_job_per_project_and_holds_the_project_back(
     launcher = RQLauncher(settings, events, connection)
     scheduler = TrainingScheduler(settings, events, launcher, launcher.held_back)
 
-    assert scheduler.run_once() == [(7, QUEUED), (8, QUEUED)]
+    assert scheduler.run_once() == [(7, RunState.QUEUED), (8, RunState.QUEUED)]
     for _ in range(3):  # polls while the jobs wait: nothing new
         assert scheduler.run_once() == []
     events.append(7, "START_TRAINING", (), {})  # even a request waits for the queued run
@@ -172,12 +171,12 @@ def test_queuing_a_run_twice_makes_one_job(
     tmp_path: Path, connection: redis.Redis, redis_server: RedisServer
 ) -> None:
     settings = _settings(tmp_path, redis_server.url)
-    events = EventStore(settings.model_dir / "events.sqlite3")
+    events = EventStore(settings.paths.events_db)
     events.append(3, "START_TRAINING", (), {})
     run = events.start_run(3, "requested", 1)
     launcher = RQLauncher(settings, events, connection)
-    assert launcher(3, run) == QUEUED
-    assert launcher(3, run) == QUEUED
+    assert launcher(3, run) == RunState.QUEUED
+    assert launcher(3, run) == RunState.QUEUED
     assert training_queue(settings, connection).job_ids == [job_id(3, run)]
 
 
@@ -186,11 +185,11 @@ def test_a_run_whose_job_is_gone_is_interrupted_and_retrained(
     tmp_path: Path, connection: redis.Redis, redis_server: RedisServer, loss: str
 ) -> None:
     settings = _settings(tmp_path, redis_server.url)
-    events = EventStore(settings.model_dir / "events.sqlite3")
+    events = EventStore(settings.paths.events_db)
     events.append(5, "START_TRAINING", (), {})
     launcher = RQLauncher(settings, events, connection)
     scheduler = TrainingScheduler(settings, events, launcher, launcher.held_back)
-    assert scheduler.run_once() == [(5, QUEUED)]
+    assert scheduler.run_once() == [(5, RunState.QUEUED)]
     first = events.runs(5)[0]["id"]
     job = Job.fetch(job_id(5, first), connection=connection, serializer=JSONSerializer)
     if loss == "deleted":  # Redis lost it (flushed, evicted, expired)
@@ -198,7 +197,7 @@ def test_a_run_whose_job_is_gone_is_interrupted_and_retrained(
     else:  # out of retries: RQ moved it to the FailedJobRegistry
         job.set_status(JobStatus.FAILED)
 
-    assert scheduler.run_once() == [(5, QUEUED)]
+    assert scheduler.run_once() == [(5, RunState.QUEUED)]
     runs = events.runs(5)
     assert [(r["id"], r["state"]) for r in runs] == [(first + 1, "running"), (first, "interrupted")]
     assert len(events.pending(5)) == 1  # the request survived the lost job
@@ -208,7 +207,7 @@ def test_failed_runs_back_off_without_redis_state(
     tmp_path: Path, connection: redis.Redis, redis_server: RedisServer
 ) -> None:
     settings = _settings(tmp_path, redis_server.url, train_retry_seconds=30.0)
-    events = EventStore(settings.model_dir / "events.sqlite3")
+    events = EventStore(settings.paths.events_db)
     events.append(4, "START_TRAINING", (), {})
     run = events.start_run(4, "requested", 1)
     events.finish_run(run, "failed", {"error": "boom"}, consume_events=False)
@@ -220,7 +219,7 @@ def test_failed_runs_back_off_without_redis_state(
 
 def test_unreachable_redis_fails_the_run_and_holds_projects_back(tmp_path: Path) -> None:
     settings = _settings(tmp_path, f"redis://127.0.0.1:{find_free_port()}/0")
-    events = EventStore(settings.model_dir / "events.sqlite3")
+    events = EventStore(settings.paths.events_db)
     events.append(6, "START_TRAINING", (), {})
     launcher = RQLauncher(settings, events)
     run = events.start_run(6, "requested", 1)
@@ -274,9 +273,9 @@ def test_project_lock_outlives_its_ttl_while_held_and_frees_itself_when_abandone
     # A holder that died: the key was set but nobody renews it.
     assert connection.set(holder.name, b"dead-holder", nx=True, ex=1)
     began = time.monotonic()
-    with rival.held(wait_seconds=5):
+    with rival.held(wait_seconds=5):  # ProjectBusy if the dead holder's key never expired
         waited = time.monotonic() - began
-    assert 0.3 < waited < 2.0
+    assert waited > 0.3  # it did wait for the expiry (no upper bound: cores are shared)
 
 
 # -- real workers ----------------------------------------------------------------------------
@@ -287,7 +286,7 @@ def test_worker_runs_a_training_job_and_records_it_in_the_event_store(
     tmp_path: Path, connection: redis.Redis, redis_server: RedisServer
 ) -> None:
     settings = _settings(tmp_path, redis_server.url)
-    events = EventStore(settings.model_dir / "events.sqlite3")
+    events = EventStore(settings.paths.events_db)
     events.append(11, "START_TRAINING", (), {})
     events.append(12, "START_TRAINING", (), {})
     unreachable_ls = f"http://127.0.0.1:{find_free_port()}"
@@ -298,11 +297,11 @@ def test_worker_runs_a_training_job_and_records_it_in_the_event_store(
         launcher = RQLauncher(settings, events, connection)
         # Project 11: Label Studio is unreachable, so the run fails and its events stay.
         failing = events.start_run(11, "requested", 1)
-        assert launcher(11, failing) == QUEUED
+        assert launcher(11, failing) == RunState.QUEUED
         # Project 12: already finished by an earlier attempt, so it is not trained again.
         done = events.start_run(12, "requested", 2)
         events.finish_run(done, "promoted", {}, version="v3")
-        assert launcher(12, done) == QUEUED
+        assert launcher(12, done) == RunState.QUEUED
         jobs = [
             Job.fetch(job_id(p, r), connection=connection, serializer=JSONSerializer)
             for p, r in ((11, failing), (12, done))
@@ -351,25 +350,24 @@ def test_a_job_of_a_killed_worker_is_finished_by_another(
         first = next(w for w in workers if w.is_named(job.worker_name))
         _wait_for(lambda: first.children(), 10, "the work horse")
         (horse,) = first.children()
-        began = time.monotonic()
         if victim == "worker":
             first.kill()
             _wait_for(lambda: not pid_alive(horse), 5, "the horse to die with its worker")
         else:
             os.kill(horse, signal.SIGKILL)
+        # Within 60 s: RQ's defaults would abandon the job only after a 60 s heartbeat TTL
+        # plus up to 10 minutes to the next maintenance pass.
         _wait_for(
             lambda: job.get_status() == JobStatus.FINISHED,
             60,
             "another attempt to finish the job; logs:\n" + "\n".join(w.log_tail() for w in workers),
         )
-        took = time.monotonic() - began
         job.refresh()
         result = job.latest_result()
         assert result is not None and result.type == result.Type.SUCCESSFUL
         if victim == "worker":
             (survivor,) = [w for w in workers if w is not first]
             assert survivor.is_named(result.worker_name)
-            assert took < 25  # heartbeat TTL 3 s + maintenance every 3 s + the 4 s job
         else:
             assert first.returncode() is None  # the worker lived on
         assert job.retries_left == 0

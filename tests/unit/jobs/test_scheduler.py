@@ -10,7 +10,8 @@ import pytest
 
 from backend.config import Settings
 from backend.events import Event, EventStore
-from backend.jobs.scheduler import TrainingScheduler, due_projects, subprocess_launcher
+from backend.jobs.launchers import ChildProcessLauncher
+from backend.jobs.scheduler import TrainingScheduler, due_projects
 
 
 def _event(i: int, project: int, action: str, ids: tuple[int, ...], at: float) -> Event:
@@ -109,7 +110,7 @@ def test_run_failing_in_its_child_is_logged_at_warning(
     )
     events = EventStore(tmp_path / "events.sqlite3")
     events.append(4, "START_TRAINING", (), {})
-    launcher = subprocess_launcher(settings, events)
+    launcher = ChildProcessLauncher(settings, events)
     assert TrainingScheduler(settings, events, launcher).run_once() == [(4, "failed")]
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert any("project=4 run=1 failed: " in w and "Connect" in w for w in warnings), warnings

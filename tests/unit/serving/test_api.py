@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from flask.testing import FlaskClient
+from PIL import Image
 
 from backend.config import Settings
 from backend.serving.app import create_app
@@ -79,6 +80,20 @@ def test_predict_on_bus_jpg_local_path(client: FlaskClient, image_root: Path) ->
     for region in result["result"]:
         assert (region["original_width"], region["original_height"]) == (810, 1080)
     assert isinstance(result["result"], list)
+
+
+def test_regions_carry_the_original_size_of_a_large_jpeg(
+    client: FlaskClient, image_root: Path
+) -> None:
+    """bus.jpg above may hold no region for the shapes model; this image always does, so the
+    size check cannot pass on an empty list."""
+    shapes = Image.open(sorted((image_root / "shapes").glob("*.jpg"))[0])
+    large = image_root / "large-shapes.jpg"
+    shapes.resize((800, 640)).save(large, quality=95)  # 2.5x, same aspect
+    (result,) = _predict(client, [str(large)])["results"]
+    assert result["result"], "the shapes model finds shapes in an upscaled shapes image"
+    for region in result["result"]:
+        assert (region["original_width"], region["original_height"]) == (800, 640)
 
 
 def test_image_with_nothing_to_find(client: FlaskClient, image_root: Path) -> None:
