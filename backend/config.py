@@ -178,6 +178,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read and validate every setting; raises ConfigError naming the bad variable."""
         env = os.environ if env is None else env
+        d = cls()  # the defaults, as the fields above declare them
         user, password = _get(env, "BASIC_AUTH_USER"), _get(env, "BASIC_AUTH_PASS")
         if (user is None) != (password is None):
             raise ConfigError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
@@ -199,58 +200,66 @@ class Settings:
                 "REDIS_URL must start with redis://, rediss:// or unix://, got "
                 f"{urlsplit(redis_url).scheme or 'no scheme'}"
             )
-        threshold = _float(env, "MODEL_SCORE_THRESHOLD", 0.25, 0.0, 1.0)
-        floor = _float(env, "DETECT_CONF_FLOOR", min(0.05, threshold), 0.0, 1.0)
+        threshold = _float(env, "MODEL_SCORE_THRESHOLD", d.score_threshold, 0.0, 1.0)
+        floor = _float(env, "DETECT_CONF_FLOOR", min(d.detect_conf_floor, threshold), 0.0, 1.0)
         if floor > threshold:
             raise ConfigError("DETECT_CONF_FLOOR must not exceed MODEL_SCORE_THRESHOLD")
         return cls(
-            model_dir=_path(env, "MODEL_DIR") or Path("models").resolve(),
+            model_dir=_path(env, "MODEL_DIR") or d.model_dir,
             model_path=model_path,
-            model_yaml=_get(env, "MODEL_YAML") or "yolo11n.yaml",
+            model_yaml=_get(env, "MODEL_YAML") or d.model_yaml,
             models_root=models_root,
             label_studio_url=ls_url,
             label_studio_api_key=_get(env, "LABEL_STUDIO_API_KEY"),
             basic_auth_user=user,
             basic_auth_pass=password,
-            log_level=(_get(env, "LOG_LEVEL") or "INFO").upper(),
-            host=_get(env, "HOST") or "0.0.0.0",
-            port=_int(env, "PORT", 9090),
-            workers=_int(env, "WORKERS", 1),
-            threads=_int(env, "THREADS", 4),
+            log_level=(_get(env, "LOG_LEVEL") or d.log_level).upper(),
+            host=_get(env, "HOST") or d.host,
+            port=_int(env, "PORT", d.port),
+            workers=_int(env, "WORKERS", d.workers),
+            threads=_int(env, "THREADS", d.threads),
             score_threshold=threshold,
             detect_conf_floor=floor,
             image_size=_size(env, "IMAGE_SIZE"),
-            device=_get(env, "DEVICE") or "cpu",
-            torch_threads=_int(env, "TORCH_THREADS", 0, minimum=0),
-            predict_batch=_int(env, "PREDICT_BATCH", 8),
-            max_loaded_models=_int(env, "MAX_LOADED_MODELS", 4),
+            device=_get(env, "DEVICE") or d.device,
+            torch_threads=_int(env, "TORCH_THREADS", d.torch_threads, minimum=0),
+            predict_batch=_int(env, "PREDICT_BATCH", d.predict_batch),
+            max_loaded_models=_int(env, "MAX_LOADED_MODELS", d.max_loaded_models),
             image_root=_path(env, "IMAGE_ROOT"),
             local_files_root=_path(env, "LOCAL_FILES_DOCUMENT_ROOT")
             or _path(env, "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"),
             allowed_image_hosts=_hosts(env, "ALLOWED_IMAGE_HOSTS"),
-            max_image_bytes=_int(env, "MAX_IMAGE_BYTES", 50 * 1024 * 1024),
-            max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", 64_000_000),
-            max_request_pixels=_int(env, "MAX_REQUEST_PIXELS", 64_000_000),
-            max_request_bytes=_int(env, "MAX_REQUEST_BYTES", 64 * 1024 * 1024, minimum=1024),
-            max_event_bytes=_int(env, "MAX_EVENT_BYTES", 4 * 1024 * 1024, minimum=1024),
-            fetch_timeout=_float(env, "IMAGE_FETCH_TIMEOUT", 15.0, 0.1, 600.0),
-            training_enabled=_bool(env, "TRAINING", True),
-            train_every=_int(env, "TRAIN_EVERY", 10),
-            train_quiet_seconds=_float(env, "TRAIN_QUIET_SECONDS", 300.0, 0.0, 86400.0 * 7),
-            train_poll_seconds=_float(env, "TRAIN_POLL_SECONDS", 2.0, 0.05, 3600.0),
-            train_retry_seconds=_float(env, "TRAIN_RETRY_SECONDS", 60.0, 0.0, 86400.0),
-            train_subprocess=_bool(env, "TRAIN_SUBPROCESS", True),
-            train_epochs=_int(env, "TRAIN_EPOCHS", 10),
+            max_image_bytes=_int(env, "MAX_IMAGE_BYTES", d.max_image_bytes),
+            max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", d.max_image_pixels),
+            max_request_pixels=_int(env, "MAX_REQUEST_PIXELS", d.max_request_pixels),
+            max_request_bytes=_int(env, "MAX_REQUEST_BYTES", d.max_request_bytes, minimum=1024),
+            max_event_bytes=_int(env, "MAX_EVENT_BYTES", d.max_event_bytes, minimum=1024),
+            fetch_timeout=_float(env, "IMAGE_FETCH_TIMEOUT", d.fetch_timeout, 0.1, 600.0),
+            training_enabled=_bool(env, "TRAINING", d.training_enabled),
+            train_every=_int(env, "TRAIN_EVERY", d.train_every),
+            train_quiet_seconds=_float(
+                env, "TRAIN_QUIET_SECONDS", d.train_quiet_seconds, 0.0, 86400.0 * 7
+            ),
+            train_poll_seconds=_float(
+                env, "TRAIN_POLL_SECONDS", d.train_poll_seconds, 0.05, 3600.0
+            ),
+            train_retry_seconds=_float(
+                env, "TRAIN_RETRY_SECONDS", d.train_retry_seconds, 0.0, 86400.0
+            ),
+            train_subprocess=_bool(env, "TRAIN_SUBPROCESS", d.train_subprocess),
+            train_epochs=_int(env, "TRAIN_EPOCHS", d.train_epochs),
             train_image_size=_size(env, "TRAIN_IMAGE_SIZE"),
-            train_batch=_int(env, "TRAIN_BATCH", 8),
-            train_val_percent=int(_float(env, "TRAIN_VAL_PERCENT", 20, 1, 90)),
-            train_min_images=_int(env, "TRAIN_MIN_IMAGES", 4, minimum=2),
-            promote_tolerance=_float(env, "PROMOTE_TOLERANCE", 0.0, 0.0, 1.0),
+            train_batch=_int(env, "TRAIN_BATCH", d.train_batch),
+            train_val_percent=int(_float(env, "TRAIN_VAL_PERCENT", d.train_val_percent, 1, 90)),
+            train_min_images=_int(env, "TRAIN_MIN_IMAGES", d.train_min_images, minimum=2),
+            promote_tolerance=_float(env, "PROMOTE_TOLERANCE", d.promote_tolerance, 0.0, 1.0),
             redis_url=redis_url,
-            train_queue=_get(env, "TRAIN_QUEUE") or "ls-active-yolo-training",
-            train_job_timeout=_int(env, "TRAIN_JOB_TIMEOUT", 86400, minimum=60),
-            train_job_retries=_int(env, "TRAIN_JOB_RETRIES", 3, minimum=0),
-            worker_heartbeat_seconds=_int(env, "WORKER_HEARTBEAT_SECONDS", 10),
+            train_queue=_get(env, "TRAIN_QUEUE") or d.train_queue,
+            train_job_timeout=_int(env, "TRAIN_JOB_TIMEOUT", d.train_job_timeout, minimum=60),
+            train_job_retries=_int(env, "TRAIN_JOB_RETRIES", d.train_job_retries, minimum=0),
+            worker_heartbeat_seconds=_int(
+                env, "WORKER_HEARTBEAT_SECONDS", d.worker_heartbeat_seconds
+            ),
         )
 
     @property

@@ -39,6 +39,8 @@ from backend.models.registry import ModelRegistry
 
 logger = logging.getLogger(__name__)
 
+INFERENCE_IMAGE_SIZE = 640  # for weights that do not record the size they were trained at
+
 
 @dataclass(frozen=True)
 class Box:
@@ -67,7 +69,7 @@ class ModelSource:
 
     version: str
     weights: Path | None  # None: randomly initialised from `yaml`
-    yaml: str = "yolo11n.yaml"
+    yaml: str = ""  # the architecture of a random init (MODEL_YAML); unused with weights
     class_names: tuple[str, ...] = ()  # for a random init: the head's classes
     kind: str = "weights"  # "model_path" (tag), "registry", "MODEL_PATH" or "random-init"
 
@@ -93,7 +95,9 @@ class Detector:
         started = time.perf_counter()
         self._yolo = _load_yolo(source)
         self.names: tuple[str, ...] = _class_names(self._yolo, source)
-        self.image_size = settings.image_size or trained_image_size(self._yolo) or 640
+        self.image_size = (
+            settings.image_size or trained_image_size(self._yolo) or INFERENCE_IMAGE_SIZE
+        )
         threads = settings.torch_threads or max(1, os.cpu_count() or 1)
         # Every forward pass runs on this one thread. OpenMP keeps a thread team (and its
         # spinning workers) per calling thread, so inference from gunicorn's several request

@@ -22,7 +22,7 @@ from backend.events import RunState
 from backend.labelstudio.client import LabelStudioClient
 from backend.labelstudio.images import ImageLoader
 from backend.labelstudio.label_config import parse_label_config
-from backend.models.detector import file_version, trained_image_size
+from backend.models.detector import INFERENCE_IMAGE_SIZE, file_version, trained_image_size
 from backend.models.offline import prepare_ultralytics, set_torch_threads
 from backend.models.registry import ModelRegistry
 from backend.project_params import load_project_params
@@ -37,6 +37,8 @@ from backend.training.dataset import (
 )
 
 logger = logging.getLogger(__name__)
+
+SCRATCH_IMAGE_SIZE = 320  # training from a random init on CPU: small and fast
 
 
 class TrainingCancelled(BackendError):
@@ -299,7 +301,7 @@ def _fine_tune(
     from ultralytics import YOLO  # noqa: PLC0415  (after prepare_ultralytics)
 
     model = YOLO(str(parent) if parent is not None else settings.model_yaml, task="detect")
-    image_size = params.image_size or trained_image_size(model) or 320
+    image_size = params.image_size or trained_image_size(model) or SCRATCH_IMAGE_SIZE
     flag = settings.paths.project(project_id).cancel_flag
     started = time.monotonic()
 
@@ -384,7 +386,7 @@ def evaluate(
     result = model.val(
         data=str(data_yaml),
         split="val",
-        imgsz=image_size or params.image_size or trained_image_size(model) or 640,
+        imgsz=image_size or params.image_size or trained_image_size(model) or INFERENCE_IMAGE_SIZE,
         batch=params.batch,
         device=settings.device,
         workers=0,
