@@ -9,7 +9,9 @@ from strategies.diversity import (
     near_duplicate_groups,
     near_duplicate_pairs,
 )
+from strategies.hybrids import RankMix, UncertaintyThenKCenter
 from strategies.pool import Pool, Selection
+from strategies.registry import available_strategies, get_strategy, strategy_params
 from strategies.selection import (
     DCUS,
     DUA,
@@ -18,13 +20,8 @@ from strategies.selection import (
     LeastConfidence,
     Margin,
     RandomStrategy,
-    RankMix,
     ScoreStrategy,
     Strategy,
-    UncertaintyThenKCenter,
-    available_strategies,
-    get_strategy,
-    strategy_params,
 )
 from strategies.uncertainty import (
     aggregate,

@@ -1,10 +1,11 @@
-"""Strategies: one small class per acquisition function on a thin base, plus a name registry.
+"""Strategies: one small class per acquisition function on a thin base.
 
 The base class owns the pipeline (validate -> rank -> optional near-duplicate demotion ->
 clusters -> `Selection`); a subclass writes only `_rank`. Score strategies (uncertainty,
 DUA, DCUS) write only `score`. Higher score = label sooner, everywhere.
 
-Use `get_strategy(name, **params)`; `available_strategies()` lists the names.
+The hybrids live in `strategies.hybrids`; `strategies.registry.get_strategy(name, **params)`
+builds any strategy by name.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, TypeVar, cast
 
 import numpy as np
 
+from strategies.checks import Seed, check_choice, check_integer, check_number, check_seed
 from strategies.diversity import (
     DEFAULT_SHORTLIST,
     METRICS,
@@ -45,7 +47,7 @@ from strategies.uncertainty import (
     image_uncertainty,
 )
 
-Seed = int | np.random.Generator
+S = TypeVar("S", bound="Strategy")
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,50 +85,6 @@ def order_by_score(scores: FloatArray) -> IntArray:
     return np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable").astype(np.int64)
 
 
-# ---------------------------------------------------------------------------- validation
-def _number(
-    name: str,
-    value: object,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-) -> float:
-    """Check a real-valued parameter; ValueError with the accepted range otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    number = float(value)
-    if not np.isfinite(number):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    if low is not None and (number < low or (low_open and number == low)):
-        bracket = "(" if low_open else "["
-        upper = "inf)" if high is None else f"{high}]"
-        raise ValueError(f"{name} must lie in {bracket}{low}, {upper}, got {value!r}")
-    if high is not None and number > high:
-        raise ValueError(f"{name} must lie in [{low}, {high}], got {value!r}")
-    return number
-
-
-def _integer(name: str, value: object, *, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value!r}")
-    return int(value)
-
-
-def _choice(name: str, value: object, valid: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in valid:
-        raise ValueError(f"{name} must be one of {', '.join(valid)}; got {value!r}")
-    return value
-
-
-def _seed(value: object) -> Seed:
-    if isinstance(value, np.random.Generator):
-        return value
-    return _integer("seed", value, low=0)
-
-
 # ---------------------------------------------------------------------------- base classes
 class Strategy(ABC):
     """Base: owns the select pipeline. Subclasses implement `_rank`.
@@ -152,12 +110,12 @@ class Strategy(ABC):
         dup_threshold: float | None = None,
         metric: Metric = "l2",
     ) -> None:
-        self.seed = _seed(seed)
-        self.n_clusters = _integer("n_clusters", n_clusters, low=1)
+        self.seed = check_seed(seed)
+        self.n_clusters = check_integer("n_clusters", n_clusters, low=1)
         self.dup_threshold = (
-            None if dup_threshold is None else _number("dup_threshold", dup_threshold, low=0.0)
+            None if dup_threshold is None else check_number("dup_threshold", dup_threshold, low=0.0)
         )
-        self.metric = cast(Metric, _choice("metric", metric, METRICS))
+        self.metric = cast(Metric, check_choice("metric", metric, METRICS))
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
@@ -175,7 +133,7 @@ class Strategy(ABC):
         """
         if not isinstance(pool, Pool):
             raise TypeError(f"pool must be a Pool, got {type(pool).__name__}")
-        b = min(_integer("batch_size", batch_size, low=0), pool.n)
+        b = min(check_integer("batch_size", batch_size, low=0), pool.n)
         if pool.n == 0:
             empty = np.zeros(0, dtype=np.int64)
             return Selection(empty, np.zeros(0), empty.copy(), 0, self.name)
@@ -264,9 +222,9 @@ class _UncertaintyStrategy(ScoreStrategy):
         **common: Any,
     ) -> None:
         super().__init__(**common)
-        self.aggregate = cast(Aggregation, _choice("aggregate", aggregate, AGGREGATIONS))
-        self.floor = _number("floor", floor, low=0.0, high=1.0)
-        self.empty_score = _number("empty_score", empty_score)
+        self.aggregate = cast(Aggregation, check_choice("aggregate", aggregate, AGGREGATIONS))
+        self.floor = check_number("floor", floor, low=0.0, high=1.0)
+        self.empty_score = check_number("empty_score", empty_score)
         self.variant: EntropyVariant = "binary"
 
     def score(self, pool: Pool) -> FloatArray:
@@ -320,7 +278,7 @@ class Entropy(_UncertaintyStrategy):
 
     def __init__(self, *, variant: EntropyVariant = "binary", **params: Any) -> None:
         super().__init__(**params)
-        self.variant = cast(EntropyVariant, _choice("variant", variant, ENTROPY_VARIANTS))
+        self.variant = cast(EntropyVariant, check_choice("variant", variant, ENTROPY_VARIANTS))
 
 
 class DUA(ScoreStrategy):
@@ -343,8 +301,8 @@ class DUA(ScoreStrategy):
         **common: Any,
     ) -> None:
         super().__init__(**common)
-        self.floor = _number("floor", floor, low=0.0, high=1.0)
-        self.empty_score = _number("empty_score", empty_score)
+        self.floor = check_number("floor", floor, low=0.0, high=1.0)
+        self.empty_score = check_number("empty_score", empty_score)
 
     def score(self, pool: Pool) -> FloatArray:
         weights = dua_weights(pool.class_ap, pool.n_classes)
@@ -381,10 +339,10 @@ class DCUS(ScoreStrategy):
         **common: Any,
     ) -> None:
         super().__init__(**common)
-        self.alpha = _number("alpha", alpha, low=0.0, low_open=True)
-        self.upper = _number("upper", upper, low=0.0)
-        self.floor = _number("floor", floor, low=0.0, high=1.0)
-        self.empty_score = _number("empty_score", empty_score)
+        self.alpha = check_number("alpha", alpha, low=0.0, low_open=True)
+        self.upper = check_number("upper", upper, low=0.0)
+        self.floor = check_number("floor", floor, low=0.0, high=1.0)
+        self.empty_score = check_number("empty_score", empty_score)
 
     def score(self, pool: Pool) -> FloatArray:
         weights = dcus_weights(
@@ -416,7 +374,7 @@ class KCenter(Strategy):
 
     def __init__(self, *, shortlist: int = DEFAULT_SHORTLIST, **common: Any) -> None:
         super().__init__(**common)
-        self.shortlist = _integer("shortlist", shortlist, low=1)
+        self.shortlist = check_integer("shortlist", shortlist, low=1)
 
     def _rank(self, pool: Pool, batch_size: int) -> Ranking:
         order, scores = self.diversity_ranking(pool, batch_size)
@@ -434,150 +392,18 @@ class KCenter(Strategy):
         return kcenter_ranking(result)
 
 
-def _uncertainty_component(
-    uncertainty: str | ScoreStrategy, params: Mapping[str, Any] | None
-) -> ScoreStrategy:
-    """Resolve a hybrid's uncertainty part from a registry name (+ params) or an instance."""
-    if isinstance(uncertainty, ScoreStrategy):
-        if params:
-            raise ValueError("uncertainty_params only apply when uncertainty is a name")
-        return uncertainty
-    score_names = tuple(k for k, v in _REGISTRY.items() if issubclass(v, ScoreStrategy))
-    name = _choice("uncertainty", uncertainty, score_names)
-    strategy = get_strategy(name, **dict(params or {}))
-    if not isinstance(strategy, ScoreStrategy):  # pragma: no cover - guarded by score_names
-        raise ValueError(f"{name!r} is not a score strategy")
-    return strategy
-
-
-class UncertaintyThenKCenter(Strategy):
-    """Hybrid (a): keep the top `factor * B` items by uncertainty, then k-center picks B.
-
-    The batch is the k-center picks among the pre-filtered items (diverse among the
-    uncertain). All other items follow by descending uncertainty. Scores = 1 - rank / n.
-
-    Args:
-        factor: pre-filter size as a multiple k of the batch size, >= 1 (default 4).
-        uncertainty: registry name of a score strategy (default "entropy") or an instance.
-        uncertainty_params: parameters for that named strategy.
-        shortlist: speed knob of `kcenter_greedy`.
-    """
-
-    name = "prefilter"
-
-    def __init__(
-        self,
-        *,
-        factor: float = 4.0,
-        uncertainty: str | ScoreStrategy = "entropy",
-        uncertainty_params: Mapping[str, Any] | None = None,
-        shortlist: int = DEFAULT_SHORTLIST,
-        **common: Any,
-    ) -> None:
-        super().__init__(**common)
-        self.factor = _number("factor", factor, low=1.0)
-        self.uncertainty = _uncertainty_component(uncertainty, uncertainty_params)
-        self.shortlist = _integer("shortlist", shortlist, low=1)
-
-    def _rank(self, pool: Pool, batch_size: int) -> Ranking:
-        u_scores = self.uncertainty.score(pool)
-        u_order = order_by_score(u_scores)
-        size = min(pool.n, int(np.ceil(self.factor * batch_size)))
-        candidates = u_order[:size]
-        result = kcenter_greedy(
-            pool.embeddings[candidates],
-            batch_size,
-            pool.labeled,
-            metric=self.metric,
-            shortlist=self.shortlist,
-        )
-        picks = candidates[result.picks]
-        is_pick = np.zeros(pool.n, dtype=bool)
-        is_pick[picks] = True
-        order = np.concatenate([picks, u_order[~is_pick[u_order]]]).astype(np.int64)
-        return Ranking(order, rank_scores(order), {"uncertainty": u_scores})
-
-
-class RankMix(Strategy):
-    """Hybrid (b): order by lam * uncertainty_rank + (1 - lam) * diversity_rank (ascending).
-
-    Ranks are positions (0 = label first) in the uncertainty order and in the k-center order
-    (`KCenter` with the same batch size). Ties go to the better uncertainty rank, so
-    lam = 1 reproduces the uncertainty order and lam = 0 the k-center order exactly.
-    Scores = 1 - mixed_rank / (n - 1), in [0, 1].
-
-    Args:
-        lam: weight of uncertainty in [0, 1] (default 0.5).
-        uncertainty: registry name of a score strategy (default "entropy") or an instance.
-        uncertainty_params: parameters for that named strategy.
-        shortlist: speed knob of `kcenter_greedy`.
-    """
-
-    name = "hybrid"
-
-    def __init__(
-        self,
-        *,
-        lam: float = 0.5,
-        uncertainty: str | ScoreStrategy = "entropy",
-        uncertainty_params: Mapping[str, Any] | None = None,
-        shortlist: int = DEFAULT_SHORTLIST,
-        **common: Any,
-    ) -> None:
-        super().__init__(**common)
-        self.lam = _number("lam", lam, low=0.0, high=1.0)
-        self.uncertainty = _uncertainty_component(uncertainty, uncertainty_params)
-        self.shortlist = _integer("shortlist", shortlist, low=1)
-
-    def _rank(self, pool: Pool, batch_size: int) -> Ranking:
-        n = pool.n
-        u_scores = self.uncertainty.score(pool)
-        u_rank = _positions(order_by_score(u_scores))
-        diversity = KCenter(shortlist=self.shortlist, metric=self.metric)
-        d_order, d_scores = diversity.diversity_ranking(pool, batch_size)
-        d_rank = _positions(d_order)
-        mixed = self.lam * u_rank + (1.0 - self.lam) * d_rank
-        order = np.lexsort((u_rank, mixed)).astype(np.int64)
-        scores = 1.0 - mixed / max(n - 1, 1)
-        return Ranking(order, scores, {"uncertainty": u_scores, "diversity": d_scores})
-
-
-def _positions(order: IntArray) -> FloatArray:
-    """(n,) float64 position of each index in `order`."""
-    positions = np.empty(order.shape[0], dtype=np.float64)
-    positions[order] = np.arange(order.shape[0], dtype=np.float64)
-    return positions
-
-
-# ---------------------------------------------------------------------------- registry
-_REGISTRY: Mapping[str, type[Strategy]] = MappingProxyType(
-    {
-        cls.name: cls
-        for cls in (
-            RandomStrategy,
-            LeastConfidence,
-            Margin,
-            Entropy,
-            DUA,
-            DCUS,
-            KCenter,
-            UncertaintyThenKCenter,
-            RankMix,
-        )
-    }
+# ---------------------------------------------------------------------------- building
+# The score strategies by name: the choices for a hybrid's `uncertainty`; the registry
+# lists them too.
+SCORE_STRATEGIES: Mapping[str, type[ScoreStrategy]] = MappingProxyType(
+    {cls.name: cls for cls in (LeastConfidence, Margin, Entropy, DUA, DCUS)}
 )
 
 _COMMON_PARAMS = tuple(inspect.signature(Strategy.__init__).parameters)[1:]
 
 
-def available_strategies() -> tuple[str, ...]:
-    """Registry names, sorted."""
-    return tuple(sorted(_REGISTRY))
-
-
-def strategy_params(name: str) -> tuple[str, ...]:
-    """Parameter names `get_strategy(name, ...)` accepts (ValueError for unknown names)."""
-    cls = _lookup(name)
+def accepted_params(cls: type[Strategy]) -> tuple[str, ...]:
+    """Keyword parameters `cls` accepts: its own (subclass first), then the shared ones."""
     own: list[str] = []
     for klass in cls.__mro__:
         if klass is Strategy or not issubclass(klass, Strategy):
@@ -588,27 +414,18 @@ def strategy_params(name: str) -> tuple[str, ...]:
     return tuple(own) + tuple(p for p in _COMMON_PARAMS if p not in own)
 
 
-def get_strategy(name: str, **params: Any) -> Strategy:
-    """Build a strategy by registry name, e.g. ``get_strategy("hybrid", lam=0.5)``.
+def build_strategy(cls: type[S], params: Mapping[str, Any]) -> S:
+    """`cls(**params)` after checking the parameter names.
 
     Raises:
-        ValueError: unknown name (the message lists the valid names), unknown parameter
-            (the message lists the accepted ones) or a bad parameter value.
+        ValueError: unknown parameter (the message lists the accepted ones) or a bad
+            parameter value.
     """
-    cls = _lookup(name)
-    accepted = strategy_params(name)
+    accepted = accepted_params(cls)
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise ValueError(
-            f"unknown parameter(s) {', '.join(unknown)} for strategy {name!r}; "
+            f"unknown parameter(s) {', '.join(unknown)} for strategy {cls.name!r}; "
             f"accepted: {', '.join(accepted)}"
         )
     return cls(**params)
-
-
-def _lookup(name: str) -> type[Strategy]:
-    if not isinstance(name, str) or name not in _REGISTRY:
-        raise ValueError(
-            f"unknown strategy {name!r}; valid names: {', '.join(available_strategies())}"
-        )
-    return _REGISTRY[name]

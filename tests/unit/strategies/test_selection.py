@@ -74,6 +74,11 @@ def test_unknown_name_lists_valid_names() -> None:
         ("hybrid", {"lam": float("nan")}, "lam must be finite"),
         ("hybrid", {"lamda": 0.5}, "accepted: lam"),
         ("hybrid", {"uncertainty": "kcenter"}, "uncertainty must be one of"),
+        (
+            "prefilter",
+            {"uncertainty": "margin", "uncertainty_params": {"variant": "binary"}},
+            r"unknown parameter\(s\) variant for strategy 'margin'",
+        ),
         ("prefilter", {"factor": 0.5}, "factor must lie in"),
         ("entropy", {"aggregate": "median"}, "aggregate must be one of max, mean, sum"),
         ("entropy", {"variant": "shannon"}, "variant must be one of"),
