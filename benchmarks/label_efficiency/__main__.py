@@ -1,5 +1,5 @@
-"""`python -m benchmarks.label_efficiency`: see simulation.main."""
+"""`python -m benchmarks.label_efficiency`: see cli.main."""
 
-from benchmarks.label_efficiency.simulation import main
+from benchmarks.label_efficiency.cli import main
 
 raise SystemExit(main())

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from backend.config import Settings
+from benchmarks.label_efficiency.config import STRATEGIES, BenchConfig, CycleRow
 from benchmarks.label_efficiency.digits_data import (
     BASE_CLASS,
     CLASS_WEIGHTS,
@@ -21,17 +22,9 @@ from benchmarks.label_efficiency.digits_data import (
     generate,
     load,
 )
-from benchmarks.label_efficiency.simulation import (
-    STRATEGIES,
-    BenchConfig,
-    CycleRow,
-    aubc,
-    label_efficiency,
-    resummarise,
-    run_benchmark,
-    saving_vs_random,
-    summarise,
-)
+from benchmarks.label_efficiency.metrics import aubc, label_efficiency, saving_vs_random, summarise
+from benchmarks.label_efficiency.report import resummarise
+from benchmarks.label_efficiency.simulation import run_benchmark
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
