@@ -1,0 +1,158 @@
+"""The ranking's detect stage: a detection record and an embedding for every task, from the
+stores of the model version (`DetectionCache`, `EmbeddingIndex`) or from the detector.
+
+Unlabeled tasks need their boxes (uncertainty, pre-annotations) and embeddings, labeled tasks
+their embeddings (diversity keeps away from them). Both stores are per model version and
+survive between rankings, so re-ranking with the same model runs the detector only on new or
+changed tasks; both are saved after every run, also a stopped one.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from backend.config import Settings
+from backend.errors import ImageError
+from backend.labelstudio.images import ImageLoader, LoadedImage
+from backend.models.detector import Detector
+from backend.ranking.detection_cache import DetectionCache, ImageRecord
+from backend.ranking.embedding_index import EmbeddingIndex
+from backend.ranking.progress import RankRun
+
+logger = logging.getLogger(__name__)
+
+LOAD_WORKERS = 4
+_LOG_EVERY_S = 10.0
+
+TaskImage = tuple[int, object]  # (task id, the image reference in its data, unvalidated)
+
+
+@dataclass(frozen=True)
+class Detections:
+    """The detect stage's answer: a record per task whose image could be read."""
+
+    records: Mapping[int, ImageRecord]
+    failed: Mapping[int, str]  # task id -> why its image could not be loaded
+    n_predicted: int  # images that went through the detector in this run
+
+
+def open_stores(
+    settings: Settings, run: RankRun, names: Sequence[str], task_ids: Sequence[int]
+) -> tuple[EmbeddingIndex, DetectionCache]:
+    """The embedding index and detection cache of the run's model version (other versions'
+    files are deleted), holding only tasks of `task_ids`: the project's tasks now."""
+    project_id, version = run.project_id, run.model_version
+    index = EmbeddingIndex.open(settings.model_dir, project_id, version)
+    signature = {
+        "model_version": version,
+        "image_size": settings.image_size,
+        "detect_conf_floor": settings.detect_conf_floor,
+        "classes": list(names),
+    }
+    cache = DetectionCache.open(settings.model_dir, project_id, version, signature)
+    cache.retain(set(task_ids))
+    index.remove(np.setdiff1d(index.ids(), np.array(task_ids, dtype=np.int64)))
+    return index, cache
+
+
+def detect(
+    run: RankRun,
+    tasks: Sequence[TaskImage],
+    *,
+    detector: Detector,
+    images: ImageLoader,
+    index: EmbeddingIndex,
+    cache: DetectionCache,
+    chunk: int,
+    image_field: str,
+) -> Detections:
+    """Detections for every task, from the stores or the detector, `chunk` images at a time
+    (loaded by LOAD_WORKERS threads one chunk ahead); reports "predict" progress after each
+    chunk. `image_field` names the data field in the error of a task without one."""
+    records: dict[int, ImageRecord] = {}
+    failed: dict[int, str] = {}
+    todo: list[TaskImage] = []
+    for task_id, ref in tasks:
+        cached = cache.get(task_id, ref) if isinstance(ref, str) else None
+        if cached is not None and task_id in index:
+            records[task_id] = cached
+        else:
+            todo.append((task_id, ref))
+    if not todo:
+        return Detections(records, failed, 0)
+    load = functools.partial(_load_image, images, image_field)
+    n_classes = len(detector.names)
+    started = last_log = time.perf_counter()
+    done = 0
+    try:
+        with ThreadPoolExecutor(LOAD_WORKERS, thread_name_prefix="rank-load") as loaders:
+            pending = [loaders.submit(load, ref) for _, ref in todo[:chunk]]
+            for start in range(0, len(todo), chunk):
+                batch = todo[start : start + chunk]
+                loaded = [f.result() for f in pending]
+                upcoming = todo[start + chunk : start + 2 * chunk]
+                pending = [loaders.submit(load, ref) for _, ref in upcoming]
+                ok: list[tuple[TaskImage, LoadedImage]] = []
+                for task, image in zip(batch, loaded, strict=True):
+                    if isinstance(image, LoadedImage):
+                        ok.append((task, image))
+                    else:
+                        failed[task[0]] = image
+                found = detector.predict([image.pixels for _, image in ok]) if ok else []
+                for ((task_id, ref), image), detections in zip(ok, found, strict=True):
+                    record = ImageRecord.from_detections(str(ref), image, detections, n_classes)
+                    cache.put(task_id, record)
+                    records[task_id] = record
+                if ok:
+                    index.upsert(
+                        [task_id for (task_id, _), _ in ok],
+                        np.stack([d.embedding for d in found]).astype(np.float32),
+                    )
+                done += len(batch)
+                now = time.perf_counter()
+                report = run.report("predict", done, len(todo), now - started)
+                if now - last_log >= _LOG_EVERY_S or done == len(todo):
+                    last_log = now
+                    logger.info(
+                        "project=%s model_version=%s predicted %d/%d tasks "
+                        "(%.1f tasks/s, ETA %.0fs)",
+                        run.project_id,
+                        run.model_version,
+                        done,
+                        len(todo),
+                        report.rate,
+                        report.eta_s or 0.0,
+                    )
+                run.notify(report)
+            for future in pending:
+                future.cancel()
+    finally:
+        index.save()
+        cache.save()
+    if failed:
+        logger.warning(
+            "project=%s model_version=%s %d task image(s) could not be loaded, e.g. task %s: %s",
+            run.project_id,
+            run.model_version,
+            len(failed),
+            next(iter(failed)),
+            next(iter(failed.values())),
+        )
+    return Detections(records, failed, len(todo) - len(failed))
+
+
+def _load_image(images: ImageLoader, image_field: str, ref: object) -> LoadedImage | str:
+    """The task's image, or the reason it failed (never raises ImageError)."""
+    try:
+        if ref is None:
+            raise ImageError(f"task data has no {image_field!r} field")
+        return images.load(ref)
+    except ImageError as exc:
+        return str(exc)

@@ -1,0 +1,334 @@
+"""The queue's pure stages: pool rows, queue order and scores, cluster ids, the predictions
+Label Studio must hold, and the write plan that gets it there.
+
+Label Studio itself is exercised in tests/e2e/test_queue.py.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from backend.config import Settings
+from backend.labelstudio.images import LoadedImage
+from backend.labelstudio.label_config import parse_label_config
+from backend.labelstudio.predictions import DesiredPrediction, ExistingPrediction
+from backend.models.detector import Detector, ModelSource
+from backend.ranking.detection_cache import ImageRecord
+from backend.ranking.queue import (
+    QueuedTask,
+    class_ap_vector,
+    cluster_offset,
+    empty_selection,
+    mapped_class_mask,
+    plan_writes,
+    pool_box_scores,
+    queue_head,
+    queue_order,
+    queue_predictions,
+    queue_scores,
+    queue_tasks,
+    task_regions,
+)
+from devkit.datagen import write_images
+from strategies import Selection
+from tests.conftest import BOX_CONFIG
+
+NAMES = ("square", "circle", "triangle")
+
+
+def record(classes: list[int], conf: list[float], ref: str = "a.jpg") -> ImageRecord:
+    """A record with one box per class id; box i's score vector puts conf[i] on its class."""
+    k = len(classes)
+    scores = np.zeros((k, len(NAMES)), dtype=np.float32)
+    scores[np.arange(k), classes] = conf
+    return ImageRecord(
+        ref=ref,
+        width=200,
+        height=100,
+        xyxy=np.array([[10.0 * i, 5.0, 10.0 * i + 8, 25.0] for i in range(k)], np.float32).reshape(
+            -1, 4
+        ),
+        class_ids=np.array(classes, dtype=np.int64),
+        conf=np.array(conf, dtype=np.float32),
+        class_scores=scores,
+    )
+
+
+def served_by_label_studio(scores: np.ndarray, clusters: np.ndarray) -> list[int]:
+    """What LS 1.23's uncertainty sampling serves one annotator labeling every task in turn:
+    the lowest score among the tasks of the clusters they labeled least (next_task.py)."""
+    left = set(range(len(scores)))
+    solved: Counter[int] = Counter()
+    served = []
+    while left:
+        best = min(left, key=lambda i: (solved[int(clusters[i])], scores[i]))
+        served.append(best)
+        solved[int(clusters[best])] += 1
+        left.remove(best)
+    return served
+
+
+def prediction(
+    pid: int, task: int, version: str, score: float | None, cluster: int | None, result: Any
+) -> ExistingPrediction:
+    return ExistingPrediction(pid, task, version, score, cluster, result)
+
+
+REGION = [{"from_name": "label", "value": {"x": 1}}]
+
+
+# ---------------------------------------------------------------------- queue order / scores
+def test_queue_order_takes_the_best_of_each_cluster_first() -> None:
+    order = np.array([0, 1, 2, 3, 4, 5])
+    clusters = np.array([0, 0, 1, 1, 2, 0])
+    assert queue_order(order, clusters).tolist() == [0, 2, 4, 1, 3, 5]
+
+
+def test_queue_order_follows_the_strategy_order_not_the_index() -> None:
+    order = np.array([3, 5, 0, 4, 1, 2])
+    clusters = np.array([7, 7, 9, 7, 9, 7])  # by index
+    # strategy order by cluster: 3(7) 5(7) 0(7) 4(9) 1(7) 2(9)
+    assert queue_order(order, clusters).tolist() == [3, 4, 5, 2, 0, 1]
+
+
+@pytest.mark.parametrize("clusters", [[0, 0, 0, 0, 0], [4, 3, 2, 1, 0]])
+def test_one_cluster_or_all_distinct_keeps_the_strategy_order(clusters: list[int]) -> None:
+    order = np.array([2, 4, 0, 1, 3])
+    assert queue_order(order, np.array(clusters)).tolist() == [2, 4, 0, 1, 3]
+
+
+def test_label_studio_serves_exactly_the_queue() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        n = int(rng.integers(1, 40))
+        order = rng.permutation(n)
+        clusters = rng.integers(0, int(rng.integers(1, 6)), size=n)
+        queue = queue_order(order, clusters)
+        assert served_by_label_studio(queue_scores(queue), clusters) == queue.tolist()
+
+
+def test_queue_scores_give_the_first_task_the_lowest_score() -> None:
+    scores = queue_scores(np.array([2, 0, 3, 1]))
+    assert scores.tolist() == [0.25, 0.75, 0.0, 0.5]
+    assert queue_scores(np.zeros(0, dtype=np.int64)).shape == (0,)
+
+
+def test_queue_order_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="permutation"):
+        queue_order(np.array([0, 0]), np.array([1, 1]))
+    with pytest.raises(ValueError, match="shape"):
+        queue_order(np.array([0, 1]), np.array([1]))
+
+
+# ------------------------------------------------------------------------- pool building
+def test_pool_box_scores_keep_every_box_of_a_mapped_class() -> None:
+    rec = record([0, 1, 2, 1], [0.9, 0.06, 0.3, 0.5])
+    rows = pool_box_scores(rec, np.array([True, False, True]))
+    np.testing.assert_array_equal(rows, rec.class_scores[[0, 2]])
+    empty = pool_box_scores(record([], []), np.array([True, True, True]))
+    assert empty.shape == (0, 3)
+
+
+def test_mapped_class_mask_follows_the_label_config() -> None:
+    config = parse_label_config(
+        '<View><Image name="image" value="$image"/>'
+        '<RectangleLabels name="label" toName="image">'
+        '<Label value="Square"/><Label value="Round" predicted_values="circle"/>'
+        "</RectangleLabels></View>"
+    )
+    mask = mapped_class_mask(("square", "circle", "triangle"), config.controls)
+    assert mask.tolist() == [True, True, False]
+
+
+def test_class_ap_vector_reads_per_class_ap50() -> None:
+    meta = {"metrics": {"per_class_ap50": {"square": 0.5, "circle": 1.2, "triangle": "x"}}}
+    values = class_ap_vector(meta, NAMES)
+    assert values is not None
+    assert values[0] == 0.5 and np.isnan(values[1]) and np.isnan(values[2])
+    assert class_ap_vector({}, NAMES) is None
+    assert class_ap_vector({"metrics": {"per_class_ap50": {"dog": 0.3}}}, NAMES) is None
+
+
+def test_empty_selection_asks_no_strategy() -> None:
+    selection = empty_selection("hybrid")
+    assert (selection.order.shape, selection.scores.shape, selection.clusters.shape) == (
+        (0,),
+        (0,),
+        (0,),
+    )
+    assert (selection.batch_size, selection.strategy) == (0, "hybrid")
+
+
+def test_real_detections_reach_the_pool_whole_and_the_pre_annotation_above_threshold(
+    trained_weights: Path, tmp_path: Path
+) -> None:
+    settings = Settings(model_dir=tmp_path, image_size=160, predict_batch=4)
+    detector = Detector(ModelSource(version="t", weights=trained_weights), settings)
+    samples = write_images(tmp_path / "images", 6, seed=9)
+    pixels = [np.asarray(s.image)[:, :, ::-1].copy() for _, s in samples]
+    found = detector.predict(pixels)
+    records = [
+        ImageRecord.from_detections(
+            str(p), LoadedImage(px, s.image.width, s.image.height), f, len(detector.names)
+        )
+        for (p, s), px, f in zip(samples, pixels, found, strict=True)
+    ]
+    controls = parse_label_config(BOX_CONFIG).controls
+    mask = mapped_class_mask(detector.names, controls)
+    threshold = settings.score_threshold
+
+    assert mask.all()
+    assert min(b.conf for f in found for b in f.boxes) >= settings.detect_conf_floor
+    assert any(b.conf < threshold for f in found for b in f.boxes)  # weak boxes exist
+    for record, detections in zip(records, found, strict=True):
+        # the pool gets every kept box, the weak ones included, as the detector scored it
+        expected = np.zeros((0, len(detector.names)), dtype=np.float32)
+        if detections.boxes:
+            expected = np.stack([b.class_scores for b in detections.boxes]).astype(np.float32)
+        np.testing.assert_array_equal(pool_box_scores(record, mask), expected)
+        # the pre-annotation only the boxes at or above the threshold, labelled per the config
+        regions = task_regions(record, detector.names, controls, threshold)
+        strong = np.flatnonzero(record.conf >= threshold)
+        assert [r["score"] for r in regions] == [round(float(record.conf[i]), 4) for i in strong]
+        assert [r["value"]["rectanglelabels"] for r in regions] == [
+            [detector.names[record.class_ids[i]].capitalize()] for i in strong
+        ]
+
+
+# --------------------------------------------------------------------- queue and predictions
+def test_queue_tasks_place_every_task_exactly() -> None:
+    selection = Selection(
+        order=np.array([0, 1, 2, 3]),
+        scores=np.array([0.9, 0.8, 0.7, 0.6]),
+        clusters=np.array([0, 0, 1, 1]),
+        batch_size=2,
+        strategy="hybrid",
+    )
+
+    queued = queue_tasks(selection, [10, 11, 12, 13], first_cluster=5)
+
+    # served: 10 (cluster 0), 12 (cluster 1), then 11, 13
+    assert queued == (
+        QueuedTask(10, position=0, score=0.0, cluster=5, strategy_rank=0, strategy_score=0.9),
+        QueuedTask(11, position=2, score=0.5, cluster=5, strategy_rank=1, strategy_score=0.8),
+        QueuedTask(12, position=1, score=0.25, cluster=6, strategy_rank=2, strategy_score=0.7),
+        QueuedTask(13, position=3, score=0.75, cluster=6, strategy_rank=3, strategy_score=0.6),
+    )
+    assert queue_head(queued, 3) == (10, 12, 11)
+    assert queue_head(queued, 10) == (10, 12, 11, 13)
+    plain = queue_tasks(selection, [10, 11, 12, 13], first_cluster=5, clusters=False)
+    assert [q.cluster for q in plain] == [None] * 4
+    assert [q.score for q in plain] == [0.0, 0.5, 0.25, 0.75]  # the same queue, by score alone
+
+
+def test_queue_tasks_of_nothing_and_of_the_wrong_length() -> None:
+    assert queue_tasks(empty_selection("kcenter"), [], first_cluster=0) == ()
+    with pytest.raises(ValueError, match="covers 0 tasks, not 1"):
+        queue_tasks(empty_selection("kcenter"), [7], first_cluster=0)
+
+
+def test_cluster_offset_starts_above_every_cluster_that_stays() -> None:
+    existing = {
+        1: [prediction(10, 1, "v2", 0.0, 40, REGION)],  # ranked again: replaced
+        2: [prediction(20, 2, "v1", 0.0, 7, REGION)],  # another version: stays
+        3: [prediction(30, 3, "v2", 0.0, 9, REGION)],  # a labeled task's: stays
+        4: [prediction(40, 4, "v2", 0.0, None, REGION)],  # no cluster
+    }
+    assert cluster_offset(existing, [1, 4], "v2") == 10
+    assert cluster_offset(existing, [1, 3], "v2") == 8
+    assert cluster_offset(existing, [1, 2, 3], "v1") == 41  # v1 replaces only 20
+    assert cluster_offset({}, [], "v2") == 0
+
+
+def test_queue_predictions_hold_regions_score_and_cluster() -> None:
+    controls = parse_label_config(BOX_CONFIG).controls
+    queued = (
+        QueuedTask(5, position=1, score=0.5, cluster=3, strategy_rank=0, strategy_score=0.9),
+        QueuedTask(6, position=0, score=0.0, cluster=None, strategy_rank=1, strategy_score=0.2),
+    )
+    records = {5: record([0, 1], [0.9, 0.1]), 6: record([], [])}
+
+    desired = queue_predictions(queued, records, NAMES, controls, 0.25)
+
+    assert list(desired) == [5, 6]
+    assert desired[5] == DesiredPrediction(
+        task_regions(records[5], NAMES, controls, 0.25), score=0.5, cluster=3
+    )
+    assert len(desired[5].result) == 1
+    assert desired[6] == DesiredPrediction([], score=0.0, cluster=None)
+
+
+def test_task_regions_follow_each_controls_threshold() -> None:
+    config = parse_label_config(
+        '<View><Image name="image" value="$image"/>'
+        '<RectangleLabels name="label" toName="image">'
+        '<Label value="Square"/><Label value="Circle"/></RectangleLabels>'
+        '<RectangleLabels name="weak" toName="image" model_score_threshold="0.05">'
+        '<Label value="Circle"/></RectangleLabels></View>'
+    )
+    rec = record([0, 1], [0.9, 0.1])  # a square at 0.9, a circle at 0.1
+
+    regions = task_regions(rec, NAMES, config.controls, 0.25)
+
+    assert [(r["from_name"], r["value"]["rectanglelabels"]) for r in regions] == [
+        ("label", ["Square"]),
+        ("weak", ["Circle"]),
+    ]
+    assert regions[0] == {
+        "from_name": "label",
+        "to_name": "image",
+        "type": "rectanglelabels",
+        "original_width": 200,
+        "original_height": 100,
+        "image_rotation": 0,
+        "value": {
+            "x": 0.0,
+            "y": 5.0,
+            "width": 4.0,
+            "height": 20.0,
+            "rotation": 0,
+            "rectanglelabels": ["Square"],
+        },
+        "score": 0.9,
+    }
+    assert regions[1]["score"] == 0.1
+
+
+# --------------------------------------------------------------------------- write plans
+
+
+def test_plan_writes_creates_updates_and_deletes_only_what_differs() -> None:
+    desired = {
+        1: DesiredPrediction(REGION, 0.0, 5),  # no prediction yet
+        2: DesiredPrediction(REGION, 0.25, 6),  # identical one exists
+        3: DesiredPrediction([], 0.5, 5),  # score and result differ, cluster matches
+        4: DesiredPrediction(REGION, 0.75, 7),  # two copies: the matching one is kept
+        6: DesiredPrediction(REGION, 0.8, 2),  # two stale copies: the newest is updated
+    }
+    current = {
+        1: [prediction(10, 1, "v1", 0.1, 1, REGION)],  # another version: left alone
+        2: [prediction(20, 2, "v2", 0.25, 6, REGION)],
+        3: [prediction(30, 3, "v2", 0.9, 5, REGION)],
+        4: [prediction(40, 4, "v2", 0.75, 7, REGION), prediction(41, 4, "v2", None, None, [])],
+        5: [prediction(50, 5, "v2", 0.0, 1, REGION), prediction(51, 5, "v1", 0.0, 1, REGION)],
+        6: [prediction(61, 6, "v2", 0.1, 1, REGION), prediction(60, 6, "v2", 0.2, 2, REGION)],
+    }
+
+    plan = plan_writes(desired, current, "v2", retire=[5, 1])
+
+    assert plan.create == ((1, desired[1]),)
+    assert plan.update == ((30, {"score": 0.5, "result": []}), (61, {"score": 0.8, "cluster": 2}))
+    assert plan.delete == (41, 60, 50)
+    assert plan.unchanged == 2
+    assert plan.n_writes == 6
+
+
+def test_plan_writes_is_empty_when_everything_matches() -> None:
+    desired = {7: DesiredPrediction(REGION, 0.0, 3)}
+    plan = plan_writes(desired, {7: [prediction(70, 7, "v1", 0.0, 3, REGION)]}, "v1")
+    assert (plan.create, plan.update, plan.delete, plan.unchanged) == ((), (), (), 1)
