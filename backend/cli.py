@@ -15,6 +15,8 @@ from backend.errors import BackendError
 from backend.jobs.scheduler import BackgroundTrainer
 from backend.jobs.worker import run_worker
 from backend.logs import configure_logging
+from backend.ranking.job import rank_as_configured
+from backend.ranking.progress import RankProgress
 from backend.services import build_services
 from backend.serving.server import serve
 
@@ -85,8 +87,6 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _rank(args: argparse.Namespace, settings: Settings) -> int:
-    from backend.ranking.job import RankProgress, rank_as_configured  # noqa: PLC0415
-
     overrides: dict[str, object] = {}
     for key, value in (
         ("al_strategy", args.strategy),
@@ -102,7 +102,9 @@ def _rank(args: argparse.Namespace, settings: Settings) -> int:
         eta = f", eta {step.eta_s:.0f}s" if step.eta_s is not None else ""
         print(f"\r{step.stage}: {step.done}/{step.total}{eta}   ", end="", file=sys.stderr)
 
-    summary = rank_as_configured(settings, args.project, overrides=overrides, progress=progress)
+    summary = rank_as_configured(
+        build_services(settings), args.project, overrides=overrides, progress=progress
+    )
     print(file=sys.stderr)
     print(
         f"project {summary.project_id}: ranked {summary.n_ranked} unlabeled tasks "

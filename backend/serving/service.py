@@ -23,9 +23,9 @@ from backend.labelstudio.images import LoadedImage
 from backend.labelstudio.label_config import BoxControl, ParsedConfig, parse_label_config
 from backend.models.detector import Detector, ImageDetections, ModelSource
 from backend.project_params import save_project_params
-from backend.ranking.job import load_ranking, precomputed_prediction
 from backend.ranking.queue_config import KEYS as QUEUE_KEYS
 from backend.ranking.queue_config import queue_config
+from backend.ranking.store import load_ranking, precomputed_prediction
 from backend.services import Services
 from backend.training.trainer import TrainParams, validate_overrides
 

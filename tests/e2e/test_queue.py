@@ -15,18 +15,14 @@ import requests
 from backend.config import Settings
 from backend.labelstudio.client import LabelStudioClient
 from backend.labelstudio.images import ImageLoader
+from backend.labelstudio.predictions import QUEUE_VIEW_TITLE, UNCERTAINTY_SAMPLING
 from backend.models.detector import DetectorPool
 from backend.models.registry import ModelRegistry
-from backend.ranking.job import (
-    QUEUE_VIEW_TITLE,
-    UNCERTAINTY_SAMPLING,
-    RankingCancelled,
-    RankProgress,
-    RankSummary,
-    load_ranking,
-    precomputed_prediction,
-    rank_project,
-)
+from backend.ranking.errors import RankingCancelled
+from backend.ranking.job import RankSummary, rank_project
+from backend.ranking.progress import RankProgress
+from backend.ranking.queue_config import QueueConfig
+from backend.ranking.store import load_ranking, precomputed_prediction
 from devkit.datagen import write_images
 from devkit.local_label_studio import LocalLabelStudio
 from tests.conftest import BOX_CONFIG
@@ -70,15 +66,15 @@ class QueueWorld:
         for task_id in self.task_ids[:N_SEED_LABELED]:
             self.annotate(task_id)
 
-    def rank(self, **kwargs: Any) -> RankSummary:
+    def rank(self, clusters: bool = True, **kwargs: Any) -> RankSummary:
         return rank_project(
             settings=self.settings,
             detectors=self.detectors,
             images=self.images,
-            ls=self.client,
+            label_studio=self.client,
             registry=self.registry,
             project_id=self.project_id,
-            batch_size=N_IMAGES,
+            queue=QueueConfig(batch_size=N_IMAGES, clusters=clusters),
             **kwargs,
         )
 

@@ -242,7 +242,7 @@ def test_setup_rejects_bad_queue_attributes_on_the_tag(client: FlaskClient) -> N
 def test_predict_answers_ranked_tasks_from_the_stored_ranking(
     client: FlaskClient, settings: Settings, image_root: Path
 ) -> None:
-    from backend.ranking.job import ranking_path, save_ranking
+    from backend.ranking.store import ranking_path, save_ranking
 
     version = client.post("/setup", json={"project": "7.1", "schema": BOX_CONFIG}).get_json()[
         "model_version"
