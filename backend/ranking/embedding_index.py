@@ -4,10 +4,9 @@ Why: diversity needs the embeddings of every task (labeled ones included), and c
 costs a forward pass per image. Keeping them on disk, keyed by Label Studio task id, makes
 re-ranking incremental: only new or changed tasks go through the detector again.
 
-Layout under MODEL_DIR:
-    projects/<project_id>/embeddings/<model_version>.faiss
-One file per model version, because embeddings from two models live in different spaces and
-are never comparable. Opening the index of a newly promoted version removes the older files.
+One file per project and model version (`<version>.faiss` in the project's embeddings folder,
+`backend.layout`), because embeddings from two models live in different spaces and are never
+comparable. Opening the index of a newly promoted version removes the older files.
 The file is a serialised FAISS index that carries its own id map, written to a temporary file
 and moved into place with `os.replace`, so a crash leaves the old file or the new one.
 
@@ -23,10 +22,8 @@ Index kinds (squared L2 distances; on L2-normalised vectors that orders like cos
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-import re
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -36,6 +33,9 @@ import numpy as np
 import numpy.typing as npt
 
 from backend.files import atomic_write
+from backend.layout import ModelDir
+from backend.ranking.version_files import remove_other_versions as remove_version_files
+from backend.ranking.version_files import version_file
 
 logger = logging.getLogger(__name__)
 
@@ -44,48 +44,21 @@ DEFAULT_NPROBE = 16
 SUFFIX = ".faiss"
 _MIN_POINTS_PER_LIST = 39  # FAISS's k-means warns below this many training points per list
 _MAX_POINTS_PER_LIST = 256  # more training points than this per list buys nothing
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 Float32Array = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 
 
-def version_file_stem(model_version: str) -> str:
-    """A file-name-safe stem for a model version: the version itself when it is safe.
-
-    Other strings (spaces, slashes, very long) become a sanitised prefix plus a short hash, so
-    two different versions never share a file.
-    """
-    if not isinstance(model_version, str) or not model_version:
-        raise ValueError(f"model_version must be a non-empty string, got {model_version!r}")
-    if _SAFE_NAME.fullmatch(model_version) and not model_version.endswith("."):
-        return model_version
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", model_version).strip("._-")[:60] or "version"
-    digest = hashlib.sha256(model_version.encode("utf-8")).hexdigest()[:10]
-    return f"{cleaned}-{digest}"
-
-
-def embeddings_dir(model_dir: Path, project_id: int) -> Path:
-    """Folder holding a project's embedding indexes."""
-    return Path(model_dir) / "projects" / str(int(project_id)) / "embeddings"
-
-
 def index_path(model_dir: Path, project_id: int, model_version: str) -> Path:
     """Where the index of `model_version` for `project_id` lives."""
-    return embeddings_dir(model_dir, project_id) / f"{version_file_stem(model_version)}{SUFFIX}"
+    folder = ModelDir(Path(model_dir)).project(project_id).embeddings
+    return version_file(folder, model_version, SUFFIX)
 
 
 def remove_other_versions(model_dir: Path, project_id: int, keep_version: str) -> list[Path]:
     """Delete the project's index files of every version but `keep_version`; returns them."""
-    keep = index_path(model_dir, project_id, keep_version).name
-    folder = embeddings_dir(model_dir, project_id)
-    removed: list[Path] = []
-    if not folder.is_dir():
-        return removed
-    for path in sorted(folder.glob(f"*{SUFFIX}")):
-        if path.name != keep:
-            path.unlink(missing_ok=True)
-            removed.append(path)
+    folder = ModelDir(Path(model_dir)).project(project_id).embeddings
+    removed = remove_version_files(folder, SUFFIX, keep_version)
     if removed:
         logger.info(
             "project=%s removed %d embedding index(es) of older model versions (kept %s)",

@@ -8,13 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend.ranking.embedding_index import (
-    EmbeddingIndex,
-    embeddings_dir,
-    index_path,
-    remove_other_versions,
-    version_file_stem,
-)
+from backend.layout import ModelDir
+from backend.ranking.embedding_index import EmbeddingIndex, index_path, remove_other_versions
 
 
 def unit(d: int, *hot: int) -> np.ndarray:
@@ -156,7 +151,7 @@ def test_remove_other_versions_lists_what_it_deleted(tmp_path: Path) -> None:
     removed = remove_other_versions(tmp_path, 1, "v2")
 
     assert [p.name for p in removed] == ["v1.faiss", "v3.faiss"]
-    assert [p.name for p in embeddings_dir(tmp_path, 1).iterdir()] == ["v2.faiss"]
+    assert [p.name for p in ModelDir(tmp_path).project(1).embeddings.iterdir()] == ["v2.faiss"]
 
 
 def test_an_unreadable_file_is_ignored(tmp_path: Path) -> None:
@@ -170,17 +165,6 @@ def test_an_unreadable_file_is_ignored(tmp_path: Path) -> None:
     index.upsert([1], unit(2, 1))
     index.save()
     np.testing.assert_array_equal(EmbeddingIndex(path).get([1]), unit(2, 1))
-
-
-def test_version_file_stem() -> None:
-    assert version_file_stem("v12") == "v12"
-    assert version_file_stem("shapes-1a2b3c4d") == "shapes-1a2b3c4d"
-    odd = version_file_stem("my model/../x")
-    assert "/" not in odd and " " not in odd and odd.startswith("my_model_")
-    assert odd != version_file_stem("my model/../y")
-    assert version_file_stem("x" * 300) != "x" * 300
-    with pytest.raises(ValueError):
-        version_file_stem("")
 
 
 def test_ivf_above_the_threshold_matches_exact_search(tmp_path: Path) -> None:
