@@ -27,6 +27,10 @@ from strategies import available_strategies, get_strategy
 from strategies.uncertainty import AGGREGATIONS
 
 KEYS = ("al_strategy", "al_lambda", "al_aggregation", "al_batch_size", "al_clusters")
+DEFAULT_STRATEGY = "hybrid"
+DEFAULT_LAMBDA = 0.5  # hybrid's weight of uncertainty
+DEFAULT_BATCH_SIZE = 100
+DEFAULT_CLUSTERS = True
 _AGGREGATE_DIRECT = {"entropy", "margin", "least_confidence"}
 _AGGREGATE_NESTED = {"hybrid", "prefilter"}
 
@@ -35,10 +39,10 @@ _AGGREGATE_NESTED = {"hybrid", "prefilter"}
 class QueueConfig:
     """A validated strategy choice for one project."""
 
-    strategy: str = "hybrid"
-    params: Mapping[str, Any] = field(default_factory=lambda: {"lam": 0.5})
-    batch_size: int = 100
-    clusters: bool = True
+    strategy: str = DEFAULT_STRATEGY
+    params: Mapping[str, Any] = field(default_factory=lambda: {"lam": DEFAULT_LAMBDA})
+    batch_size: int = DEFAULT_BATCH_SIZE
+    clusters: bool = DEFAULT_CLUSTERS
 
     def build(self) -> Any:
         """The strategy object (strategies.get_strategy)."""
@@ -51,7 +55,7 @@ def queue_config(
     """The project's queue config from extra params over tag attributes; BadRequest if bad."""
     raw = {k: v for k, v in (tag_attributes or {}).items() if k in KEYS}
     raw.update({k: v for k, v in extra_params.items() if k in KEYS})
-    strategy = str(raw.get("al_strategy", "hybrid")).strip().lower()
+    strategy = str(raw.get("al_strategy", DEFAULT_STRATEGY)).strip().lower()
     if strategy not in available_strategies():
         raise BadRequest(
             f"al_strategy {strategy!r} is unknown; choose one of: "
@@ -63,7 +67,7 @@ def queue_config(
             raise BadRequest("al_lambda applies only to al_strategy 'hybrid'")
         params["lam"] = _number(raw["al_lambda"], "al_lambda", 0.0, 1.0)
     elif strategy == "hybrid":
-        params["lam"] = 0.5
+        params["lam"] = DEFAULT_LAMBDA
     if "al_aggregation" in raw:
         how = str(raw["al_aggregation"]).strip().lower()
         if how not in AGGREGATIONS:
@@ -76,12 +80,12 @@ def queue_config(
             params["uncertainty_params"] = {"aggregate": how}
         else:
             raise BadRequest(f"al_aggregation does not apply to al_strategy {strategy!r}")
-    batch_size = 100
+    batch_size = DEFAULT_BATCH_SIZE
     if "al_batch_size" in raw:
         batch_size = int(_number(raw["al_batch_size"], "al_batch_size", 1, 100_000))
         if float(raw["al_batch_size"]) != batch_size:
             raise BadRequest(f"al_batch_size must be an integer, got {raw['al_batch_size']!r}")
-    clusters = raw.get("al_clusters", True)
+    clusters = raw.get("al_clusters", DEFAULT_CLUSTERS)
     if isinstance(clusters, str) and clusters.strip().lower() in ("true", "false", "1", "0"):
         clusters = clusters.strip().lower() in ("true", "1")
     if not isinstance(clusters, bool):
