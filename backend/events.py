@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS training_runs (
 );
 """
 
+
 class RunState(StrEnum):
     """A training run's state (stored as its value). Every state but RUNNING is final."""
 

@@ -16,7 +16,7 @@ asks this module for a path instead of spelling it, so the layout can be read he
     projects/<id>/logs/run-<n>.log       a training run's log
     projects/<id>/runs/run-<n>/          a training run's dataset and scratch (removed after)
     projects/<id>/image-cache/           downloaded training images
-    projects/<id>/ranking/               the stored queue and detection caches (ranking/)
+    projects/<id>/ranking/               the stored queue, detection caches and .lock (ranking/)
     projects/<id>/embeddings/            FAISS indexes per model version (ranking/)
 """
 
@@ -87,6 +87,11 @@ class ProjectPaths:
     @property
     def ranking(self) -> Path:
         return self.root / "ranking"
+
+    @property
+    def ranking_lock(self) -> Path:
+        """flock held while the project's queue is ranked (one ranking at a time)."""
+        return self.ranking / ".lock"
 
     @property
     def embeddings(self) -> Path:

@@ -84,8 +84,6 @@ from strategies import Pool, Selection, Strategy
 
 logger = logging.getLogger(__name__)
 
-_LOCK_NAME = ".lock"  # in the project's ranking folder
-
 
 # ------------------------------------------------------------------------- public records
 @dataclass(frozen=True)
@@ -306,7 +304,7 @@ def checked_strategy(queue: QueueConfig) -> Strategy:
 @contextmanager
 def ranking_lock(paths: ModelDir, project_id: int) -> Iterator[None]:
     """One ranking per project at a time, across threads and processes; else RankingBusy."""
-    with exclusive_lock(paths.project(project_id).ranking / _LOCK_NAME) as acquired:
+    with exclusive_lock(paths.project(project_id).ranking_lock) as acquired:
         if not acquired:
             raise RankingBusy(f"project {project_id} is already being ranked")
         yield

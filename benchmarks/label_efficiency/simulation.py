@@ -73,8 +73,9 @@ def build_pool(
 ) -> Pool:
     """A `strategies.Pool` from detector output, through the ranker's own pieces.
 
-    `backend.ranking.job` builds its pool inside its Label Studio job; the per-image steps it uses
-    (`ImageRecord.from_detections`, `pool_box_scores`, `class_ap_vector`) are reused here so
+    The ranking job (`backend.ranking`) builds its pool inside its Label Studio job; the
+    per-image steps it uses (`ImageRecord.from_detections`, `pool_box_scores`,
+    `class_ap_vector`) are reused here so
     the benchmark scores images exactly as the product does. Every class is mapped (the
     simulated label config shows all ten digits).
     """

@@ -217,7 +217,8 @@ def test_the_copied_files_build_the_package_without_weights(tmp_path: Path) -> N
         names = archive.namelist()
         entry_points = next(n for n in names if n.endswith("entry_points.txt"))
         console = archive.read(entry_points).decode()
-    assert "backend/distributed.py" in names
+    assert "backend/jobs/worker.py" in names
+    assert not [n for n in names if n.startswith(("devkit/", "benchmarks/", "tests/"))]
     assert "strategies/__init__.py" in names
     assert "ls-active-yolo = backend.cli:main" in console
     assert not [n for n in names if n.endswith(WEIGHT_SUFFIXES)]
