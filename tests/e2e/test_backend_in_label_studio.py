@@ -161,7 +161,7 @@ def test_opening_a_task_predicts_it_alone_with_the_same_regions(
 def _events(store_path: Path, project_id: int) -> list[Event]:
     store = EventStore(store_path)
     try:
-        return store.pending(project_id)
+        return store.history(project_id)  # pending() leaves payloads out
     finally:
         store.close()
 
