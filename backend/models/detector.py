@@ -85,7 +85,7 @@ class Detector:
     """One loaded model. `predict` is thread-safe."""
 
     def __init__(self, source: ModelSource, settings: Settings) -> None:
-        prepare_ultralytics(settings.model_dir / ".ultralytics")
+        prepare_ultralytics(settings.paths.ultralytics)
         from backend.models.scoring_predictor import ScoringPredictor  # noqa: PLC0415  (ultralytics: after prepare_ultralytics)
 
         self._predictor_cls = ScoringPredictor

@@ -147,7 +147,13 @@ def test_sigkill_mid_training_loses_nothing_and_resumes(
     restarted = BackendServer(find_free_port(), settings, server.state_dir).start()
     try:
         events = EventStore(ModelDir(Path(settings["MODEL_DIR"])).events_db)
-        info = _wait(restarted.url, project, lambda i: i.get("live_version"), 240, "promotion")
+        info = _wait(
+            restarted.url,
+            project,
+            lambda i: i.get("live_version") and _state(i) != "running",  # LIVE comes first
+            240,
+            "promotion",
+        )
         states = [r["state"] for r in reversed(events.runs(project))]
         assert states == ["interrupted", "promoted"]
         assert info["live_version"] == "v1"

@@ -224,8 +224,8 @@ def _served_versions(
 
 
 _PREDICTED = re.compile(
-    r"\[(?P<pid>\d+)\] backend\.service: project=(?P<project>\d+) predicted 1 tasks\b[^\n]*? "
-    r"with model_version=(?P<version>\S+)"
+    r"\[(?P<pid>\d+)\] backend\.serving\.service: project=(?P<project>\d+) "
+    r"predicted 1 tasks\b[^\n]*? with model_version=(?P<version>\S+)"
 )
 
 
@@ -329,7 +329,7 @@ def test_a_worker_killed_mid_training_leaves_its_job_to_the_other(
     result = job.latest_result()
     assert result is not None and survivor.is_named(result.worker_name)
     attempts = re.findall(
-        rf"\[(\d+)\] backend\.distributed: project={project_id} run={run_id} training in worker",
+        rf"\[(\d+)\] backend\.jobs\.worker: project={project_id} run={run_id} training in worker",
         log_path.read_text(),
     )
     assert len(attempts) == 2 and int(attempts[0]) == horse and int(attempts[1]) != horse

@@ -12,6 +12,7 @@ from flask.testing import FlaskClient
 from PIL import Image
 
 from backend.config import Settings
+from backend.models.detector import DetectorPool
 from backend.serving.app import create_app
 from tests.conftest import BOX_CONFIG
 
@@ -270,3 +271,22 @@ def test_predict_answers_ranked_tasks_from_the_stored_ranking(
     assert first == {"result": stored, "score": 0.25, "model_version": version}
     assert second["result"] and 1.0 <= second["score"] <= 2.0
     assert changed["result"] != stored and changed["score"] >= 1.0
+
+
+def test_predict_resolves_each_controls_model_once(
+    client: FlaskClient, image_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A promotion landing mid-request must not pair one version's regions with another's
+    model_version: /predict asks which model serves a control once, and uses that answer."""
+    calls: list[str] = []
+    original = DetectorPool.source_for
+
+    def counting(self: DetectorPool, *args: object, **kwargs: object) -> object:
+        calls.append("source_for")
+        return original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(DetectorPool, "source_for", counting)
+    refs = [str(p) for p in sorted((image_root / "shapes").glob("*.jpg"))[:3]]
+    results = _predict(client, refs)["results"]
+    assert len(calls) == 1  # one control in BOX_CONFIG
+    assert len({r["model_version"] for r in results}) == 1
