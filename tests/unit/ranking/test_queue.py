@@ -37,26 +37,7 @@ from backend.ranking.queue import (
 from devkit.datagen import write_images
 from strategies import Selection
 from tests.conftest import BOX_CONFIG
-
-NAMES = ("square", "circle", "triangle")
-
-
-def record(classes: list[int], conf: list[float], ref: str = "a.jpg") -> ImageRecord:
-    """A record with one box per class id; box i's score vector puts conf[i] on its class."""
-    k = len(classes)
-    scores = np.zeros((k, len(NAMES)), dtype=np.float32)
-    scores[np.arange(k), classes] = conf
-    return ImageRecord(
-        ref=ref,
-        width=200,
-        height=100,
-        xyxy=np.array([[10.0 * i, 5.0, 10.0 * i + 8, 25.0] for i in range(k)], np.float32).reshape(
-            -1, 4
-        ),
-        class_ids=np.array(classes, dtype=np.int64),
-        conf=np.array(conf, dtype=np.float32),
-        class_scores=scores,
-    )
+from tests.support.records import NAMES, record
 
 
 def served_by_label_studio(scores: np.ndarray, clusters: np.ndarray) -> list[int]:
@@ -185,18 +166,18 @@ def test_real_detections_reach_the_pool_whole_and_the_pre_annotation_above_thres
     assert mask.all()
     assert min(b.conf for f in found for b in f.boxes) >= settings.detect_conf_floor
     assert any(b.conf < threshold for f in found for b in f.boxes)  # weak boxes exist
-    for record, detections in zip(records, found, strict=True):
+    for stored, detections in zip(records, found, strict=True):
         # the pool gets every kept box, the weak ones included, as the detector scored it
         expected = np.zeros((0, len(detector.names)), dtype=np.float32)
         if detections.boxes:
             expected = np.stack([b.class_scores for b in detections.boxes]).astype(np.float32)
-        np.testing.assert_array_equal(pool_box_scores(record, mask), expected)
+        np.testing.assert_array_equal(pool_box_scores(stored, mask), expected)
         # the pre-annotation only the boxes at or above the threshold, labelled per the config
-        regions = task_regions(record, detector.names, controls, threshold)
-        strong = np.flatnonzero(record.conf >= threshold)
-        assert [r["score"] for r in regions] == [round(float(record.conf[i]), 4) for i in strong]
+        regions = task_regions(stored, detector.names, controls, threshold)
+        strong = np.flatnonzero(stored.conf >= threshold)
+        assert [r["score"] for r in regions] == [round(float(stored.conf[i]), 4) for i in strong]
         assert [r["value"]["rectanglelabels"] for r in regions] == [
-            [detector.names[record.class_ids[i]].capitalize()] for i in strong
+            [detector.names[stored.class_ids[i]].capitalize()] for i in strong
         ]
 
 
