@@ -21,6 +21,7 @@ LAYERS = {
     "core": 0,  # config, errors, files, events, layout, project_params, logs
     "models": 1,
     "labelstudio": 1,
+    "analytics": 1,  # pure: what annotators did to pre-annotations, and its cost
     "services": 2,  # the composition root: builds models and Label Studio services
     "training": 3,
     "ranking": 3,

@@ -1,0 +1,51 @@
+"""Annotator seconds for the edits of one image (`analytics.matching`).
+
+Seconds per action, from published measurements:
+- drawing a box: about 7 s with extreme clicking (Papadopoulos et al., ICCV 2017), 25-35 s
+  the traditional way (Su, Deng & Fei-Fei 2012: 25.5 s to draw plus quality checks); the
+  default is the traditional figure's low end, as Label Studio's rectangle tool is drawn
+  corner to corner;
+- verifying (accepting) a box: about 1.6 s (Papadopoulos et al., CVPR 2016);
+- adjusting a box: about 5 s, relabeling about 3 s and deleting about 2 s (assisted-labeling
+  edit-cost models; no single study measured all of them: treat them as estimates and use
+  `scaled` for a sensitivity run);
+- a per-image overhead for opening, looking over and submitting a task.
+A project's real figures can replace these: Label Studio records each annotation's
+`lead_time`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from backend.analytics.matching import Edit
+
+
+@dataclass(frozen=True)
+class ActionSeconds:
+    """Seconds per edit, plus per image."""
+
+    accepted: float = 1.6
+    adjusted: float = 5.0
+    relabeled: float = 3.0
+    deleted: float = 2.0
+    drawn: float = 25.0
+    per_image: float = 3.0
+
+    def scaled(self, drawn_factor: float) -> ActionSeconds:
+        """The same costs with drawing `drawn_factor` times as expensive (a sensitivity run)."""
+        if drawn_factor <= 0:
+            raise ValueError(f"drawn_factor must be > 0, got {drawn_factor}")
+        return replace(self, drawn=self.drawn * drawn_factor)
+
+    def image_seconds(self, counts: Mapping[Edit, int]) -> float:
+        """Seconds to turn one image's pre-annotation into its submitted annotation."""
+        per_edit = {
+            Edit.ACCEPTED: self.accepted,
+            Edit.ADJUSTED: self.adjusted,
+            Edit.RELABELED: self.relabeled,
+            Edit.DELETED: self.deleted,
+            Edit.DRAWN: self.drawn,
+        }
+        return self.per_image + sum(per_edit[edit] * n for edit, n in counts.items())
