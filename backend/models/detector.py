@@ -220,7 +220,7 @@ def weights_under_root(model_path: str, root: Path | None) -> Path:
             "model_path in a label config is refused: the backend has no MODELS_ROOT "
             "(set it to the folder that holds the weights label configs may name)"
         )
-    if not model_path or "\0" in model_path:
+    if not model_path or "\0" in model_path or not _encodable(model_path):
         raise LabelConfigError(OUTSIDE_ROOT)
     root_real = Path(os.path.realpath(root))
     lexical = Path(os.path.normpath(os.path.join(root_real, model_path)))
@@ -239,6 +239,15 @@ def weights_under_root(model_path: str, root: Path | None) -> Path:
             "under MODELS_ROOT"
         )
     return resolved
+
+
+def _encodable(path: str) -> bool:
+    """Whether the OS can take `path` (a lone surrogate from JSON cannot be encoded)."""
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def file_version(path: Path) -> str:

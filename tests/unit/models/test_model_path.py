@@ -207,7 +207,7 @@ def test_weights_under_root_resolves_inside_only(tmp_path: Path) -> None:
     assert weights_under_root("./a/../a/w.pt", root) == root / "a" / "w.pt"
     # ".." is collapsed before the file system is asked: a missing folder cannot be probed
     assert weights_under_root("a/none/../w.pt", root) == root / "a" / "w.pt"
-    for name in ("", "a/w.pt\0", "../root/a/w.pt/..", "a", "/a/w.pt", "a/W.PT"):
+    for name in ("", "a/w.pt\0", "\ud800.pt", "../root/a/w.pt/..", "a", "/a/w.pt", "a/W.PT"):
         with pytest.raises(LabelConfigError) as info:
             weights_under_root(name, root)
         assert str(info.value) == OUTSIDE_ROOT, name
