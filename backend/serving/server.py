@@ -43,7 +43,18 @@ class _App(WSGIContainer):  # type: ignore[misc]
 
 
 class _Worker(TornadoWorker):  # type: ignore[misc]
+    terminating = False
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        # TornadoWorker.run() sets `alive` again when it starts: a SIGTERM that lands while
+        # the app is still loading would be forgotten, and the worker would run on until the
+        # arbiter kills it after graceful_timeout. Remember it.
+        self.terminating = True
+        super().handle_exit(sig, frame)
+
     def heartbeat(self) -> None:
+        if self.terminating:
+            self.alive = False
         # On SIGTERM gunicorn's tornado worker stops listening, then stops its loop a
         # second later, dropping the requests still running. Let them finish first, as
         # gthread did: the arbiter still kills the worker after graceful_timeout.

@@ -170,3 +170,28 @@ def test_gunicorn_serves_health_and_predict(
             process.kill()
             process.wait()
         log.close()
+
+
+def test_sigterm_while_the_app_loads_stops_the_server(tmp_path: Path) -> None:
+    """A SIGTERM that lands while a worker still loads the app (seconds: torch, ultralytics)
+    must stop it. gunicorn's tornado worker forgot it when its loop started, and the master
+    then waited its full graceful_timeout (30 s) before killing the worker."""
+    env = {**os.environ, "MODEL_DIR": str(tmp_path / "models"), "TRAINING": "0"}
+    command = [str(Path(sys.executable).with_name("ls-active-yolo")), "serve"]
+    command += ["--host", "127.0.0.1", "--port", str(_free_port()), "--workers", "1"]
+    log_path = tmp_path / "gunicorn.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while "Booting worker" not in log_path.read_text():
+            assert process.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, "no worker booted in 60 s"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=20)  # well under the 30 s graceful_timeout
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, log_path.read_text()[-2000:]
