@@ -1,7 +1,8 @@
 """The backend's exception hierarchy.
 
-Core modules raise these; only the HTTP edge (`backend.serving.routes`) turns them into answers, so
-every client error carries a status and a message a Label Studio user can act on.
+Core modules raise these; only the HTTP edge (the error handlers in `backend.serving.app`)
+turns them into answers, so every client error carries a status and a message a Label Studio
+user can act on.
 """
 
 from __future__ import annotations
