@@ -41,6 +41,10 @@ class ActionSeconds:
 
     def image_seconds(self, counts: Mapping[Edit, int]) -> float:
         """Seconds to turn one image's pre-annotation into its submitted annotation."""
+        return self.seconds(counts, images=1)
+
+    def seconds(self, counts: Mapping[str, int], images: int) -> float:
+        """Seconds for `images` images whose edits add up to `counts`."""
         per_edit = {
             Edit.ACCEPTED: self.accepted,
             Edit.ADJUSTED: self.adjusted,
@@ -48,4 +52,4 @@ class ActionSeconds:
             Edit.DELETED: self.deleted,
             Edit.DRAWN: self.drawn,
         }
-        return self.per_image + sum(per_edit[edit] * n for edit, n in counts.items())
+        return self.per_image * images + sum(per_edit[Edit(e)] * n for e, n in counts.items())

@@ -3,9 +3,9 @@
 One-to-one matching by IoU (the Hungarian method, `scipy.optimize.linear_sum_assignment`),
 then each pair or leftover becomes one edit: a shown box kept as is (accepted), moved or
 resized (adjusted), given another label (relabeled), removed (deleted), or a box the model
-missed (drawn). Written once for the label-efficiency benchmark (which prices the edits
-with `analytics.cost`) and the annotation analytics on real annotations; neither calls it
-yet.
+missed (drawn). Written once for the label-efficiency benchmark, which prices the edits
+with `analytics.cost` (`benchmarks/label_efficiency/simulation.py`), and the annotation
+analytics on real annotations to come.
 """
 
 from __future__ import annotations

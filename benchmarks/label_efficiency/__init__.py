@@ -1,9 +1,11 @@
-"""The label-efficiency benchmark: does the queue save labels?
+"""The label-efficiency benchmark v2: how many annotator seconds does the queue save?
 
 Run from the checkout: `python -m benchmarks.label_efficiency --help`.
 
-Modules, each importing only those after it: `cli` (the command line), `simulation` (the
-annotation loop and `run_benchmark`), `report` (JSON, markdown, plots), `metrics` (AUBC,
-label efficiency, the summary), `config` (`BenchConfig`, `CycleRow`, the shared names),
-`digits_data` (the generated dataset).
+Modules, each importing only those after it: `cli` (the command line), `runner` (the base
+model, the full-data references and the process-parallel units), `simulation` (one scenario
+and seed: every arm and recipe on the product's own code), `report` (JSON, markdown, plots),
+`metrics` (AUBC, budgets to a target, savings, the summary), `config` (`BenchConfig`,
+`CycleRow`, the scenarios and arms), `digits_data` (the generated pools), `streams` and
+`rendering` (frame sequences and drawing primitives).
 """

@@ -1,9 +1,9 @@
-"""The benchmark's command line: `python -m benchmarks.label_efficiency [--quick] ...`.
+"""The benchmark's command line: `python -m benchmarks.label_efficiency [--quick|--medium]`.
 
-Parses the options into a `BenchConfig` (the --quick or full preset, then any explicit
-option), then either runs the benchmark (`simulation.run_benchmark`) or, with --summarise,
-only rebuilds the report from a saved result (`report.resummarise`); prints the markdown
-table either way. The only module here that reads the environment or configures logging.
+Parses the options into a `BenchConfig` (a preset, then any explicit option), then runs the
+benchmark (`runner.run_benchmark`) or, with --summarise, only rebuilds the outputs from a
+saved result; prints the markdown report either way. The only module here that reads the
+environment or configures logging.
 """
 
 from __future__ import annotations
@@ -16,119 +16,104 @@ from typing import Any
 
 from backend.config import Settings
 from backend.logs import configure_logging
-from benchmarks.label_efficiency.config import STRATEGIES, BenchConfig
+from benchmarks.label_efficiency.config import SCENARIOS, BenchConfig, all_strategies
 from benchmarks.label_efficiency.report import markdown_report, resummarise
-from benchmarks.label_efficiency.simulation import run_benchmark
-from strategies import get_strategy
+from benchmarks.label_efficiency.runner import run_benchmark
 
 DESCRIPTION = (
-    "Label-efficiency benchmark: does the active-learning queue save labels, and how many?"
+    "Label-efficiency benchmark v2: how many annotator seconds does the queue save, against "
+    "random order, static pre-annotation and manual labeling, on three kinds of pool?"
 )
+PRESETS = {"quick": BenchConfig.quick, "medium": BenchConfig.medium, "full": BenchConfig.full}
 
 
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--quick", action="store_true", help="smoke-sized run: one seed, tiny pool (a few minutes)"
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.label_efficiency", description=DESCRIPTION
+    )
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="smoke test, under 2 minutes (CI)")
+    size.add_argument(
+        "--medium", action="store_true", help="one scenario, random vs queue (<= 15 minutes)"
     )
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path("benchmarks/results/label-efficiency"),
-        help="folder for results.json, results.md and the plots",
+        default=Path("benchmarks/results/label-efficiency-v2"),
+        help="folder for results.json, summary.json, results.md and one PNG per scenario",
     )
     parser.add_argument(
-        "--workdir", type=Path, help="keep data, models and runs here (default: a temporary folder)"
+        "--workdir", type=Path, help="keep data and models here, and reuse its reference models"
+    )
+    parser.add_argument("--scenarios", type=_csv, help=f"comma-separated of {','.join(SCENARIOS)}")
+    parser.add_argument(
+        "--strategies", type=_csv, help=f"comma-separated (default: {','.join(all_strategies())})"
     )
     parser.add_argument("--seeds", type=int, help="number of seeds (0..N-1)")
-    parser.add_argument("--strategies", help=f"comma-separated (default {','.join(STRATEGIES)})")
-    parser.add_argument("--pool", type=int, help="pool images")
-    parser.add_argument("--test", type=int, help="test images")
-    parser.add_argument("--seed-size", type=int, help="images in the random seed set")
-    parser.add_argument("--batch", type=int, help="images revealed per cycle")
-    parser.add_argument("--cycles", type=int, help="cycles after the seed set")
-    parser.add_argument("--epochs", type=int, help="epochs per training run")
-    parser.add_argument("--full-epochs", type=int, help="epochs of the full-data reference")
-    parser.add_argument("--image-size", type=int, help="image and training size in pixels")
-    parser.add_argument("--data-seed", type=int, help="seed of the generated dataset")
+    parser.add_argument("--pool", type=int, help="pool images per scenario")
     parser.add_argument(
-        "--tolerance", type=float, help="PROMOTE_TOLERANCE of the simulated projects (1 = no gate)"
+        "--budgets",
+        type=lambda t: tuple(int(v) for v in _csv(t)),
+        help="labeled images after each cycle, the seed set first (e.g. 16,32,64,128)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--epochs", type=int, help="epochs per product-recipe run")
+    parser.add_argument(
+        "--jobs", type=int, help="parallel processes (each gets cores / jobs torch threads)"
+    )
+    parser.add_argument("--device", help="cpu (default) or cuda")
     parser.add_argument(
         "--summarise",
         type=Path,
         metavar="JSON",
-        help="only rebuild the table and plots from a results.json or partial.json (no training)",
+        help="only rebuild the outputs from a results.json or partial.json (no training)",
     )
+    parser.add_argument("--log-level", default="INFO")
+    return parser
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[BenchConfig, str]:
-    """The preset (--quick or full) with any explicit option applied; ValueError if invalid."""
-    mode = "quick" if args.quick else "full"
-    config = BenchConfig.quick() if args.quick else BenchConfig.full()
-    data = config.data
-    if args.pool is not None:
-        data = replace(data, n_pool=args.pool)
-    if args.test is not None:
-        data = replace(data, n_test=args.test)
-    if args.data_seed is not None:
-        data = replace(data, seed=args.data_seed)
-    if args.image_size is not None:
-        data = replace(
-            data, image_size=args.image_size, max_digit=min(data.max_digit, args.image_size // 3)
-        )
-    changes: dict[str, Any] = {"data": data}
+    """The preset with any explicit option applied; ValueError if the result is invalid."""
+    mode = "quick" if args.quick else "medium" if args.medium else "full"
+    config = PRESETS[mode]()
+    changes: dict[str, Any] = {}
     for attr, value in (
-        ("seed_size", args.seed_size),
-        ("batch_size", args.batch),
-        ("cycles", args.cycles),
+        ("scenarios", args.scenarios),
+        ("strategies", args.strategies),
+        ("n_pool", args.pool),
+        ("budgets", args.budgets),
         ("epochs", args.epochs),
-        ("full_epochs", args.full_epochs),
-        ("image_size", args.image_size),
-        ("tolerance", args.tolerance),
+        ("jobs", args.jobs),
+        ("device", args.device),
     ):
         if value is not None:
             changes[attr] = value
     if args.seeds is not None:
         changes["seeds"] = tuple(range(args.seeds))
-    if args.strategies:
-        changes["strategies"] = tuple(s.strip() for s in args.strategies.split(",") if s.strip())
-    for name in changes.get("strategies", ()):
-        get_strategy(name)  # ValueError listing the valid names
-    overridden = set(changes) - {"data"} or data != config.data
-    return replace(config, **changes), (f"{mode} (custom)" if overridden else mode)
-
-
-def _handler(args: argparse.Namespace, settings: Settings) -> int:
-    if args.summarise is not None:
-        result = resummarise(args.summarise, args.out)
-        print(markdown_report(result))
-        return 0
-    config, mode = config_from_args(args)
-    result = run_benchmark(
-        config,
-        settings,
-        args.out,
-        workdir=args.workdir,
-        mode=mode,
-        progress=not args.no_progress,
-    )
-    print(markdown_report(result))
-    print(f"wrote {args.out}/results.json, results.md and plots in {result['wall_s']:.0f}s")
-    return 0
+    if "strategies" in changes:
+        kept = tuple(s for s in config.converged_strategies if s in changes["strategies"])
+        changes["converged_strategies"] = kept
+    return replace(config, **changes), (f"{mode} (custom)" if changes else mode)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m benchmarks.label_efficiency [--quick] ...`"""
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.label_efficiency", description=DESCRIPTION
-    )
-    _add_arguments(parser)
-    parser.add_argument("--log-level", default="WARNING")
+    parser = _parser()
     args = parser.parse_args(argv)
-    settings = Settings.from_env()
     configure_logging(args.log_level.upper())
-    return _handler(args, settings)
+    if args.summarise is not None:
+        print(markdown_report(resummarise(args.summarise, args.out)))
+        return 0
+    try:
+        config, mode = config_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    result = run_benchmark(config, Settings.from_env(), args.out, workdir=args.workdir, mode=mode)
+    print(markdown_report(result))
+    print(f"wrote {args.out} in {result['wall_s']:.0f} s")
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,95 +1,185 @@
-"""What a label-efficiency run is made of: its configuration, its result row and the names
-every stage shares (the arms, the control, the default strategy, the targets).
+"""What a label-efficiency run is made of: the scenarios (pools), the arms, the two training
+recipes, the budgets and the annotator-cost model, plus the result row every stage shares.
 
 The simulation produces `CycleRow`s under a `BenchConfig`; the metrics and the report read
-them. This module depends on nothing else in the benchmark, so each of those can import it.
+them. This module depends on nothing else in the benchmark but the data generator.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from backend.analytics.cost import ActionSeconds
+from backend.ranking.queue_config import DEFAULT_STRATEGY
 from benchmarks.label_efficiency.digits_data import DigitsConfig
+from strategies import available_strategies
 
-STRATEGIES: tuple[str, ...] = ("random", "entropy", "kcenter", "hybrid", "dua")
-CONTROL = "random"
-DEFAULT_STRATEGY = "hybrid"
+# Arms. `manual` and `static` label the images `random` labels, in the same order: they
+# differ from it only in what the annotator is shown (nothing; the never-retrained base model).
+MANUAL, STATIC, RANDOM, QUEUE = "manual", "static", "random", "queue"
+UNTRAINED_ARMS: tuple[str, ...] = (MANUAL, STATIC)
+PRODUCT, CONVERGED = "product", "converged"  # the two training recipes
 TARGETS: tuple[float, ...] = (0.90, 0.95)
+DRAWN_FACTORS: tuple[float, ...] = (0.5, 1.0, 2.0)  # drawing-cost sensitivity
 
 
+def arm_name(strategy: str) -> str:
+    """The arm a strategy runs as: the product's default strategy is the `queue` arm."""
+    return QUEUE if strategy == DEFAULT_STRATEGY else strategy
+
+
+def arm_strategy(arm: str) -> str:
+    return DEFAULT_STRATEGY if arm == QUEUE else arm
+
+
+def all_strategies() -> tuple[str, ...]:
+    """Every strategy the product offers (al_strategy), the random control first."""
+    return (RANDOM, *(s for s in available_strategies() if s != RANDOM))
+
+
+# ------------------------------------------------------------------------------ the pools
+LONG_TAIL_WEIGHTS: tuple[float, ...] = (0.45, 0.3, 0.2, 0.03, 0.02)  # 4 and 7 rare
+SCENARIOS: tuple[str, ...] = ("scenes", "streams", "long_tail")
+STREAM_CAMERAS = 12
+STREAM_POOL_FACTOR = 2
+
+
+def scenario_data(name: str, n_pool: int, n_test: int, seed: int = 0) -> DigitsConfig:
+    """The generated pool of a scenario (same classes, image and object sizes in all three).
+
+    Sized to be learnable at CPU sizes: 96 px images, digits 22-40 px, at most four per image,
+    light clutter (measured: the converged recipe on 300 such scenes reached test mAP@0.5
+    0.67, where 160 px scenes of 10 digit classes, 16-56 px, up to 15 per image gave 0.18).
+    A stream's frames keep showing the same objects, so its pool has STREAM_POOL_FACTOR times
+    the frames to hold a comparable number of distinct objects.
+    """
+    common = DigitsConfig(
+        n_pool=n_pool,
+        n_val=max(24, n_test // 2),
+        n_test=n_test,
+        n_base=0,
+        image_size=96,
+        min_objects=1,
+        max_objects=4,
+        min_digit=22,
+        max_digit=40,
+        themed_fraction=0.3,
+        occlusion_prob=0.1,
+        max_distractors=1,
+        seed=seed,
+    )
+    if name == "scenes":
+        return common
+    if name == "streams":
+        return replace(
+            common,
+            n_pool=n_pool * STREAM_POOL_FACTOR,
+            cameras=STREAM_CAMERAS,
+            duplicate_fraction=0.0,
+        )
+    if name == "long_tail":
+        return replace(common, class_weights=LONG_TAIL_WEIGHTS)
+    raise ValueError(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
+
+
+def base_data(n_base: int, seed: int = 0) -> DigitsConfig:
+    """The scenes whose `base` split trains the shared class-agnostic base model."""
+    return replace(scenario_data("scenes", 1, 1, seed), n_val=0, n_base=n_base)
+
+
+# ------------------------------------------------------------------------------ the run
 @dataclass(frozen=True)
 class BenchConfig:
-    """One benchmark: the data, the loop's sizes and the training recipe shared by all arms."""
+    """One benchmark: scenarios and their pool sizes, arms, budgets and both recipes."""
 
-    data: DigitsConfig
-    strategies: tuple[str, ...] = STRATEGIES
+    scenarios: tuple[str, ...] = SCENARIOS
+    strategies: tuple[str, ...] = field(default_factory=all_strategies)
     seeds: tuple[int, ...] = (0, 1, 2)
-    seed_size: int = 36  # images revealed at random before the first cycle
-    batch_size: int = 36  # images revealed per cycle
-    cycles: int = 4
-    epochs: int = 10  # per training run (TRAIN_EPOCHS, the product default), every arm and cycle
-    full_epochs: int = 30  # the full-data reference's run
-    base_epochs: int = 20  # the class-agnostic base model's run (when data.n_base > 0)
-    image_size: int = 160  # training, validation and inference size
+    n_pool: int = 240
+    n_test: int = 120
+    n_base: int = 200
+    budgets: tuple[int, ...] = (16, 32, 64, 128)  # labeled images after the seed set, each cycle
+    epochs: int = 10  # TRAIN_EPOCHS, the product default: every product-recipe run
+    base_epochs: int = 20
+    image_size: int = 96
     train_batch: int = 8  # TRAIN_BATCH, the product default
-    val_percent: int = 20
-    tolerance: float = 0.0  # PROMOTE_TOLERANCE of the simulated projects
+    val_percent: int = 20  # TRAIN_VAL_PERCENT, the product default
+    tolerance: float = 0.0  # PROMOTE_TOLERANCE, the product default
+    converged_strategies: tuple[str, ...] = (RANDOM, DEFAULT_STRATEGY)
+    converged_seeds: int = 1  # the first N seeds also run the converged recipe (it is slow)
+    converged_max_epochs: int = 60
+    converged_patience: int = 12
+    costs: ActionSeconds = field(default_factory=ActionSeconds)
+    jobs: int = 1  # scenario/seed units run in parallel processes
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
-        if not self.strategies or len(set(self.strategies)) != len(self.strategies):
-            raise ValueError("strategies must be a non-empty list without repeats")
-        if CONTROL not in self.strategies:
-            raise ValueError(f"the control arm {CONTROL!r} must be among the strategies")
+        if not self.scenarios or set(self.scenarios) - set(SCENARIOS):
+            raise ValueError(f"scenarios must be among {', '.join(SCENARIOS)}")
+        if len(set(self.strategies)) != len(self.strategies) or RANDOM not in self.strategies:
+            raise ValueError(f"strategies must be distinct and include the control {RANDOM!r}")
+        unknown = set(self.strategies) - set(available_strategies())
+        if unknown:
+            raise ValueError(f"unknown strategies {sorted(unknown)}")
+        if set(self.converged_strategies) - set(self.strategies):
+            raise ValueError("converged_strategies must be among the strategies")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
             raise ValueError("seeds must be distinct integers >= 0")
-        if self.seed_size < 4 or self.batch_size < 1 or self.cycles < 1:
-            raise ValueError("need seed_size >= 4, batch_size >= 1 and cycles >= 1")
-        if self.seed_size + self.cycles * self.batch_size > self.data.n_pool:
-            raise ValueError("seed_size + cycles * batch_size exceeds the pool")
-        if min(self.epochs, self.full_epochs, self.base_epochs) < 1 or self.image_size < 32:
-            raise ValueError("epochs must be >= 1 and image_size >= 32")
+        if (
+            len(self.budgets) < 2
+            or self.budgets[0] < 4
+            or any(b <= a for a, b in zip(self.budgets, self.budgets[1:], strict=False))
+            or self.budgets[-1] > self.n_pool
+        ):
+            raise ValueError("budgets must increase from >= 4 images to at most the pool size")
+        if min(self.epochs, self.base_epochs, self.converged_max_epochs, self.jobs) < 1:
+            raise ValueError("epochs and jobs must be >= 1")
+
+    @property
+    def arms(self) -> tuple[str, ...]:
+        return (*UNTRAINED_ARMS, *(arm_name(s) for s in self.strategies))
 
     @classmethod
     def quick(cls) -> BenchConfig:
-        """Smoke-sized: one seed, tiny pool, two cycles (minutes on 2 CPU cores)."""
+        """Smoke-sized (under 2 minutes on 2 CPU cores): checks the whole path, not a result."""
         return cls(
-            data=DigitsConfig(
-                n_pool=120,
-                n_val=0,
-                n_test=60,
-                n_base=40,
-                image_size=128,
-                min_digit=14,
-                max_digit=40,
-            ),
+            strategies=(RANDOM, DEFAULT_STRATEGY),
             seeds=(0,),
-            seed_size=16,
-            batch_size=16,
-            cycles=2,
-            epochs=3,
-            full_epochs=6,
+            n_pool=48,
+            n_test=24,
+            n_base=40,
+            budgets=(8, 16),
+            epochs=2,
             base_epochs=3,
-            image_size=128,
+            converged_max_epochs=3,
+            converged_patience=1,
         )
 
     @classmethod
+    def medium(cls) -> BenchConfig:
+        """One scenario, the full sizes, for ablations (at most 15 minutes on 2 CPU cores)."""
+        return cls(scenarios=("scenes",), strategies=(RANDOM, DEFAULT_STRATEGY), converged_seeds=0)
+
+    @classmethod
     def full(cls) -> BenchConfig:
-        """Sized from measured cycle times to finish in about 90 minutes on 2 CPU cores."""
-        return cls(data=DigitsConfig())
+        """Three scenarios x three seeds x every arm (at most 60 minutes on 2 CPU cores)."""
+        return cls()
 
 
 @dataclass
 class CycleRow:
-    """One point of one arm's learning curve."""
+    """One point of one arm's learning curve (budgets cumulative up to this cycle)."""
 
+    scenario: str
+    recipe: str
+    arm: str
     seed: int
-    strategy: str
     cycle: int
     images: int
-    fraction: float  # images / pool size
     boxes: int
+    edits: dict[str, int]  # analytics.matching.Edit value -> count, over every labeled image
     map50: float
     map50_95: float
-    version: str
-    promoted: bool
+    version: str = ""
+    promoted: bool = True
     durations: dict[str, float] = field(default_factory=dict)

@@ -41,22 +41,38 @@ import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFilter
 
 from backend.training.dataset import LabeledImage, YoloBox
+from benchmarks.label_efficiency.rendering import (
+    DigitBox,
+    FloatArray,
+    U8Array,
+    background,
+    blend,
+    digit_alpha,
+    distractor,
+    find_spot,
+    ink_colour,
+    occlude,
+)
+from benchmarks.label_efficiency.streams import (
+    StreamTrackConfig,
+    camera_background,
+    render_stream,
+)
 
 logger = logging.getLogger(__name__)
 
-CLASSES: tuple[str, ...] = tuple(str(d) for d in range(10))
-# Long tail (sums to 1): in each confusable pair the second member is rare.
-CLASS_WEIGHTS: tuple[float, ...] = (0.12, 0.20, 0.10, 0.16, 0.09, 0.13, 0.06, 0.07, 0.03, 0.04)
-CONFUSABLE: tuple[tuple[str, ...], ...] = (("1", "7"), ("3", "8", "9"), ("5", "6"))
+# Five digits that stay apart at 8x8 (no 3/8/9 or 5/6), so a detector learns them from a few
+# hundred images on a CPU; 1 and 7 are the one confusable pair.
+DIGITS: tuple[int, ...] = (0, 1, 2, 4, 7)
+CLASSES: tuple[str, ...] = tuple(str(d) for d in DIGITS)
+CLASS_WEIGHTS: tuple[float, ...] = (0.24, 0.26, 0.2, 0.18, 0.12)  # sums to 1; 7 the rarest
 SPLITS: tuple[str, ...] = ("pool", "val", "test", "base")
 _SPRITE_SHARE = {"pool": 0.45, "val": 0.1, "test": 0.25, "base": 0.2}
 _SPLIT_CODE = {"pool": 1, "val": 2, "test": 3, "base": 4}
 _ID_BASE = {"pool": 0, "val": 1_000_000, "test": 2_000_000, "base": 3_000_000}
 BASE_CLASS = "digit"
+STREAM_SPLIT_STRIDE = 8
 MANIFEST = "manifest.json"
-
-U8Array = npt.NDArray[np.uint8]
-FloatArray = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True)
@@ -76,6 +92,8 @@ class DigitsConfig:
     duplicate_fraction: float = 0.08  # pool images that are near-copies of another pool image
     occlusion_prob: float = 0.3  # per digit
     max_distractors: int = 4
+    class_weights: tuple[float, ...] = CLASS_WEIGHTS  # share of each class among the objects
+    cameras: int = 0  # > 0: pool, val and test are frame sequences from this many cameras
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -90,24 +108,15 @@ class DigitsConfig:
         for name in ("themed_fraction", "duplicate_fraction", "occlusion_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1]")
-        if self.seed < 0 or self.max_distractors < 0:
-            raise ValueError("seed and max_distractors must be >= 0")
+        if self.seed < 0 or self.max_distractors < 0 or self.cameras < 0:
+            raise ValueError("seed, max_distractors and cameras must be >= 0")
+        if len(self.class_weights) != len(CLASSES) or min(self.class_weights) <= 0:
+            raise ValueError(f"class_weights needs {len(CLASSES)} positive shares")
 
     def size(self, split: str) -> int:
         return {"pool": self.n_pool, "val": self.n_val, "test": self.n_test, "base": self.n_base}[
             split
         ]
-
-
-@dataclass(frozen=True)
-class DigitBox:
-    """One ground-truth box in pixels (x2, y2 exclusive edges)."""
-
-    label: str
-    x1: float
-    y1: float
-    x2: float
-    y2: float
 
 
 @dataclass(frozen=True)
@@ -121,6 +130,7 @@ class DigitSample:
     height: int
     boxes: tuple[DigitBox, ...]
     duplicate_of: int | None = None  # task id of the image this one nearly copies
+    camera: int | None = None  # the camera of a stream frame
 
     def to_labeled(self, root: Path, classes: Sequence[str] = CLASSES) -> LabeledImage:
         """The sample as training ground truth (normalised YOLO boxes, absolute image path).
@@ -204,7 +214,9 @@ def generate(root: Path, config: DigitsConfig | None = None) -> DigitsDataset:
 def load(root: Path) -> DigitsDataset:
     """Open a dataset written by `generate`."""
     raw = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
-    config = DigitsConfig(**raw["config"])
+    config = DigitsConfig(
+        **{**raw["config"], "class_weights": tuple(raw["config"]["class_weights"])}
+    )
     splits = {
         name: tuple(
             DigitSample(**{**s, "boxes": tuple(DigitBox(**b) for b in s["boxes"])}) for s in samples
@@ -225,9 +237,9 @@ def render_image(
     `sprites` (k, 8, 8) in [0, 16] and `labels` (k,) are the digits this split may use.
     """
     size = config.image_size
-    canvas = _background(rng, size)
+    canvas = background(rng, size)
     n_objects = _object_count(rng, config)
-    classes = _object_classes(rng, n_objects, config.themed_fraction)
+    classes = _object_classes(rng, n_objects, config)
     by_class = [np.flatnonzero(labels == c) for c in range(len(CLASSES))]
     # Crowded scenes get smaller digits, so up to 15 fit in one image.
     top = min(float(config.max_digit), 0.85 * size / math.sqrt(n_objects))
@@ -237,13 +249,13 @@ def render_image(
     for cls in classes:
         sprite = sprites[int(rng.choice(by_class[cls]))]
         height = float(np.exp(rng.uniform(np.log(low), np.log(top))))
-        alpha = _digit_alpha(rng, sprite, height)
-        spot = _find_spot(rng, alpha.shape, size, placed, max_iou=0.1)
+        alpha = digit_alpha(rng, sprite, height)
+        spot = find_spot(rng, alpha.shape, size, placed, max_iou=0.1)
         if spot is None:
             continue
         x, y = spot
-        ink = _ink_colour(rng, canvas[y : y + alpha.shape[0], x : x + alpha.shape[1]])
-        _blend(canvas, alpha, ink, x, y)
+        ink = ink_colour(rng, canvas[y : y + alpha.shape[0], x : x + alpha.shape[1]])
+        blend(canvas, alpha, ink, x, y)
         ys, xs = np.nonzero(alpha > 0.25)
         box = (
             float(x + xs.min()),
@@ -257,9 +269,9 @@ def render_image(
     draw = ImageDraw.Draw(image)
     for box in placed:
         if rng.random() < config.occlusion_prob:
-            _occlude(rng, draw, box)
+            occlude(rng, draw, box)
     for _ in range(int(rng.integers(0, config.max_distractors + 1))):
-        _distractor(rng, draw, size, placed)
+        distractor(rng, draw, size, placed)
     if rng.random() < 0.3:
         image = image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.4, 1.0))))
     pixels = np.asarray(image, dtype=np.float64)
@@ -289,8 +301,8 @@ def _sprite_splits(seed: int) -> dict[str, tuple[FloatArray, npt.NDArray[np.int6
     target = np.asarray(digits.target, dtype=np.int64)
     rng = np.random.default_rng([seed, 0])
     chosen: dict[str, list[int]] = {s: [] for s in SPLITS}
-    for cls in range(len(CLASSES)):
-        members = rng.permutation(np.flatnonzero(target == cls))
+    for digit in DIGITS:
+        members = rng.permutation(np.flatnonzero(target == digit))
         shares = np.cumsum([_SPRITE_SHARE[s] for s in SPLITS])
         cuts = [0, *(int(round(len(members) * c)) for c in shares[:-1]), len(members)]
         for split, start, stop in zip(SPLITS, cuts[:-1], cuts[1:], strict=True):
@@ -298,7 +310,8 @@ def _sprite_splits(seed: int) -> dict[str, tuple[FloatArray, npt.NDArray[np.int6
     out = {}
     for split, members_of_split in chosen.items():
         idx = np.array(members_of_split, dtype=np.int64)
-        out[split] = (images[idx], target[idx])
+        class_index = np.array([DIGITS.index(int(d)) for d in target[idx]], dtype=np.int64)
+        out[split] = (images[idx], class_index)
     return out
 
 
@@ -311,18 +324,12 @@ def _render_split(
 ) -> tuple[DigitSample, ...]:
     folder = root / split
     folder.mkdir(parents=True, exist_ok=True)
+    if config.cameras > 0 and split != "base":
+        frames = _stream_frames(split, config, sprites, labels)
+    else:
+        frames = _scene_frames(split, config, sprites, labels)
     samples: list[DigitSample] = []
-    rendered: list[tuple[U8Array, list[DigitBox]]] = []
-    for i in range(config.size(split)):
-        rng = np.random.default_rng([config.seed, _SPLIT_CODE[split], i])
-        duplicate_of: int | None = None
-        if split == "pool" and i > 0 and rng.random() < config.duplicate_fraction:
-            source = int(rng.integers(0, i))
-            pixels, boxes = _near_duplicate(rng, *rendered[source], config.image_size)
-            duplicate_of = samples[source].task_id
-        else:
-            pixels, boxes = render_image(rng, sprites, labels, config)
-        rendered.append((pixels, boxes))
+    for i, (pixels, boxes, duplicate_of, camera) in enumerate(frames):
         name = f"{split}_{i:05d}.png"
         Image.fromarray(pixels, "RGB").save(folder / name)
         samples.append(
@@ -333,10 +340,59 @@ def _render_split(
                 width=config.image_size,
                 height=config.image_size,
                 boxes=tuple(boxes),
-                duplicate_of=duplicate_of,
+                duplicate_of=None if duplicate_of is None else _ID_BASE[split] + duplicate_of + 1,
+                camera=camera,
             )
         )
     return tuple(samples)
+
+
+_Frame = tuple[U8Array, list[DigitBox], int | None, int | None]  # pixels, boxes, copy of, camera
+
+
+def _scene_frames(
+    split: str, config: DigitsConfig, sprites: FloatArray, labels: npt.NDArray[np.int64]
+) -> list[_Frame]:
+    """Independent scenes; in the pool, some are near-copies of an earlier one."""
+    frames: list[_Frame] = []
+    for i in range(config.size(split)):
+        rng = np.random.default_rng([config.seed, _SPLIT_CODE[split], i])
+        if split == "pool" and i > 0 and rng.random() < config.duplicate_fraction:
+            source = int(rng.integers(0, i))
+            pixels, boxes = _near_duplicate(rng, *frames[source][:2], config.image_size)
+            frames.append((pixels, boxes, source, None))
+        else:
+            frames.append((*render_image(rng, sprites, labels, config), None, None))
+    return frames
+
+
+def _stream_frames(
+    split: str, config: DigitsConfig, sprites: FloatArray, labels: npt.NDArray[np.int64]
+) -> list[_Frame]:
+    """One sequence per camera, the split's frames shared out evenly: consecutive frames in
+    the pool, every STREAM_SPLIT_STRIDE-th frame in the fixed splits (val, test), so a
+    yardstick of a few dozen frames still holds many distinct objects."""
+    stride = 1 if split == "pool" else STREAM_SPLIT_STRIDE
+    tracks = StreamTrackConfig(clutter=config.max_distractors, stride=stride)
+    frames: list[_Frame] = []
+    for camera in range(config.cameras):
+        total = config.size(split)
+        count = total // config.cameras + (camera < total % config.cameras)
+        view = camera_background(config.seed, camera, config.image_size, tracks.clutter)
+        rng = np.random.default_rng([config.seed, _SPLIT_CODE[split], 1000 + camera])
+        sequence = render_stream(
+            rng,
+            view,
+            count,
+            sprites,
+            labels,
+            CLASSES,
+            config.class_weights,
+            (config.min_digit, config.max_digit),
+            tracks,
+        )
+        frames.extend((pixels, boxes, None, camera) for pixels, boxes in sequence)
+    return frames
 
 
 def _near_duplicate(
@@ -364,159 +420,14 @@ def _object_count(rng: np.random.Generator, config: DigitsConfig) -> int:
     return int(rng.choice(ks, p=p / p.sum()))
 
 
-def _object_classes(rng: np.random.Generator, n: int, themed_fraction: float) -> list[int]:
-    weights = np.asarray(CLASS_WEIGHTS)
-    if rng.random() < themed_fraction:
+def _object_classes(rng: np.random.Generator, n: int, config: DigitsConfig) -> list[int]:
+    weights = np.asarray(config.class_weights) / sum(config.class_weights)
+    if rng.random() < config.themed_fraction:
         theme = int(rng.choice(len(CLASSES), p=weights))
         mix = 0.4 * weights
         mix[theme] += 0.6
         return [int(c) for c in rng.choice(len(CLASSES), size=n, p=mix / mix.sum())]
     return [int(c) for c in rng.choice(len(CLASSES), size=n, p=weights)]
-
-
-def _background(rng: np.random.Generator, size: int) -> U8Array:
-    """One of five textures, in colour."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) / size
-    base = rng.uniform(40, 220, size=3)
-    kind = int(rng.integers(0, 5))
-    field_: npt.NDArray[np.float64]
-    if kind == 0:  # plain noise
-        field_ = np.zeros((size, size))
-    elif kind == 1:  # linear gradient
-        angle = rng.uniform(0, np.pi)
-        field_ = (np.cos(angle) * xx + np.sin(angle) * yy) * rng.uniform(40, 110)
-    elif kind == 2:  # stripes
-        angle, freq = rng.uniform(0, np.pi), rng.uniform(3, 14)
-        field_ = np.sin(2 * np.pi * freq * (np.cos(angle) * xx + np.sin(angle) * yy))
-        field_ *= rng.uniform(10, 45)
-    elif kind == 3:  # soft blobs
-        field_ = np.zeros((size, size))
-        for _ in range(int(rng.integers(3, 9))):
-            cx, cy, r = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.05, 0.3)
-            field_ += rng.uniform(-60, 60) * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / r**2)
-    else:  # ruled paper
-        base = rng.uniform(180, 245, size=3)
-        field_ = np.where((yy * size) % int(rng.integers(10, 24)) < 1, -rng.uniform(30, 70), 0.0)
-    tint = rng.uniform(0.7, 1.3, size=3)
-    pixels = base[None, None, :] + field_[:, :, None] * tint[None, None, :]
-    pixels = pixels + rng.normal(0.0, rng.uniform(3, 18), size=pixels.shape)
-    return np.clip(pixels, 0, 255).astype(np.uint8)
-
-
-def _digit_alpha(
-    rng: np.random.Generator, sprite: npt.NDArray[np.floating], height: float
-) -> FloatArray:
-    """The 8x8 sprite upscaled to `height` pixels (aspect and rotation jittered) as alpha."""
-    h = max(8, int(round(height)))
-    w = max(6, int(round(h * rng.uniform(0.65, 1.0))))
-    image = Image.fromarray(np.asarray(sprite / 16.0 * 255.0, dtype=np.uint8), "L")
-    image = image.resize((w, h), Image.Resampling.BICUBIC)
-    angle = float(rng.uniform(-12, 12))
-    image = image.rotate(angle, resample=Image.Resampling.BILINEAR, expand=True)
-    alpha = np.asarray(image, dtype=np.float64) / 255.0
-    alpha = np.clip((alpha - 0.1) * rng.uniform(1.2, 1.8), 0.0, 1.0)
-    ys, xs = np.nonzero(alpha > 0.25)
-    if ys.size == 0:  # a blank sprite cannot happen with load_digits, but stay safe
-        return np.ones((h, w))
-    return alpha[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
-
-
-def _find_spot(
-    rng: np.random.Generator,
-    shape: tuple[int, ...],
-    size: int,
-    placed: list[tuple[float, float, float, float]],
-    max_iou: float,
-) -> tuple[int, int] | None:
-    h, w = shape[0], shape[1]
-    if h >= size or w >= size:
-        return None
-    for _ in range(30):
-        x, y = int(rng.integers(0, size - w)), int(rng.integers(0, size - h))
-        box = (float(x), float(y), float(x + w), float(y + h))
-        if all(_iou(box, other) <= max_iou for other in placed):
-            return x, y
-    return None
-
-
-def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def _ink_colour(rng: np.random.Generator, patch: U8Array) -> FloatArray:
-    """Dark ink on light ground or light on dark, with a varied (sometimes weak) contrast."""
-    mean = patch.reshape(-1, 3).mean(axis=0)
-    contrast = rng.uniform(55, 170)
-    direction = -1.0 if mean.mean() > 110 else 1.0
-    colour = mean + direction * contrast + rng.normal(0, 20, size=3)
-    return np.clip(colour, 0, 255)
-
-
-def _blend(canvas: U8Array, alpha: FloatArray, ink: FloatArray, x: int, y: int) -> None:
-    h, w = alpha.shape
-    region = canvas[y : y + h, x : x + w].astype(np.float64)
-    mixed = region * (1 - alpha[:, :, None]) + ink[None, None, :] * alpha[:, :, None]
-    canvas[y : y + h, x : x + w] = np.clip(mixed, 0, 255).astype(np.uint8)
-
-
-def _random_colour(rng: np.random.Generator) -> tuple[int, int, int]:
-    r, g, b = (int(v) for v in rng.integers(0, 256, size=3))
-    return r, g, b
-
-
-def _occlude(
-    rng: np.random.Generator, draw: ImageDraw.ImageDraw, box: tuple[float, float, float, float]
-) -> None:
-    """Cover up to ~35% of a digit from one side with a solid patch (the box stays whole)."""
-    x1, y1, x2, y2 = box
-    w, h = x2 - x1, y2 - y1
-    cover = float(rng.uniform(0.15, 0.35))
-    side = int(rng.integers(0, 4))
-    if side == 0:
-        rect = (x1 - 2, y1 - 2, x1 + cover * w, y2 + 2)
-    elif side == 1:
-        rect = (x2 - cover * w, y1 - 2, x2 + 2, y2 + 2)
-    elif side == 2:
-        rect = (x1 - 2, y1 - 2, x2 + 2, y1 + cover * h)
-    else:
-        rect = (x1 - 2, y2 - cover * h, x2 + 2, y2 + 2)
-    if rng.random() < 0.5:
-        draw.rectangle(rect, fill=_random_colour(rng))
-    else:
-        draw.ellipse(rect, fill=_random_colour(rng))
-
-
-def _distractor(
-    rng: np.random.Generator,
-    draw: ImageDraw.ImageDraw,
-    size: int,
-    placed: list[tuple[float, float, float, float]],
-) -> None:
-    """An unlabeled shape of digit scale (ring, bar, blob or scribble) away from the digits."""
-    extent = float(rng.uniform(10, 40))
-    for _ in range(20):
-        x, y = float(rng.uniform(0, size - extent)), float(rng.uniform(0, size - extent))
-        box = (x, y, x + extent, y + extent)
-        if all(_iou(box, other) <= 0.02 for other in placed):
-            break
-    else:
-        return
-    colour = _random_colour(rng)
-    kind = int(rng.integers(0, 4))
-    width = int(rng.integers(1, 4))
-    if kind == 0:
-        draw.ellipse(box, outline=colour, width=width)
-    elif kind == 1:
-        draw.line((box[0], box[1], box[2], box[3]), fill=colour, width=width + 1)
-    elif kind == 2:
-        draw.rectangle((x, y, x + extent, y + extent * rng.uniform(0.3, 1.0)), fill=colour)
-    else:
-        points = [(float(px), float(py)) for px, py in rng.uniform(0, extent, size=(5, 2)) + (x, y)]
-        draw.line(points, fill=colour, width=width, joint="curve")
 
 
 def summary(dataset: DigitsDataset) -> dict[str, Any]:

@@ -1,11 +1,11 @@
 """The benchmark's numbers: metrics on one learning curve, and the summary over arms and seeds.
 
-Pure functions over budgets and scores (plain numpy, no I/O): `aubc` (area under the budget
-curve, normalised), `label_efficiency` (the smallest budget reaching a target),
-`saving_vs_random` (labels saved against the control), and `summarise`, which turns the
-simulation's `CycleRow`s into per-cycle curves (mean and spread over seeds), per-arm AUBC,
-label efficiency at 90% / 95% of the full-data mAP@0.5, the saving vs random, and the check
-of the default strategy's target.
+Pure functions (plain numpy, no I/O): `aubc` (area under the budget curve, normalised),
+`label_efficiency` (the smallest budget reaching a target), `saving_vs_random` (budget saved
+against a baseline arm), and `summarise`, which turns a run's rows into, per scenario, recipe
+and arm: the curves against images, boxes and annotator seconds, AUBC, the images, boxes and
+seconds to 90% / 95% of the full-data mAP@0.5, the seconds to label the whole pool, savings
+against random, static and manual, and the same at half and double drawing cost.
 """
 
 from __future__ import annotations
@@ -17,12 +17,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from backend.analytics.cost import ActionSeconds
 from benchmarks.label_efficiency.config import (
-    CONTROL,
-    DEFAULT_STRATEGY,
+    DRAWN_FACTORS,
+    MANUAL,
+    PRODUCT,
+    QUEUE,
+    RANDOM,
+    STATIC,
     TARGETS,
-    BenchConfig,
-    CycleRow,
 )
 
 FloatArray = npt.NDArray[np.float64]
@@ -84,7 +87,7 @@ def label_efficiency(budgets: npt.ArrayLike, scores: npt.ArrayLike, target: floa
 
 
 def saving_vs_random(budget: float | None, random_budget: float | None) -> float | None:
-    """Labels saved vs the random control at the same target: 1 - b_AL / b_random.
+    """Budget saved vs a baseline arm at the same target: 1 - b_arm / b_baseline.
 
     None when either arm never reached the target (the saving is then not measured).
     """
@@ -104,156 +107,200 @@ def _mean_std(values: Sequence[float | None]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------- over arms and seeds
-def summarise(
-    rows: Sequence[CycleRow], full: dict[str, Any], config: BenchConfig, n_pool: int
+BASELINES: tuple[str, ...] = (RANDOM, STATIC, MANUAL)
+
+
+def _costs(result: dict[str, Any], factor: float = 1.0) -> ActionSeconds:
+    return ActionSeconds(**result["config"]["costs"]).scaled(factor)
+
+
+def _pct(target: float) -> int:
+    return round(target * 100)
+
+
+def arm_curves(
+    result: dict[str, Any], scenario: str, recipe: str, factor: float = 1.0
+) -> dict[str, dict[int, dict[str, list[float]]]]:
+    """arm -> seed -> the curve's columns (images, boxes, seconds, map50, map50_95)."""
+    costs = _costs(result, factor)
+    out: dict[str, dict[int, dict[str, list[float]]]] = {}
+    rows = [r for r in result["rows"] if r["scenario"] == scenario and r["recipe"] == recipe]
+    for row in sorted(rows, key=lambda r: (r["arm"], r["seed"], r["cycle"])):
+        curve = out.setdefault(row["arm"], {}).setdefault(
+            row["seed"], {k: [] for k in ("images", "boxes", "seconds", "map50", "map50_95")}
+        )
+        curve["images"].append(float(row["images"]))
+        curve["boxes"].append(float(row["boxes"]))
+        curve["seconds"].append(costs.seconds(row["edits"], row["images"]))
+        curve["map50"].append(float(row["map50"]))
+        curve["map50_95"].append(float(row["map50_95"]))
+    return out
+
+
+def _seed_metrics(
+    curve: dict[str, list[float]],
+    full_map: float,
+    ranges: dict[str, tuple[float, float] | None],
+    level: float,
 ) -> dict[str, Any]:
-    """Curves (mean and spread per cycle), per-arm AUBC / label efficiency / saving, target."""
-    by_arm: dict[tuple[str, int], list[CycleRow]] = {}
-    for row in rows:
-        by_arm.setdefault((row.strategy, row.seed), []).append(row)
-    for arm_rows in by_arm.values():
-        arm_rows.sort(key=lambda r: r.cycle)
-    seeds = sorted({row.seed for row in rows})
-    full_map = float(full["map50"])
-    # AUBC in boxes over the range every arm of a seed covers, so arms stay comparable.
-    box_range = {
-        seed: (
-            max(by_arm[(s, seed)][0].boxes for s in config.strategies if (s, seed) in by_arm),
-            min(by_arm[(s, seed)][-1].boxes for s in config.strategies if (s, seed) in by_arm),
-        )
-        for seed in seeds
+    maps = curve["map50"]
+    entry: dict[str, Any] = {
+        "aubc_images": aubc(curve["images"], maps),
+        "aubc_images_map50_95": aubc(curve["images"], curve["map50_95"]),
+        **{
+            f"aubc_{axis}": (
+                aubc(curve[axis], maps, *span)
+                if span is not None and _increasing(curve[axis])
+                else None
+            )
+            for axis, span in ranges.items()
+        },
+        "final_map50": maps[-1],
+        "final_map50_95": curve["map50_95"][-1],
+        "seconds_to_common": _reach(curve, "seconds", level),
     }
-    curves: list[dict[str, Any]] = []
-    per_seed: dict[str, dict[int, dict[str, Any]]] = {}
-    for strategy in config.strategies:
-        arms = [by_arm[(strategy, seed)] for seed in seeds if (strategy, seed) in by_arm]
-        if not arms:
-            continue
-        for cycle in range(min(len(a) for a in arms)):
-            points = [a[cycle] for a in arms]
-            curves.append(
-                {
-                    "strategy": strategy,
-                    "cycle": cycle,
-                    "images": points[0].images,
-                    "fraction": points[0].fraction,
-                    "boxes": _mean_std([float(p.boxes) for p in points]),
-                    "map50": _mean_std([p.map50 for p in points]),
-                    "map50_95": _mean_std([p.map50_95 for p in points]),
-                }
-            )
-        per_seed[strategy] = {}
-        for seed in seeds:
-            arm = by_arm.get((strategy, seed))
-            if not arm:
-                continue
-            fractions = [r.fraction for r in arm]
-            maps = [r.map50 for r in arm]
-            lo, hi = box_range[seed]
-            entry: dict[str, Any] = {
-                "aubc_images": aubc(fractions, maps),
-                "aubc_images_map50_95": aubc(fractions, [r.map50_95 for r in arm]),
-                "aubc_boxes": (
-                    aubc([r.boxes for r in arm], maps, lo, hi)
-                    if hi > lo and _increasing([r.boxes for r in arm])
-                    else None
-                ),
-            }
-            for target in TARGETS:
-                reached = _le(fractions, maps, target * full_map)
-                entry[f"le{round(target * 100)}"] = reached
-                entry[f"le{round(target * 100)}_boxes"] = _boxes_at(arm, reached)
-            per_seed[strategy][seed] = entry
-    summary_rows: dict[str, dict[str, Any]] = {}
-    for strategy, entries in per_seed.items():
-        mean_curve = [c for c in curves if c["strategy"] == strategy]
-        mean_fracs = [c["fraction"] for c in mean_curve]
-        mean_maps = [c["map50"]["mean"] for c in mean_curve]
-        result: dict[str, Any] = {
-            "aubc_images": _mean_std([e["aubc_images"] for e in entries.values()]),
-            "aubc_images_map50_95": _mean_std(
-                [e["aubc_images_map50_95"] for e in entries.values()]
-            ),
-            "aubc_boxes": _mean_std([e["aubc_boxes"] for e in entries.values()]),
-            "per_seed": {str(k): v for k, v in entries.items()},
-        }
-        for target in TARGETS:
-            key = f"le{round(target * 100)}"
-            random_entries = per_seed.get(CONTROL, {})
-            result[key] = _mean_std([e[key] for e in entries.values()])
-            result[f"{key}_mean_curve"] = _le(mean_fracs, mean_maps, target * full_map)
-            result[f"{key}_boxes"] = _mean_std([e[f"{key}_boxes"] for e in entries.values()])
-            result[f"saving{round(target * 100)}"] = _mean_std(
-                [
-                    saving_vs_random(e[key], random_entries.get(seed, {}).get(key))
-                    for seed, e in entries.items()
-                ]
-            )
-            random_curve = [c for c in curves if c["strategy"] == CONTROL]
-            result[f"saving{round(target * 100)}_mean_curve"] = saving_vs_random(
-                result[f"{key}_mean_curve"],
-                _le(
-                    [c["fraction"] for c in random_curve],
-                    [c["map50"]["mean"] for c in random_curve],
-                    target * full_map,
-                ),
-            )
-        result["final_map50_vs_full"] = mean_maps[-1] / full_map if full_map > 0 else None
-        # Where no arm reaches the full-data targets, the usual fallback: the images an arm
-        # needs to match the mAP@0.5 that random ends with (seed-mean curves).
-        random_curve = [c for c in curves if c["strategy"] == CONTROL]
-        result["saving_at_random_final"] = None
-        if random_curve and random_curve[-1]["map50"]["mean"] > 0:
-            level = random_curve[-1]["map50"]["mean"]
-            result["saving_at_random_final"] = saving_vs_random(
-                label_efficiency(mean_fracs, mean_maps, level),
-                label_efficiency(
-                    [c["fraction"] for c in random_curve],
-                    [c["map50"]["mean"] for c in random_curve],
-                    level,
-                ),
-            )
-        arm_rows = [r for r in rows if r.strategy == strategy and r.cycle > 0]
-        result["gate_rejections"] = sum(not r.promoted for r in arm_rows)
-        result["trainings"] = len(arm_rows)
-        compared = [seed for seed in entries if seed in per_seed.get(CONTROL, {})]
-        result["aubc_wins_vs_random"] = sum(
-            entries[seed]["aubc_images"] > per_seed[CONTROL][seed]["aubc_images"]
-            for seed in compared
-        )
-        result["aubc_seeds_compared"] = len(compared)
-        summary_rows[strategy] = result
-    default = summary_rows.get(DEFAULT_STRATEGY)
-    target_check = None
-    if default is not None and DEFAULT_STRATEGY != CONTROL:
-        saving = default["saving90_mean_curve"]
-        wins = default["aubc_wins_vs_random"]
-        target_check = {
-            "strategy": DEFAULT_STRATEGY,
-            "saving90_mean_curve": saving,
-            "saving90_required": 0.30,
-            "aubc_wins_vs_random": wins,
-            "seeds": default["aubc_seeds_compared"],
-            "passed": bool(
-                saving is not None
-                and saving >= 0.30
-                and wins == default["aubc_seeds_compared"] == len(config.seeds)
-            ),
-        }
-    return {"curves": curves, "summary": summary_rows, "target": target_check}
+    for target in TARGETS:
+        for axis in ("images", "boxes", "seconds"):
+            entry[f"{axis}_to_{_pct(target)}"] = _reach(curve, axis, target * full_map)
+    return entry
 
 
-def _le(fractions: Sequence[float], maps: Sequence[float], target: float) -> float | None:
-    """Label efficiency, undefined (None) when the reference itself learned nothing."""
-    return label_efficiency(fractions, maps, target) if target > 0 else None
+def _reach(curve: dict[str, list[float]], axis: str, level: float) -> float | None:
+    """The budget on `axis` at which mAP@0.5 first reaches `level` (None: never, or no
+    reference)."""
+    if level <= 0 or not _increasing(curve[axis]):
+        return None
+    return label_efficiency(curve[axis], curve["map50"], level)
 
 
 def _increasing(values: Sequence[float]) -> bool:
     return all(b > a for a, b in zip(values, values[1:], strict=False))
 
 
-def _boxes_at(arm: Sequence[CycleRow], fraction: float | None) -> float | None:
-    """Boxes labeled when the arm reached `fraction` of the pool (linear between cycles)."""
-    if fraction is None:
-        return None
-    return float(np.interp(fraction, [r.fraction for r in arm], [r.boxes for r in arm]))
+def summarise_recipe(
+    result: dict[str, Any], scenario: str, recipe: str, factor: float = 1.0
+) -> dict[str, Any]:
+    """Per arm: per-seed metrics (lists in seed order), their mean and spread, and savings."""
+    full_map = float(result["references"].get(scenario, {}).get("map50", 0.0))
+    curves = arm_curves(result, scenario, recipe, factor)
+    costs = _costs(result, factor)
+    n_pool = int(result["pools"][scenario]["pool"]["images"])
+    seeds = sorted({seed for by_seed in curves.values() for seed in by_seed})
+    arms: dict[str, Any] = {}
+    per_seed: dict[str, dict[int, dict[str, Any]]] = {arm: {} for arm in curves}
+    for seed in seeds:
+        present = [arm for arm in curves if seed in curves[arm]]
+        # boxes and seconds differ by arm: AUBC over the range every arm of the seed covers
+        ranges: dict[str, tuple[float, float] | None] = {}
+        for axis in ("boxes", "seconds"):
+            lo = max(curves[a][seed][axis][0] for a in present)
+            hi = min(curves[a][seed][axis][-1] for a in present)
+            ranges[axis] = (lo, hi) if hi > lo else None
+        # the quality every arm of this seed reaches: their lowest final mAP@0.5
+        level = min(curves[a][seed]["map50"][-1] for a in present)
+        for arm in present:
+            entry = _seed_metrics(curves[arm][seed], full_map, ranges, level)
+            edits = (
+                result.get("full_pool", {}).get(scenario, {}).get(str(seed), {}).get(recipe, {})
+            ).get(arm)
+            entry["seconds_full_pool"] = costs.seconds(edits, n_pool) if edits is not None else None
+            per_seed[arm][seed] = entry
+    for arm, entries in per_seed.items():
+        order = sorted(entries)
+        listed = {key: [entries[s][key] for s in order] for key in entries[order[0]]}
+        summary: dict[str, Any] = {"seeds": order, **listed}
+        summary["mean"] = {key: _mean_std(values) for key, values in listed.items()}
+        for baseline in BASELINES:
+            if baseline == arm or baseline not in per_seed:
+                continue
+            for key in ("seconds_to_common", "seconds_to_95", "seconds_full_pool"):
+                summary.setdefault("saving_vs", {}).setdefault(baseline, {})[key] = _mean_std(
+                    [
+                        saving_vs_random(entries[s][key], per_seed[baseline].get(s, {}).get(key))
+                        for s in order
+                    ]
+                )
+        summary["gate_rejections"] = sum(
+            not r["promoted"]
+            for r in result["rows"]
+            if r["scenario"] == scenario
+            and r["recipe"] == recipe
+            and r["arm"] == arm
+            and r["cycle"] > 0
+        )
+        arms[arm] = summary
+    return {"full_map50": full_map, "arms": arms, "curves": _mean_curves(curves)}
+
+
+def _mean_curves(
+    curves: dict[str, dict[int, dict[str, list[float]]]],
+) -> dict[str, dict[str, list[Any]]]:
+    """Per arm, per cycle: the seed mean (and spread) of every column, for plots."""
+    out: dict[str, dict[str, list[Any]]] = {}
+    for arm, by_seed in curves.items():
+        columns = list(by_seed.values())
+        length = min(len(c["map50"]) for c in columns)
+        out[arm] = {
+            key: [_mean_std([c[key][i] for c in columns]) for i in range(length)]
+            for key in columns[0]
+        }
+    return out
+
+
+def summarise(result: dict[str, Any]) -> dict[str, Any]:
+    """The summary of a run (results.json's rows, references and full-pool edits):
+    `summary.json`'s shape, plus the converged recipe and the drawing-cost sensitivity."""
+    scenarios: dict[str, Any] = {}
+    for scenario in result["config"]["scenarios"]:
+        product = summarise_recipe(result, scenario, PRODUCT)
+        entry: dict[str, Any] = {
+            "full_map50": product["full_map50"],
+            "arms": product["arms"],
+            "curves": product["curves"],
+            "recipes": {},
+            "sensitivity": {},
+        }
+        recipes = {r["recipe"] for r in result["rows"] if r["scenario"] == scenario}
+        for recipe in sorted(recipes - {PRODUCT}):
+            entry["recipes"][recipe] = summarise_recipe(result, scenario, recipe)
+        for factor in DRAWN_FACTORS:
+            if factor == 1.0:
+                continue
+            scaled = summarise_recipe(result, scenario, PRODUCT, factor)["arms"]
+            entry["sensitivity"][f"drawn_x{factor:g}"] = {
+                arm: {
+                    "seconds_full_pool": s["mean"]["seconds_full_pool"],
+                    "seconds_to_common": s["mean"]["seconds_to_common"],
+                    "saving_vs": s.get("saving_vs", {}),
+                }
+                for arm, s in scaled.items()
+                if arm == QUEUE
+            }
+        scenarios[scenario] = entry
+    return {"scenarios": scenarios}
+
+
+SUMMARY_KEYS: tuple[str, ...] = (
+    "seeds",
+    "aubc_seconds",
+    "aubc_images",
+    "seconds_to_95",
+    "seconds_full_pool",
+    "final_map50",
+)
+
+
+def summary_json(summary: dict[str, Any]) -> dict[str, Any]:
+    """summary.json: per scenario the full-data mAP@0.5 and, per arm, per-seed lists."""
+    return {
+        "scenarios": {
+            name: {
+                "full_map50": entry["full_map50"],
+                "arms": {
+                    arm: {key: values[key] for key in SUMMARY_KEYS}
+                    for arm, values in entry["arms"].items()
+                },
+            }
+            for name, entry in summary["scenarios"].items()
+        }
+    }

@@ -1,8 +1,7 @@
-"""The benchmark's outputs: results.json, the markdown table and the two PNG plots.
+"""The benchmark's outputs: results.json (everything), summary.json (the agreed shape), a
+markdown report with a plain verdict per scenario, and one PNG of curves per scenario.
 
-`write_outputs` writes a finished result (the simulation's rows with `metrics.summarise`'s
-curves and summary) under one folder; `resummarise` rebuilds them from a results.json or
-partial.json without training, for a run cut short or after the report changed.
+`resummarise` rebuilds all of them from a results.json or partial.json without training.
 """
 
 from __future__ import annotations
@@ -11,203 +10,227 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from benchmarks.label_efficiency.config import (
-    CONTROL,
-    DEFAULT_STRATEGY,
-    STRATEGIES,
-    BenchConfig,
-    CycleRow,
+    CONVERGED,
+    MANUAL,
+    QUEUE,
+    RANDOM,
+    STATIC,
+    UNTRAINED_ARMS,
 )
-from benchmarks.label_efficiency.digits_data import DigitsConfig
-from benchmarks.label_efficiency.metrics import summarise
-from strategies import available_strategies
+from benchmarks.label_efficiency.metrics import BASELINES, summarise, summary_json
 
 
-def _fmt(
-    stat: dict[str, Any] | float | None,
-    digits: int = 3,
-    percent: bool = False,
-    missing: str = "not reached",
-) -> str:
-    if isinstance(stat, dict):
-        if stat["mean"] is None:
-            return missing
-        scale, unit = (100.0, "%") if percent else (1.0, "")
-        text = f"{stat['mean'] * scale:.{digits}f} ± {stat['std'] * scale:.{digits}f}{unit}"
-        return text if stat["n"] == stat["of"] else f"{text} ({stat['n']}/{stat['of']} seeds)"
-    if stat is None:
-        return missing
-    return f"{stat * 100.0:.{digits}f}%" if percent else f"{stat:.{digits}f}"
+def _stat(stat: dict[str, Any] | None, digits: int = 3, percent: bool = False) -> str:
+    if stat is None or stat["mean"] is None:
+        return "not reached"
+    scale, unit = (100.0, "%") if percent else (1.0, "")
+    text = f"{stat['mean'] * scale:.{digits}f} ± {stat['std'] * scale:.{digits}f}{unit}"
+    return text if stat["n"] == stat["of"] else f"{text} ({stat['n']}/{stat['of']} seeds)"
+
+
+def _seconds(stat: dict[str, Any] | None) -> str:
+    if stat is None or stat["mean"] is None:
+        return "not reached"
+    text = f"{stat['mean'] / 60:.1f} ± {stat['std'] / 60:.1f} min"
+    return text if stat["n"] == stat["of"] else f"{text} ({stat['n']}/{stat['of']} seeds)"
+
+
+def _saving(arm: dict[str, Any], baseline: str, key: str) -> str:
+    stat = arm.get("saving_vs", {}).get(baseline, {}).get(key)
+    return "-" if stat is None else _stat(stat, 1, True)
+
+
+def _verdict(name: str, entry: dict[str, Any]) -> list[str]:
+    """Plain sentences: does the default queue save annotator seconds, against what, how much."""
+    queue = entry["arms"].get(QUEUE)
+    if queue is None:
+        return [f"No `{QUEUE}` arm ran on {name}."]
+    lines = []
+    for baseline in BASELINES:
+        if baseline not in entry["arms"]:
+            continue
+        key = "seconds_to_common"
+        common = queue["saving_vs"][baseline][key]
+        pool = queue["saving_vs"][baseline]["seconds_full_pool"]
+        mean = common["mean"]
+        if mean is None:
+            said = "cannot be compared (an arm never reached the common mAP)"
+        elif mean > 0:
+            said = f"**saves {mean * 100:.1f}%** of the seconds"
+        else:
+            said = f"**costs {-mean * 100:.1f}% more** seconds"
+        lines.append(
+            f"- against **{baseline}**: to reach the mAP@0.5 every arm reaches, the queue {said} "
+            f"(per seed: {_per_seed(queue[key], entry['arms'][baseline][key])}); to 95% of "
+            f"the full-data mAP: {_stat(queue['saving_vs'][baseline]['seconds_to_95'], 1, True)}"
+            f"; over the whole pool: {_stat(pool, 1, True)}."
+        )
+    return lines
+
+
+def _per_seed(ours: list[float | None], theirs: list[float | None]) -> str:
+    """Each seed's saving, 1 - ours / theirs, as signed percentages."""
+    return ", ".join(
+        f"{(1 - a / b) * 100:+.0f}%" if a is not None and b else "n/a"
+        for a, b in zip(ours, theirs, strict=True)
+    )
 
 
 def markdown_report(result: dict[str, Any]) -> str:
-    """The results as markdown: the reference, the per-arm summary, then every curve point."""
-    full, config = result["full_data"], result["config"]
+    config = result["config"]
     lines = [
-        f"# Label efficiency: {result['mode']} mode",
+        f"# Label efficiency v2: {result['mode']} mode",
         "",
-        f"Pool {config['data']['n_pool']} images / {full['boxes']} boxes, test "
-        f"{config['data']['n_test']} images; seeds {config['seeds']}; seed set "
-        f"{config['seed_size']}, batch {config['batch_size']}, {config['cycles']} cycles, "
-        f"{config['epochs']} epochs per run at {config['image_size']} px.",
+        f"Scenarios {', '.join(config['scenarios'])}; pool {config['n_pool']} images, test "
+        f"{config['n_test']}; seeds {config['seeds']}; labeled images per cycle "
+        f"{config['budgets']} (the first is the random seed set); product recipe "
+        f"{config['epochs']} epochs per run at {config['image_size']} px (warm start, gate); "
+        f"converged recipe up to {config['converged_max_epochs']} epochs, patience "
+        f"{config['converged_patience']}, for {', '.join(config['converged_strategies'])}. "
+        f"Wall time {result.get('wall_s', 0) / 60:.1f} min.",
         "",
-        f"Full-data reference ({full['images']} images, {full['epochs']} epochs): "
-        f"mAP@0.5 = {full['map50']:.3f}, mAP@0.5:0.95 = {full['map50_95']:.3f}.",
-        "",
-        "| strategy | AUBC mAP50 (images) | AUBC mAP50 (boxes) | AUBC mAP50-95 | LE@90 (images) "
-        "| LE@95 (images) | boxes @90 | saving @90 vs random | saving @95 | AUBC > random "
-        "| final mAP50 / full | saving at random's final mAP50 | gate rejections |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for strategy, s in result["summary"].items():
-        wins = (
-            "-" if strategy == CONTROL else f"{s['aubc_wins_vs_random']}/{s['aubc_seeds_compared']}"
-        )
-        lines.append(
-            f"| {strategy} | {_fmt(s['aubc_images'])} | {_fmt(s['aubc_boxes'])} "
-            f"| {_fmt(s['aubc_images_map50_95'])} | {_fmt(s['le90'], 1, True)} "
-            f"| {_fmt(s['le95'], 1, True)} | {_fmt(s['le90_boxes'], 0)} "
-            f"| {_fmt(s['saving90_mean_curve'], 1, True)} (per seed {_fmt(s['saving90'], 1, True)})"
-            f" | {_fmt(s['saving95_mean_curve'], 1, True)} | {wins} "
-            f"| {_fmt(s['final_map50_vs_full'], 1, True, missing='n/a (full = 0)')} "
-            f"| {_fmt(s['saving_at_random_final'], 1, True)} "
-            f"| {s['gate_rejections']}/{s['trainings']} |"
-        )
-    lines += [
-        "",
-        "LE@x: smallest labeled fraction of the pool whose mAP@0.5 reaches x of the full-data "
-        "mAP@0.5 (mean ± std over seeds, linear between cycles); saving: 1 - LE(arm) / "
-        "LE(random) on the seed-mean curves (per-seed mean in brackets). AUBC: mean mAP over "
-        "the budget range (boxes: the range every arm of a seed covers). Saving at random's "
-        "final mAP50: 1 - images the arm needs to match the mAP@0.5 random ends with / images "
-        "random needs (not reached: the arm never matches it). Gate rejections: retrainings "
-        "whose candidate lost to the live model on the project's validation share and was "
-        "not promoted (the live model stayed).",
+        "Seconds: the annotator-cost model (`backend/analytics/cost.py`: accept "
+        f"{config['costs']['accepted']} s, adjust {config['costs']['adjusted']} s, relabel "
+        f"{config['costs']['relabeled']} s, delete {config['costs']['deleted']} s, draw "
+        f"{config['costs']['drawn']} s per box, {config['costs']['per_image']} s per image) "
+        "applied to the one-to-one matching of the boxes shown to the ground truth.",
         "",
     ]
-    target = result.get("target")
-    if target is not None:
-        verdict = "MET" if target["passed"] else "NOT MET"
+    for name, entry in result["scenarios"].items():
         lines += [
-            f"Target ({target['strategy']}: >= 30% fewer images than random to 90% of full-data "
-            f"mAP@0.5, higher AUBC than random on every seed): **{verdict}** (saving "
-            f"{_fmt(target['saving90_mean_curve'], 1, True)}, AUBC wins "
-            f"{target['aubc_wins_vs_random']}/{target['seeds']}).",
+            f"## {name}",
             "",
+            f"Full-data reference (converged recipe on the whole pool): mAP@0.5 "
+            f"{entry['full_map50']:.3f}.",
+            "",
+            "Does the default queue save annotator seconds (product recipe)?",
+            "",
+            *_verdict(name, entry),
+            "",
+            "| arm | final mAP@0.5 | AUBC (images) | AUBC (boxes) | AUBC (seconds) | s to 90% "
+            "| s to 95% | s to common mAP | s for whole pool | saving vs random | vs static "
+            "| vs manual | gate rejections |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
+        for arm, s in entry["arms"].items():
+            m = s["mean"]
+            lines.append(
+                f"| {arm} | {_stat(m['final_map50'])} | {_stat(m['aubc_images'])} "
+                f"| {_stat(m['aubc_boxes'])} | {_stat(m['aubc_seconds'])} "
+                f"| {_seconds(m['seconds_to_90'])} | {_seconds(m['seconds_to_95'])} "
+                f"| {_seconds(m['seconds_to_common'])} "
+                f"| {_seconds(m['seconds_full_pool'])} "
+                f"| {_saving(s, RANDOM, 'seconds_to_common')} "
+                f"| {_saving(s, STATIC, 'seconds_to_common')} "
+                f"| {_saving(s, MANUAL, 'seconds_to_common')} "
+                f"| {'-' if arm in UNTRAINED_ARMS else s['gate_rejections']} |"
+            )
+        converged = entry["recipes"].get(CONVERGED)
+        if converged:
+            lines += [
+                "",
+                "Converged recipe (trained from the base model to early stopping each cycle):",
+                "",
+                "| arm | final mAP@0.5 | AUBC (images) | s to common mAP | saving vs random |",
+                "|---|---|---|---|---|",
+            ]
+            for arm, s in converged["arms"].items():
+                m = s["mean"]
+                lines.append(
+                    f"| {arm} | {_stat(m['final_map50'])} | {_stat(m['aubc_images'])} "
+                    f"| {_seconds(m['seconds_to_common'])} "
+                    f"| {_saving(s, RANDOM, 'seconds_to_common')} |"
+                )
+        if entry["sensitivity"]:
+            lines += [
+                "",
+                "Drawing-cost sensitivity (the same edits priced with drawing at other costs; "
+                "queue's saving to the common mAP, and over the whole pool):",
+                "",
+                "| drawing cost | vs random | vs static | vs manual | whole pool vs manual |",
+                "|---|---|---|---|---|",
+            ]
+            for key, arms in entry["sensitivity"].items():
+                for s in arms.values():
+                    lines.append(
+                        f"| {key.removeprefix('drawn_')} "
+                        + "".join(f"| {_saving(s, b, 'seconds_to_common')} " for b in BASELINES)
+                        + f"| {_saving(s, MANUAL, 'seconds_full_pool')} |"
+                    )
+        lines += ["", f"![{name}]({name}.png)", ""]
     lines += [
-        "| strategy | cycle | images | % pool | boxes | mAP@0.5 | mAP@0.5:0.95 |",
-        "|---|---|---|---|---|---|---|",
+        "Columns: seed mean ± std. AUBC: mean mAP@0.5 over the budget range (seconds: the range "
+        "every arm of a seed covers). s to x%: annotator seconds until mAP@0.5 first reaches x% "
+        "of the full-data reference (linear between cycles). Common mAP: the lowest final "
+        "mAP@0.5 among a seed's arms, so every arm reaches it. Whole pool: the cycles' seconds "
+        "plus the rest of the pool pre-annotated by the final model (no further retraining). "
+        "manual and static label random's images: their mAP is random's.",
     ]
-    for c in result["curves"]:
-        lines.append(
-            f"| {c['strategy']} | {c['cycle']} | {c['images']} | {c['fraction'] * 100:.1f} "
-            f"| {_fmt(c['boxes'], 0)} | {_fmt(c['map50'])} | {_fmt(c['map50_95'])} |"
-        )
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(result: dict[str, Any], out_dir: Path) -> list[Path]:
-    """mAP vs labeled images and vs labeled boxes (seed mean with a ±1 std band)."""
-    # Lazy: matplotlib is heavy, and choosing its Agg backend is a side effect that belongs
-    # to plotting, not to importing the report.
-    import matplotlib  # noqa: PLC0415
+def plot_scenario(name: str, entry: dict[str, Any], out_dir: Path) -> Path:
+    """mAP@0.5 against labeled images and against annotator seconds (seed mean, ±1 std)."""
+    import matplotlib  # noqa: PLC0415  (heavy; the Agg backend is a plotting side effect)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    full = result["full_data"]
-    paths = []
-    for axis, xlabel, name in (
-        ("images", "labeled images", "map_vs_images.png"),
-        ("boxes", "labeled boxes (seed mean)", "map_vs_boxes.png"),
-    ):
-        fig, panels = plt.subplots(1, 2, figsize=(12, 4.5))
-        for panel, metric, title in zip(
-            panels, ("map50", "map50_95"), ("mAP@0.5", "mAP@0.5:0.95"), strict=True
-        ):
-            for strategy in result["summary"]:
-                points = [c for c in result["curves"] if c["strategy"] == strategy]
-                x = np.array(
-                    [c["images"] if axis == "images" else c["boxes"]["mean"] for c in points]
-                )
-                mean = np.array([c[metric]["mean"] for c in points])
-                std = np.array([c[metric]["std"] for c in points])
-                style = "--" if strategy == CONTROL else "-"
-                width = 2.5 if strategy == DEFAULT_STRATEGY else 1.5
-                # One colour per strategy name, the same in every run's plots.
-                order = [*STRATEGIES, *(n for n in available_strategies() if n not in STRATEGIES)]
-                index = order.index(strategy) if strategy in order else len(order)
-                colour = f"C{index % 10}"
-                panel.plot(
-                    x,
-                    mean,
-                    style,
-                    color=colour,
-                    marker="o",
-                    markersize=3,
-                    linewidth=width,
-                    label=strategy,
-                )
-                panel.fill_between(x, mean - std, mean + std, color=colour, alpha=0.15)
-            reference = full[metric]
-            panel.axhline(reference, color="black", linewidth=1, label="full data")
-            if metric == "map50":
-                panel.axhline(
-                    0.9 * reference, color="grey", linestyle=":", linewidth=1, label="90% of full"
-                )
-            panel.set_xlabel(xlabel)
-            panel.set_ylabel(f"test {title}")
-            panel.set_title(f"{title} vs {xlabel}")
-            panel.grid(alpha=0.3)
-        panels[0].legend(fontsize=8)
-        fig.suptitle(
-            f"Label efficiency, {result['mode']} mode, {len(result['config']['seeds'])} seed(s)"
-        )
-        fig.tight_layout()
-        path = out_dir / name
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
-    return paths
+    fig, panels = plt.subplots(1, 2, figsize=(13, 4.8))
+    series = [(arm, "-", curve) for arm, curve in entry["curves"].items()]
+    converged = entry["recipes"].get(CONVERGED)
+    if converged:
+        series += [(f"{arm} (converged)", ":", c) for arm, c in converged["curves"].items()]
+    for index, (label, style, curve) in enumerate(series):
+        colour = f"C{index % 10}"
+        mean = [p["mean"] for p in curve["map50"]]
+        std = [p["std"] for p in curve["map50"]]
+        for panel, axis, scale in zip(panels, ("images", "seconds"), (1.0, 1 / 3600), strict=True):
+            x = [p["mean"] * scale for p in curve[axis]]
+            width = 2.5 if label == QUEUE else 1.3
+            panel.plot(x, mean, style, color=colour, marker="o", ms=3, lw=width, label=label)
+            panel.fill_between(
+                x,
+                [m - s for m, s in zip(mean, std, strict=True)],
+                [m + s for m, s in zip(mean, std, strict=True)],
+                color=colour,
+                alpha=0.1,
+            )
+    for panel, xlabel in zip(panels, ("labeled images", "annotator hours"), strict=True):
+        panel.axhline(entry["full_map50"], color="black", lw=1, label="full data")
+        panel.axhline(0.95 * entry["full_map50"], color="grey", ls="--", lw=1, label="95%")
+        panel.set_xlabel(xlabel)
+        panel.set_ylabel("test mAP@0.5")
+        panel.grid(alpha=0.3)
+    panels[1].legend(fontsize=7, ncol=2)
+    fig.suptitle(f"{name}: mAP@0.5 vs labels and vs annotator time")
+    fig.tight_layout()
+    path = out_dir / f"{name}.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
-def write_outputs(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
-    """results.json, results.md and the two plots under `out_dir`."""
+def write_outputs(result: dict[str, Any], out_dir: Path) -> None:
+    """results.json, summary.json, results.md and one plot per scenario under `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    json_path = out_dir / "results.json"
-    json_path.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
-    md_path = out_dir / "results.md"
-    md_path.write_text(markdown_report(result), encoding="utf-8")
-    images, boxes = plot_curves(result, out_dir)
-    return {"json": json_path, "markdown": md_path, "plot_images": images, "plot_boxes": boxes}
+    (out_dir / "results.json").write_text(
+        json.dumps(result, indent=1, default=str) + "\n", encoding="utf-8"
+    )
+    (out_dir / "summary.json").write_text(
+        json.dumps(summary_json(result), indent=2) + "\n", encoding="utf-8"
+    )
+    (out_dir / "results.md").write_text(markdown_report(result), encoding="utf-8")
+    for name, entry in result["scenarios"].items():
+        plot_scenario(name, entry, out_dir)
 
 
 def resummarise(path: Path, out_dir: Path) -> dict[str, Any]:
-    """Rebuild the summary, table and plots from a results.json or partial.json (no training).
-
-    For a run cut short (partial.json is written as rows arrive) or after changing the report.
-    """
+    """Rebuild every output from a results.json or partial.json (no training)."""
     raw = json.loads(path.read_text(encoding="utf-8"))
-    cfg = dict(raw["config"])
-    config = BenchConfig(
-        **{
-            **cfg,
-            "data": DigitsConfig(**cfg["data"]),
-            "strategies": tuple(cfg["strategies"]),
-            "seeds": tuple(cfg["seeds"]),
-        }
-    )
-    rows = [CycleRow(**row) for row in raw["rows"]]
-    result = {
-        **raw,
-        **summarise(rows, raw["full_data"], config, int(raw["full_data"]["images"])),
-    }
+    result = {**raw, **summarise(raw)}
     if not raw.get("complete", False):
-        done = sorted({(r.seed, r.strategy) for r in rows if r.cycle == config.cycles})
-        arms = len(config.seeds) * len(config.strategies)
-        result["mode"] = f"{raw['mode']} (PARTIAL: {len(done)} of {arms} arms complete)"
+        result["mode"] = f"{raw['mode']} (PARTIAL: {len(raw['rows'])} rows)"
     write_outputs(result, out_dir)
     return result

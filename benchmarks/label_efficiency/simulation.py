@@ -1,31 +1,29 @@
-"""Label-efficiency benchmark: does the active-learning queue save labels, and how many?
+"""The simulated annotation loop: every arm of one scenario and seed, on the product's code.
 
-A simulated annotation loop that runs the product's own code on the realistic digits data
-(`benchmarks.label_efficiency.digits_data`), whose ground truth stays hidden until "labeled":
+A scenario is a generated pool whose ground truth stays hidden until "labeled"
+(`digits_data`). Every simulated project starts from one class-agnostic base model (one class,
+"digit", trained on scenes no pool uses): the stand-in for the pretrained weights a user
+brings as MODEL_PATH. Per seed:
 
-0. every simulated project starts from a class-agnostic base model (`Simulation.train_base`:
-   one class, "digit", trained on digit samples no other split uses), standing in for the
-   pretrained weights a user brings as MODEL_PATH; the base and the full-data reference are
-   recorded in the workdir and reused by later runs with the same inputs;
-1. a small random seed set is revealed and trained on (`train_and_register`, exactly as a
-   Label Studio project's training run: same recipe, validation carved from the labeled
-   tasks, the promotion gate);
-2. each cycle: the project's LIVE model (`Detector`) predicts the whole pool (class-score
-   vectors and embeddings in one pass), a strategy (`get_strategy`) ranks the unlabeled
-   images, the top `batch_size` are revealed, and the project retrains, warm-starting from
-   its live model as the product does;
-3. after every cycle the live model is scored on the fixed TEST split (`evaluate`).
+1. a random seed set is revealed; the annotator sees the base model's boxes (MODEL_PATH is
+   what a new project pre-annotates with) and the project trains on it;
+2. each cycle, the project's live model (`Detector`) predicts the whole pool, a strategy
+   (`get_strategy`) ranks the unlabeled images through the ranker's own scoring
+   (`ImageRecord`, `pool_box_scores`, `class_ap_vector`), the next batch is revealed, priced
+   as the annotator's edits of the live model's boxes above MODEL_SCORE_THRESHOLD
+   (`analytics.matching`), and the project retrains;
+3. after every cycle the live model is scored on the scenario's fixed test split.
 
-Strategies: random (the control, same seeds), entropy, kcenter, hybrid (the product's
-default) and dua, each a separate simulated project, all starting from the same seed-set
-model of a seed; plus one model trained on the whole pool as the 100% reference.
+Recipes: `product` is the product's own run (`train_and_register`: warm start from the live
+model, the validation share, the promotion gate, TRAIN_EPOCHS); `converged` trains from the
+base model each cycle until the mAP on a fixed validation split stops improving (early
+stopping), to tell a training-limited regime from a selection-limited one.
 
-`run_benchmark` drives it all: every cycle's test mAP@0.5 and mAP@0.5:0.95 (a `CycleRow`,
-budgets in images and boxes) goes to `metrics.summarise` (AUBC, label efficiency, the saving
-vs random, mean and spread over seeds) and `report.write_outputs` (JSON, a markdown table and
-PNG plots); partial.json is rewritten as rows arrive. The command line lives in `cli`.
-
-Run: `python -m benchmarks.label_efficiency --quick --out /tmp/le-quick`.
+Arms `manual` (nothing shown, every box drawn) and `static` (the base model's boxes, never
+retrained: what a backend that cannot train offers) label the images `random` labels, in the
+same order, so their models are random's; they differ in the seconds the labels cost.
+Once the last cycle is done, the rest of the pool is priced with the final live model's boxes
+(`seconds_full_pool`; the project would keep improving, so this is an upper bound).
 """
 
 from __future__ import annotations
@@ -33,37 +31,45 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from backend.analytics.matching import Edit, LabeledBox, edit_counts, match_boxes
 from backend.config import Settings
 from backend.labelstudio.images import LoadedImage
 from backend.models.detector import Detector, ImageDetections, ModelSource
+from backend.models.offline import prepare_ultralytics, set_torch_threads
 from backend.ranking.detection_cache import ImageRecord
 from backend.ranking.queue import class_ap_vector, pool_box_scores
 from backend.services import build_services
 from backend.training.dataset import ExportStats, LabeledImage
 from backend.training.trainer import TrainParams, evaluate, train_and_register
-from benchmarks.label_efficiency.config import BenchConfig, CycleRow
-from benchmarks.label_efficiency.digits_data import BASE_CLASS, DigitsDataset, generate, summary
-from benchmarks.label_efficiency.metrics import summarise
-from benchmarks.label_efficiency.report import write_outputs
+from benchmarks.label_efficiency.config import (
+    CONVERGED,
+    MANUAL,
+    PRODUCT,
+    RANDOM,
+    STATIC,
+    BenchConfig,
+    CycleRow,
+    arm_name,
+    scenario_data,
+)
+from benchmarks.label_efficiency.digits_data import DigitsDataset, generate
 from strategies import Pool, get_strategy
 
 logger = logging.getLogger(__name__)
 
-FULL_DATA_PROJECT = 1
-BASE_PROJECT = 2
+SEED_SET_PROJECT = 10  # per unit: the seed-set model every arm of a seed starts from
+REFERENCE_PROJECT = 1
 
 
-# ------------------------------------------------------------------------------ pool build
 def build_pool(
     unlabeled: Sequence[ImageDetections],
     unlabeled_images: Sequence[LoadedImage],
@@ -71,430 +77,465 @@ def build_pool(
     names: Sequence[str],
     meta: dict[str, Any],
 ) -> Pool:
-    """A `strategies.Pool` from detector output, through the ranker's own pieces.
-
-    The ranking job (`backend.ranking`) builds its pool inside its Label Studio job; the
-    per-image steps it uses (`ImageRecord.from_detections`, `pool_box_scores`,
-    `class_ap_vector`) are reused here so
-    the benchmark scores images exactly as the product does. Every class is mapped (the
-    simulated label config shows all ten digits).
-    """
+    """A `strategies.Pool` from detector output through the ranker's own per-image steps,
+    so the benchmark scores images exactly as the product does (every class mapped)."""
     mapped = np.ones(len(names), dtype=bool)
     box_scores = [
         pool_box_scores(ImageRecord.from_detections("", image, found, len(names)), mapped)
         for found, image in zip(unlabeled, unlabeled_images, strict=True)
     ]
-    embeddings = np.stack([d.embedding for d in unlabeled]).astype(np.float32)
-    labeled_embeddings = (
-        np.stack([d.embedding for d in labeled]).astype(np.float32) if labeled else None
-    )
     return Pool(
         box_scores=box_scores,
-        embeddings=embeddings,
-        labeled_embeddings=labeled_embeddings,
+        embeddings=np.stack([d.embedding for d in unlabeled]).astype(np.float32),
+        labeled_embeddings=(
+            np.stack([d.embedding for d in labeled]).astype(np.float32) if labeled else None
+        ),
         class_ap=class_ap_vector(meta, names),
     )
 
 
-# ------------------------------------------------------------------------------ simulation
-class Simulation:
-    """The annotation loop over one generated dataset, under one working folder."""
-
-    def __init__(
-        self,
-        config: BenchConfig,
-        settings: Settings,
-        workdir: Path,
-        progress: bool = True,
-    ) -> None:
-        self.config = config
-        self.workdir = workdir
-        self.progress = progress
-        self.dataset: DigitsDataset = generate(workdir / "data", config.data)
-        self.settings = replace(
-            settings,
-            model_dir=workdir / "models",
-            image_root=self.dataset.root.resolve(),
-            image_size=config.image_size,
-            train_image_size=config.image_size,
-            train_epochs=config.epochs,
-            train_batch=config.train_batch,
-            train_val_percent=config.val_percent,
-            train_min_images=4,
-            promote_tolerance=config.tolerance,
-            training_enabled=False,
-        )
-        self.params = TrainParams.resolve(self.settings, {})
-        services = build_services(replace(self.settings, label_studio_url=None))
-        self.registry = services.registry
-        self.loader = services.images
-        self._run_id = 0
-        self._test_cache: dict[tuple[int, str], dict[str, Any]] = {}
-        references = workdir / "references.json"
-        self._references: dict[str, Any] = (
-            json.loads(references.read_text(encoding="utf-8")) if references.is_file() else {}
-        )
-        self.base: dict[str, Any] | None = None
-        if config.data.n_base > 0:
-            self.base = self.train_base()
-            self.settings = replace(self.settings, model_path=Path(self.base["weights"]))
-        self.classes = list(self.dataset.classes)
-        self.pool: list[LabeledImage] = self.dataset.labeled("pool")
-        self.pool_boxes = np.array([len(item.boxes) for item in self.pool], dtype=np.int64)
-        self.images = [self.loader.load(item.image_ref) for item in self.pool]
-        self.test_yaml = write_eval_split(
-            self.dataset.labeled("test"), self.classes, workdir / "test-split"
-        )
-
-    # -- building blocks -------------------------------------------------------------
-    def train_base(self) -> dict[str, Any]:
-        """The stand-in for the pretrained weights a user brings (MODEL_PATH).
-
-        A random-init YOLO learns nothing in a few epochs on a few dozen images, so, as a user
-        would start from pretrained weights, every simulated project starts from a detector
-        trained on the `base` split (digit samples no other split uses) with ONE class,
-        "digit": it knows where handwriting is, not which digit it is. Same training path.
-        """
-        started = time.perf_counter()
-        params = replace(self.params, epochs=self.config.base_epochs)
-        key = {
-            "data": asdict(self.config.data),
-            "params": asdict(params),
-            "start": [self.settings.model_yaml, str(self.settings.model_path or "")],
-        }
-        cached = self._cached_reference("base", key, BASE_PROJECT)
-        if cached is not None:
-            return cached
-        details = self._train(
-            BASE_PROJECT, self.dataset.labeled("base", class_agnostic=True), [BASE_CLASS], params
-        )
-        live = self.registry.live(BASE_PROJECT)
-        if live is None:
-            raise RuntimeError("the base model was not promoted")
-        return self._store_reference(
-            "base",
-            key,
-            {
-                "images": len(self.dataset.splits["base"]),
-                "classes": [BASE_CLASS],
-                "epochs": params.epochs,
-                "weights": str(live.weights),
-                "val_map50": details["metrics"]["map50"],
-                "duration_s": round(time.perf_counter() - started, 3),
-            },
-        )
-
-    def _cached_reference(
-        self, name: str, key: dict[str, Any], project_id: int
-    ) -> dict[str, Any] | None:
-        """A reference model (base, full data) from an earlier run in this workdir, if its
-        inputs match; otherwise its project is wiped so training starts clean, not warm."""
-        stored = self._references.get(name)
-        live = self.registry.live(project_id)
-        if (
-            stored
-            and stored["key"] == _canonical(key)
-            and live
-            and live.version == stored["result"].get("version", live.version)
-        ):
-            logger.info("reusing the %s model from %s", name, self.workdir)
-            return dict(stored["result"])
-        shutil.rmtree(self.settings.paths.project(project_id).root, ignore_errors=True)
-        return None
-
-    def _store_reference(
-        self, name: str, key: dict[str, Any], result: dict[str, Any]
-    ) -> dict[str, Any]:
-        live = self.registry.live(FULL_DATA_PROJECT if name == "full" else BASE_PROJECT)
-        result = {**result, "version": live.version if live else None}
-        self._references[name] = {"key": _canonical(key), "result": result}
-        (self.workdir / "references.json").write_text(
-            json.dumps(self._references, indent=2), encoding="utf-8"
-        )
-        return result
-
-    def train(
-        self, project_id: int, labeled_idx: Sequence[int], params: TrainParams
-    ) -> dict[str, Any]:
-        """One product training run on the revealed pool images."""
-        return self._train(project_id, [self.pool[i] for i in labeled_idx], self.classes, params)
-
-    def _train(
-        self,
-        project_id: int,
-        items: Sequence[LabeledImage],
-        classes: list[str],
-        params: TrainParams,
-    ) -> dict[str, Any]:
-        self._run_id += 1
-        return train_and_register(
-            self.settings,
-            self.registry,
-            self.loader,
-            project_id,
-            self._run_id,
-            items,
-            classes,
-            ExportStats(),
-            params,
-        )
-
-    def test_metrics(self, project_id: int) -> tuple[str, dict[str, Any]]:
-        """The live model's TEST mAPs (cached per version: a rejected candidate changes nothing)."""
-        live = self.registry.live(project_id)
-        if live is None:
-            raise RuntimeError(f"simulated project {project_id} has no live model")
-        key = (project_id, live.version)
-        if key not in self._test_cache:
-            workdir = self.workdir / "eval" / f"p{project_id}-{live.version}"
-            metrics = evaluate(
-                self.settings, self.params, live.weights, self.test_yaml, self.classes, workdir
-            )
-            shutil.rmtree(workdir, ignore_errors=True)
-            if metrics is None:
-                raise RuntimeError("the live model does not predict the digit classes")
-            self._test_cache[key] = metrics
-        return live.version, self._test_cache[key]
-
-    def select(
-        self, project_id: int, strategy: str, labeled_idx: list[int], seed: int
-    ) -> list[int]:
-        """Predict the pool with the live model, rank the unlabeled part, return the batch."""
-        live = self.registry.live(project_id)
-        if live is None:
-            raise RuntimeError(f"simulated project {project_id} has no live model")
-        detector = Detector(
-            ModelSource(
-                version=f"p{project_id}-{live.version}", weights=live.weights, kind="registry"
-            ),
-            self.settings,
-        )
-        found = detector.predict([image.pixels for image in self.images])
-        is_labeled = np.zeros(len(self.pool), dtype=bool)
-        is_labeled[labeled_idx] = True
-        unlabeled_idx = np.flatnonzero(~is_labeled)
-        pool = build_pool(
-            [found[i] for i in unlabeled_idx],
-            [self.images[i] for i in unlabeled_idx],
-            [found[i] for i in labeled_idx],
-            detector.names,
-            live.meta,
-        )
-        chosen = get_strategy(strategy, seed=seed).select(pool, self.config.batch_size)
-        return [int(unlabeled_idx[i]) for i in chosen.batch]
-
-    def row(
-        self,
-        seed: int,
-        strategy: str,
-        cycle: int,
-        project_id: int,
-        labeled_idx: Sequence[int],
-        details: dict[str, Any] | None,
-        durations: dict[str, float],
-    ) -> CycleRow:
-        started = time.perf_counter()
-        version, metrics = self.test_metrics(project_id)
-        durations["test_eval_s"] = round(time.perf_counter() - started, 3)
-        return CycleRow(
-            seed=seed,
-            strategy=strategy,
-            cycle=cycle,
-            images=len(labeled_idx),
-            fraction=len(labeled_idx) / len(self.pool),
-            boxes=int(self.pool_boxes[list(labeled_idx)].sum()),
-            map50=float(metrics["map50"]),
-            map50_95=float(metrics["map50_95"]),
-            version=version,
-            promoted=bool(details is None or details["gate"]["passed"]),
-            durations=durations,
-        )
-
-    # -- the benchmark ---------------------------------------------------------------
-    def full_reference(self) -> dict[str, Any]:
-        """The 100% model: the same training path on every pool label, trained longer."""
-        started = time.perf_counter()
-        params = replace(self.params, epochs=self.config.full_epochs)
-        key = {
-            "data": asdict(self.config.data),
-            "params": asdict(params),
-            "base": self.base,
-            "start": [self.settings.model_yaml, str(self.settings.model_path or "")],
-        }
-        cached = self._cached_reference("full", key, FULL_DATA_PROJECT)
-        if cached is not None:
-            return cached
-        details = self.train(FULL_DATA_PROJECT, range(len(self.pool)), params)
-        version, metrics = self.test_metrics(FULL_DATA_PROJECT)
-        return self._store_reference(
-            "full",
-            key,
-            {
-                "images": len(self.pool),
-                "boxes": int(self.pool_boxes.sum()),
-                "epochs": params.epochs,
-                "version": version,
-                "map50": float(metrics["map50"]),
-                "map50_95": float(metrics["map50_95"]),
-                "per_class_ap50": metrics["per_class_ap50"],
-                "val_metrics": details["metrics"],
-                "duration_s": round(time.perf_counter() - started, 3),
-            },
-        )
-
-    def run_seed(self, seed: int, on_row: Callable[[CycleRow], None]) -> None:
-        """Every arm for one seed: one shared seed-set model, then each strategy's cycles."""
-        rng = np.random.default_rng([seed, 12345])
-        seed_idx = sorted(
-            int(i) for i in rng.choice(len(self.pool), self.config.seed_size, replace=False)
-        )
-        base = _project_id(seed, None, self.config.strategies)
-        shutil.rmtree(self.settings.paths.project(base).root, ignore_errors=True)  # start cold
-        started = time.perf_counter()
-        details = self.train(base, seed_idx, self.params)
-        seed_durations = {"train_s": round(time.perf_counter() - started, 3)}
-        arms = tqdm(
-            self.config.strategies,
-            desc=f"seed {seed}",
-            leave=False,
-            disable=not self.progress,
-            position=1,
-        )
-        for strategy in arms:
-            arms.set_postfix_str(strategy)
-            project = _project_id(seed, strategy, self.config.strategies)
-            target = self.settings.paths.project(project).root
-            shutil.rmtree(target, ignore_errors=True)
-            shutil.copytree(self.settings.paths.project(base).root, target)
-            labeled = list(seed_idx)
-            on_row(self.row(seed, strategy, 0, project, labeled, details, dict(seed_durations)))
-            cycles = tqdm(
-                range(1, self.config.cycles + 1),
-                desc=strategy,
-                leave=False,
-                disable=not self.progress,
-                position=2,
-            )
-            for cycle in cycles:
-                t0 = time.perf_counter()
-                batch = self.select(project, strategy, labeled, seed * 1000 + cycle)
-                labeled = labeled + batch
-                t1 = time.perf_counter()
-                cycle_details = self.train(project, labeled, self.params)
-                t2 = time.perf_counter()
-                durations = {"select_s": round(t1 - t0, 3), "train_s": round(t2 - t1, 3)}
-                on_row(self.row(seed, strategy, cycle, project, labeled, cycle_details, durations))
-
-
-def _canonical(value: Any) -> str:
-    """A stable text form of a JSON-able key (tuples and lists compare equal)."""
-    return json.dumps(value, sort_keys=True, default=str)
-
-
-def _project_id(seed: int, strategy: str | None, strategies: Sequence[str]) -> int:
-    """Simulated project ids: 1 = full data, 2 = base model; per seed, the seed-set project
-    (shared by every arm's first point) and one per arm."""
-    offset = 0 if strategy is None else 1 + list(strategies).index(strategy)
-    return 100 * (seed + 1) + offset
-
-
-def write_eval_split(items: Sequence[LabeledImage], classes: Sequence[str], folder: Path) -> Path:
-    """A data.yaml whose `val` split is exactly `items` (the fixed test set), for `evaluate`.
-
-    `write_dataset` splits by task hash for the promotion gate; the test set must be whole.
-    """
+def write_split_yaml(
+    folder: Path,
+    classes: Sequence[str],
+    val: Sequence[LabeledImage],
+    train: Sequence[LabeledImage] | None = None,
+) -> Path:
+    """A data.yaml over exactly these images (symlinked), for `evaluate` (val only: the fixed
+    test split) or the converged recipe (train + the fixed validation split)."""
     shutil.rmtree(folder, ignore_errors=True)
-    image_dir, label_dir = folder / "images" / "val", folder / "labels" / "val"
-    image_dir.mkdir(parents=True)
-    label_dir.mkdir(parents=True)
-    for item in items:
-        source = Path(item.image_ref)
-        (image_dir / source.name).symlink_to(source.resolve())
-        lines = "".join(box.line() + "\n" for box in item.boxes)
-        (label_dir / f"{source.stem}.txt").write_text(lines, encoding="utf-8")
+    for split, items in (("val", val), ("train", train or val)):
+        image_dir, label_dir = folder / "images" / split, folder / "labels" / split
+        image_dir.mkdir(parents=True)
+        label_dir.mkdir(parents=True)
+        for item in items:
+            source = Path(item.image_ref)
+            (image_dir / source.name).symlink_to(source.resolve())
+            lines = "".join(box.line() + "\n" for box in item.boxes)
+            (label_dir / f"{source.stem}.txt").write_text(lines, encoding="utf-8")
     names = "".join(f"  {i}: {json.dumps(name)}\n" for i, name in enumerate(classes))
     data_yaml = folder / "data.yaml"
     data_yaml.write_text(
-        f"path: {json.dumps(str(folder.resolve()))}\ntrain: images/val\nval: images/val\n"
+        f"path: {json.dumps(str(folder.resolve()))}\ntrain: images/train\nval: images/val\n"
         f"names:\n{names}",
         encoding="utf-8",
     )
     return data_yaml
 
 
-# ---------------------------------------------------------------------------------- driver
-def run_benchmark(
-    config: BenchConfig,
-    settings: Settings,
-    out_dir: Path,
-    workdir: Path | None = None,
-    mode: str = "custom",
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Generate the data, run the full-data reference and every arm, write the outputs.
+@dataclass
+class Trainer:
+    """Both recipes and the test yardstick for one folder of simulated projects."""
 
-    Partial results are written after every row, so a run cut short still leaves its curves.
-    """
-    owned = workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="label-efficiency-")) if workdir is None else workdir
-    workdir.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    try:
-        sim = Simulation(config, settings, workdir, progress=progress)
-        full = sim.full_reference()
-        logger.info("full-data reference: mAP50 %.3f in %.0fs", full["map50"], full["duration_s"])
-        rows: list[CycleRow] = []
-        base = {
-            "mode": mode,
-            "config": asdict(config),
-            "dataset": summary(sim.dataset),
-            "full_data": full,
-            "base_model": sim.base,
-            "settings": {
-                "model_yaml": sim.settings.model_yaml,
-                "model_path": str(sim.settings.model_path or ""),
-                "device": sim.settings.device,
-            },
-        }
+    settings: Settings
+    config: BenchConfig
+    run_id: int = 0
 
-        def on_row(row: CycleRow) -> None:
-            rows.append(row)
-            if len(rows) % len(config.strategies) == 0:
-                _write_partial(base, rows, full, config, len(sim.pool), out_dir, started)
+    def __post_init__(self) -> None:
+        services = build_services(replace(self.settings, label_studio_url=None))
+        self.registry = services.registry
+        self.loader = services.images
+        self.params = TrainParams.resolve(self.settings, {})
+        set_torch_threads(self.settings.torch_threads)
 
-        for seed in tqdm(config.seeds, desc="seeds", disable=not progress, position=0):
-            sim.run_seed(seed, on_row)
-        result = {
-            **base,
-            **summarise(rows, full, config, len(sim.pool)),
-            "rows": [asdict(r) for r in rows],
-            "complete": True,
-            "wall_s": round(time.perf_counter() - started, 1),
-        }
-        write_outputs(result, out_dir)
-        return result
-    finally:
-        if owned:
-            shutil.rmtree(workdir, ignore_errors=True)
+    def product(
+        self,
+        project_id: int,
+        items: Sequence[LabeledImage],
+        classes: list[str],
+        epochs: int | None = None,
+    ) -> dict[str, Any]:
+        """One product training run (`train_and_register`) of `project_id` on `items`."""
+        self.run_id += 1
+        params = self.params if epochs is None else replace(self.params, epochs=epochs)
+        return train_and_register(
+            self.settings,
+            self.registry,
+            self.loader,
+            project_id,
+            self.run_id,
+            items,
+            classes,
+            ExportStats(),
+            params,
+        )
+
+    def converged(
+        self,
+        start: Path,
+        items: Sequence[LabeledImage],
+        val: Sequence[LabeledImage],
+        classes: Sequence[str],
+        folder: Path,
+    ) -> Path:
+        """The product's hyper-parameters from `start`, up to `converged_max_epochs` epochs,
+        stopped once the fixed validation split's fitness has not improved for
+        `converged_patience` epochs; the best epoch's weights."""
+        prepare_ultralytics(self.settings.paths.ultralytics)
+        from ultralytics import YOLO  # noqa: PLC0415  (after prepare_ultralytics)
+
+        data_yaml = write_split_yaml(folder / "data", classes, val, items)
+        YOLO(str(start), task="detect").train(
+            data=str(data_yaml),
+            epochs=self.config.converged_max_epochs,
+            patience=self.config.converged_patience,
+            imgsz=self.config.image_size,
+            batch=self.config.train_batch,
+            device=self.settings.device,
+            workers=0,
+            plots=False,
+            amp=False,
+            val=True,
+            verbose=False,
+            seed=0,
+            deterministic=False,
+            mosaic=0.0,
+            optimizer="AdamW",
+            lr0=0.002,
+            warmup_epochs=1,
+            project=str(folder),
+            name="train",
+            exist_ok=True,
+        )
+        weights = folder / "train" / "weights" / "best.pt"
+        if not weights.is_file():
+            raise RuntimeError(f"converged training left no weights at {weights}")
+        return weights
+
+    def test(
+        self, weights: Path, test_yaml: Path, classes: list[str], work: Path
+    ) -> dict[str, Any]:
+        """mAP@0.5 and mAP@0.5:0.95 of `weights` on the fixed test split."""
+        metrics = evaluate(self.settings, self.params, weights, test_yaml, classes, work)
+        shutil.rmtree(work, ignore_errors=True)
+        if metrics is None:
+            raise RuntimeError(f"{weights} does not predict the classes {classes}")
+        return metrics
 
 
-def _write_partial(
-    base: dict[str, Any],
-    rows: list[CycleRow],
-    full: dict[str, Any],
-    config: BenchConfig,
-    n_pool: int,
-    out_dir: Path,
-    started: float,
-) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    partial = {
-        **base,
-        **summarise(rows, full, config, n_pool),
-        "rows": [asdict(r) for r in rows],
-        "complete": False,
-        "wall_s": round(time.perf_counter() - started, 1),
-    }
-    (out_dir / "partial.json").write_text(
-        json.dumps(partial, indent=2, default=str) + "\n", encoding="utf-8"
-    )
+@dataclass
+class Scenario:
+    """One generated pool with its hidden ground truth and its fixed splits."""
+
+    name: str
+    dataset: DigitsDataset
+    pool: list[LabeledImage]
+    images: list[LoadedImage]
+    truth: list[list[LabeledBox]]  # per pool image, in pixels
+    test_yaml: Path
+
+    @classmethod
+    def load(
+        cls, name: str, config: BenchConfig, workdir: Path, own: Path, trainer: Trainer
+    ) -> Scenario:
+        """The scenario's data under `workdir`, its test split written under `own` (a folder
+        no other process uses: evaluation caches labels next to the split)."""
+        dataset = generate(
+            workdir / "data" / name, scenario_data(name, config.n_pool, config.n_test)
+        )
+        classes = list(dataset.classes)
+        return cls(
+            name=name,
+            dataset=dataset,
+            pool=dataset.labeled("pool"),
+            images=[trainer.loader.load(item.image_ref) for item in dataset.labeled("pool")],
+            truth=[
+                [LabeledBox(b.x1, b.y1, b.x2, b.y2, b.label) for b in sample.boxes]
+                for sample in dataset.splits["pool"]
+            ],
+            test_yaml=write_split_yaml(own / "test-split", classes, dataset.labeled("test")),
+        )
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.dataset.classes)
+
+    def boxes(self, labeled: Sequence[int]) -> int:
+        return sum(len(self.truth[i]) for i in labeled)
+
+
+# ------------------------------------------------------------------------------ the annotator
+def shown_boxes(found: ImageDetections, names: Sequence[str], threshold: float) -> list[LabeledBox]:
+    """The pre-annotation an annotator sees: the boxes at or above MODEL_SCORE_THRESHOLD."""
+    return [
+        LabeledBox(b.x1, b.y1, b.x2, b.y2, names[b.class_id])
+        for b in found.boxes
+        if b.conf >= threshold
+    ]
+
+
+class Annotator:
+    """Labels images with the hidden ground truth and tallies the edits that took."""
+
+    def __init__(self, scenario: Scenario, threshold: float) -> None:
+        self.scenario = scenario
+        self.threshold = threshold
+
+    def edits(
+        self,
+        indices: Sequence[int],
+        shown: Sequence[ImageDetections] | None,
+        names: Sequence[str] = (),
+    ) -> Counter[str]:
+        """Edits to label `indices`: from `shown` (pool-wide predictions), or all drawn."""
+        total: Counter[str] = Counter({e.value: 0 for e in Edit})
+        for i in indices:
+            boxes = [] if shown is None else shown_boxes(shown[i], names, self.threshold)
+            counts = edit_counts(match_boxes(boxes, self.scenario.truth[i]))
+            total.update({edit.value: n for edit, n in counts.items()})
+        return total
+
+
+# ------------------------------------------------------------------------------ one seed
+@dataclass
+class SeedResult:
+    rows: list[CycleRow]
+    full_pool: dict[str, dict[str, dict[str, int]]]  # recipe -> arm -> edits, whole pool
+
+
+class SeedRun:
+    """Every arm and recipe of one scenario for one seed, in its own model folder."""
+
+    def __init__(
+        self,
+        config: BenchConfig,
+        settings: Settings,
+        workdir: Path,
+        scenario: str,
+        seed: int,
+        base_weights: Path,
+    ) -> None:
+        self.config = config
+        self.seed = seed
+        self.base_weights = base_weights
+        self.root = workdir / "units" / f"{scenario}-seed{seed}"
+        shutil.rmtree(self.root, ignore_errors=True)
+        self.trainer = Trainer(
+            replace(settings, model_dir=self.root / "models", model_path=base_weights), config
+        )
+        self.scenario = Scenario.load(scenario, config, workdir, self.root, self.trainer)
+        self.annotator = Annotator(self.scenario, settings.score_threshold)
+        self.rows: list[CycleRow] = []
+        self.full_pool: dict[str, dict[str, dict[str, int]]] = {PRODUCT: {}, CONVERGED: {}}
+
+    def run(self) -> SeedResult:
+        sc = self.scenario
+        rng = np.random.default_rng([self.seed, 12345])
+        seed_idx = sorted(
+            int(i) for i in rng.choice(len(sc.pool), self.config.budgets[0], replace=False)
+        )
+        base_names, base = self.predict(self.base_weights, "base")
+        started = time.perf_counter()
+        self.trainer.product(SEED_SET_PROJECT, [sc.pool[i] for i in seed_idx], sc.classes)
+        seed_train_s = round(time.perf_counter() - started, 3)
+        seed_model = self.trainer.registry.live(SEED_SET_PROJECT)
+        assert seed_model is not None  # a first run has no live model to lose against
+        seed_metrics = self.test(seed_model.weights)
+        seed_edits = self.annotator.edits(seed_idx, base, base_names)
+        random_labeled: list[list[int]] = []
+        for strategy in self.config.strategies:
+            labeled_by_cycle = self.product_arm(
+                strategy, seed_idx, seed_edits, seed_metrics, seed_train_s
+            )
+            if strategy == RANDOM:
+                random_labeled = labeled_by_cycle
+        random_rows = [r for r in self.rows if r.arm == RANDOM and r.recipe == PRODUCT]
+        everything = range(len(sc.pool))
+        for arm, shown in ((MANUAL, None), (STATIC, base)):
+            for row in random_rows:
+                labeled = random_labeled[row.cycle]
+                self.rows.append(
+                    replace(
+                        row,
+                        arm=arm,
+                        edits=dict(self.annotator.edits(labeled, shown, base_names)),
+                        durations={},
+                    )
+                )
+            self.full_pool[PRODUCT][arm] = dict(self.annotator.edits(everything, shown, base_names))
+        if self.seed in self.config.seeds[: self.config.converged_seeds]:
+            for strategy in self.config.converged_strategies:
+                self.converged_arm(strategy, seed_idx, seed_edits)
+        return SeedResult(self.rows, self.full_pool)
+
+    # -- the pieces ------------------------------------------------------------------
+    def predict(self, weights: Path, version: str) -> tuple[list[str], list[ImageDetections]]:
+        """The model's class names and its detections on every pool image."""
+        detector = Detector(
+            ModelSource(version=version, weights=weights, kind="registry"),
+            self.trainer.settings,
+        )
+        found = detector.predict([image.pixels for image in self.scenario.images])
+        return list(detector.names), found
+
+    def test(self, weights: Path) -> dict[str, Any]:
+        return self.trainer.test(
+            weights, self.scenario.test_yaml, self.scenario.classes, self.root / "eval"
+        )
+
+    def select(
+        self,
+        strategy: str,
+        names: Sequence[str],
+        found: list[ImageDetections],
+        labeled: list[int],
+        n: int,
+        meta: dict[str, Any],
+        cycle: int,
+    ) -> list[int]:
+        is_labeled = np.zeros(len(found), dtype=bool)
+        is_labeled[labeled] = True
+        unlabeled = np.flatnonzero(~is_labeled)
+        pool = build_pool(
+            [found[i] for i in unlabeled],
+            [self.scenario.images[i] for i in unlabeled],
+            [found[i] for i in labeled],
+            names,
+            meta,
+        )
+        chosen = get_strategy(strategy, seed=self.seed * 1000 + cycle).select(pool, n)
+        return [int(unlabeled[i]) for i in chosen.batch]
+
+    def row(
+        self,
+        recipe: str,
+        strategy: str,
+        cycle: int,
+        labeled: Sequence[int],
+        edits: Counter[str],
+        weights: Path,
+        durations: dict[str, float],
+        version: str = "",
+        promoted: bool = True,
+        metrics: dict[str, Any] | None = None,
+    ) -> None:
+        """Record a curve point; `metrics`, the test mAPs of `weights`, are measured if None."""
+        if metrics is None:
+            t0 = time.perf_counter()
+            metrics = self.test(weights)
+            durations["test_s"] = round(time.perf_counter() - t0, 3)
+        self.rows.append(
+            CycleRow(
+                scenario=self.scenario.name,
+                recipe=recipe,
+                arm=arm_name(strategy),
+                seed=self.seed,
+                cycle=cycle,
+                images=len(labeled),
+                boxes=self.scenario.boxes(labeled),
+                edits=dict(edits),
+                map50=float(metrics["map50"]),
+                map50_95=float(metrics["map50_95"]),
+                version=version,
+                promoted=promoted,
+                durations=durations,
+            )
+        )
+
+    def product_arm(
+        self,
+        strategy: str,
+        seed_idx: list[int],
+        seed_edits: Counter[str],
+        seed_metrics: dict[str, Any],
+        seed_train_s: float,
+    ) -> list[list[int]]:
+        """One strategy's cycles with the product recipe; the labeled images after each."""
+        registry = self.trainer.registry
+        project = SEED_SET_PROJECT + 1 + self.config.strategies.index(strategy)
+        paths = self.trainer.settings.paths
+        shutil.copytree(paths.project(SEED_SET_PROJECT).root, paths.project(project).root)
+        labeled, edits = list(seed_idx), Counter(seed_edits)
+        live = registry.live(project)
+        assert live is not None  # the seed-set run has no live model to lose against
+        self.row(
+            PRODUCT,
+            strategy,
+            0,
+            labeled,
+            edits,
+            live.weights,
+            {"train_s": seed_train_s},
+            live.version,
+            metrics=seed_metrics,
+        )
+        labeled_by_cycle = [list(labeled)]
+        budgets = self.config.budgets
+        for cycle in range(1, len(budgets)):
+            t0 = time.perf_counter()
+            names, found = self.predict(live.weights, live.version)
+            batch = self.select(
+                strategy,
+                names,
+                found,
+                labeled,
+                budgets[cycle] - budgets[cycle - 1],
+                live.meta,
+                cycle,
+            )
+            edits += self.annotator.edits(batch, found, names)
+            labeled += batch
+            t1 = time.perf_counter()
+            details = self.trainer.product(
+                project, [self.scenario.pool[i] for i in labeled], self.scenario.classes
+            )
+            t2 = time.perf_counter()
+            live = registry.live(project)
+            assert live is not None
+            self.row(
+                PRODUCT,
+                strategy,
+                cycle,
+                labeled,
+                edits,
+                live.weights,
+                {"select_s": round(t1 - t0, 3), "train_s": round(t2 - t1, 3)},
+                live.version,
+                bool(details["gate"]["passed"]),
+            )
+            labeled_by_cycle.append(list(labeled))
+        rest = sorted(set(range(len(self.scenario.pool))) - set(labeled))
+        names, found = self.predict(live.weights, live.version)
+        self.full_pool[PRODUCT][arm_name(strategy)] = dict(
+            edits + self.annotator.edits(rest, found, names)
+        )
+        return labeled_by_cycle
+
+    def converged_arm(self, strategy: str, seed_idx: list[int], seed_edits: Counter[str]) -> None:
+        sc = self.scenario
+        val = sc.dataset.labeled("val")
+        folder = self.root / "converged" / arm_name(strategy)
+        labeled, edits = list(seed_idx), Counter(seed_edits)
+        budgets = self.config.budgets
+        weights = Path()
+        for cycle in range(len(budgets)):
+            t0 = time.perf_counter()
+            if cycle > 0:
+                names, found = self.predict(weights, f"converged-{cycle - 1}")
+                batch = self.select(
+                    strategy, names, found, labeled, budgets[cycle] - budgets[cycle - 1], {}, cycle
+                )
+                edits += self.annotator.edits(batch, found, names)
+                labeled += batch
+            t1 = time.perf_counter()
+            weights = self.trainer.converged(
+                self.base_weights,
+                [sc.pool[i] for i in labeled],
+                val,
+                sc.classes,
+                folder / f"cycle{cycle}",
+            )
+            t2 = time.perf_counter()
+            self.row(
+                CONVERGED,
+                strategy,
+                cycle,
+                labeled,
+                edits,
+                weights,
+                {"select_s": round(t1 - t0, 3), "train_s": round(t2 - t1, 3)},
+            )
+        rest = sorted(set(range(len(sc.pool))) - set(labeled))
+        names, found = self.predict(weights, "converged-final")
+        self.full_pool[CONVERGED][arm_name(strategy)] = dict(
+            edits + self.annotator.edits(rest, found, names)
+        )

@@ -1,19 +1,29 @@
-"""Label-efficiency benchmark: metric functions with known answers, the digits generator, and
-(slow) one small run of the whole simulated annotation loop, checking the outputs' shape."""
+"""Label-efficiency benchmark v2: metrics with known answers, the three pools' generators, the
+simulated annotator, and (slow) the --quick run end to end, checking its outputs."""
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import replace
+import subprocess
+import sys
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from backend.config import Settings
-from benchmarks.label_efficiency.config import STRATEGIES, BenchConfig, CycleRow
+from backend.analytics.cost import ActionSeconds
+from backend.analytics.matching import LabeledBox
+from backend.models.detector import Box, ImageDetections
+from benchmarks.label_efficiency.config import (
+    LONG_TAIL_WEIGHTS,
+    BenchConfig,
+    CycleRow,
+    all_strategies,
+    scenario_data,
+)
 from benchmarks.label_efficiency.digits_data import (
     BASE_CLASS,
     CLASS_WEIGHTS,
@@ -22,9 +32,15 @@ from benchmarks.label_efficiency.digits_data import (
     generate,
     load,
 )
-from benchmarks.label_efficiency.metrics import aubc, label_efficiency, saving_vs_random, summarise
+from benchmarks.label_efficiency.metrics import (
+    aubc,
+    label_efficiency,
+    saving_vs_random,
+    summarise,
+    summary_json,
+)
 from benchmarks.label_efficiency.report import resummarise
-from benchmarks.label_efficiency.simulation import run_benchmark
+from benchmarks.label_efficiency.simulation import Annotator, shown_boxes
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -82,32 +98,87 @@ def test_saving_vs_random() -> None:
     assert saving_vs_random(0.2, None) is None
 
 
-def _row(seed: int, strategy: str, cycle: int, images: int, boxes: int, m: float) -> CycleRow:
-    return CycleRow(seed, strategy, cycle, images, images / 100, boxes, m, m / 2, "v1", True)
-
-
-def test_summarise_measures_saving_and_aubc_wins() -> None:
-    config = BenchConfig(
-        data=DigitsConfig(n_pool=100),
-        strategies=("random", "hybrid"),
-        seeds=(0,),
-        seed_size=10,
-        batch_size=10,
-        cycles=3,
+def _row(arm: str, cycle: int, images: int, drawn: int, accepted: int, m: float) -> dict:
+    edits = {"accepted": accepted, "adjusted": 0, "relabeled": 0, "deleted": 0, "drawn": drawn}
+    return asdict(
+        CycleRow("scenes", "product", arm, 0, cycle, images, drawn + accepted, edits, m, m / 2)
     )
-    random_maps, hybrid_maps = [0.1, 0.3, 0.5, 0.9], [0.1, 0.7, 0.9, 1.0]
-    rows = [_row(0, "random", c, 10 + 10 * c, 30 + 30 * c, m) for c, m in enumerate(random_maps)]
-    rows += [_row(0, "hybrid", c, 10 + 10 * c, 30 + 40 * c, m) for c, m in enumerate(hybrid_maps)]
-    result = summarise(rows, {"map50": 1.0}, config, n_pool=100)
-    assert len(result["curves"]) == 8
-    hybrid, rand = result["summary"]["hybrid"], result["summary"]["random"]
-    # 90% of 1.0: random reaches it at 0.40 of the pool, hybrid at 0.30
-    assert rand["le90_mean_curve"] == pytest.approx(0.40)
-    assert hybrid["le90_mean_curve"] == pytest.approx(0.30)
-    assert hybrid["saving90_mean_curve"] == pytest.approx(0.25)
-    assert hybrid["aubc_wins_vs_random"] == 1
-    assert hybrid["aubc_images"]["mean"] > rand["aubc_images"]["mean"]
-    assert result["target"]["passed"] is False  # 25% < 30%
+
+
+def _result(rows: list[dict], full_pool: dict[str, dict[str, int]]) -> dict:
+    config = asdict(BenchConfig(scenarios=("scenes",), seeds=(0,), n_pool=100, budgets=(10, 20)))
+    return {
+        "config": config,
+        "references": {"scenes": {"map50": 1.0}},
+        "pools": {"scenes": {"pool": {"images": 100}}},
+        "rows": rows,
+        "full_pool": {"scenes": {"0": {"product": full_pool}}},
+    }
+
+
+def test_summarise_prices_edits_and_measures_savings() -> None:
+    costs = ActionSeconds()
+    # random: 10 images / 20 boxes per cycle, all drawn; queue: the same images' boxes accepted
+    rows = [_row("random", c, 10 * (c + 1), 20 * (c + 1), 0, m) for c, m in enumerate([0.5, 1.0])]
+    rows += [_row("queue", c, 10 * (c + 1), 0, 20 * (c + 1), m) for c, m in enumerate([0.5, 1.0])]
+    pool_edits = {"random": {"drawn": 200}, "queue": {"accepted": 200}}
+    summary = summarise(_result(rows, pool_edits))["scenarios"]["scenes"]
+    rand, queue = summary["arms"]["random"], summary["arms"]["queue"]
+    drawn_s = lambda images, boxes: images * costs.per_image + boxes * costs.drawn  # noqa: E731
+    accepted_s = lambda images, boxes: images * costs.per_image + boxes * costs.accepted  # noqa: E731
+    # 95% of full = 0.95: linear between (budget at 0.5) and (budget at 1.0), 90% of the way
+    assert rand["seconds_to_95"] == [pytest.approx(drawn_s(10, 20) + 0.9 * drawn_s(10, 20))]
+    assert queue["seconds_to_95"] == [pytest.approx(accepted_s(19, 38))]
+    assert rand["seconds_full_pool"] == [pytest.approx(drawn_s(100, 200))]
+    assert queue["seconds_full_pool"] == [pytest.approx(accepted_s(100, 200))]
+    assert rand["aubc_images"] == queue["aubc_images"] == [pytest.approx(0.75)]
+    saving = queue["saving_vs"]["random"]["seconds_full_pool"]["mean"]
+    assert saving == pytest.approx(1 - accepted_s(100, 200) / drawn_s(100, 200))
+    # the common level is the lowest final mAP (1.0): both reach it at their last point
+    assert queue["seconds_to_common"] == [pytest.approx(accepted_s(20, 40))]
+    # the drawing-cost sensitivity changes random's seconds, not queue's
+    half = summary["sensitivity"]["drawn_x0.5"]["queue"]["saving_vs"]["random"]
+    assert half["seconds_full_pool"]["mean"] < saving
+    shape = summary_json(summarise(_result(rows, pool_edits)))
+    assert set(shape["scenarios"]["scenes"]) == {"full_map50", "arms"}
+    assert set(shape["scenarios"]["scenes"]["arms"]["queue"]) == {
+        "seeds",
+        "aubc_seconds",
+        "aubc_images",
+        "seconds_to_95",
+        "seconds_full_pool",
+        "final_map50",
+    }
+
+
+# ----------------------------------------------------------------------------- annotator
+def _detections(*boxes: tuple[float, float, float, float, int, float]) -> ImageDetections:
+    return ImageDetections(
+        boxes=tuple(Box(*b[:4], class_id=b[4], conf=b[5], class_scores=np.zeros(2)) for b in boxes),
+        embedding=np.zeros(4, dtype=np.float32),
+    )
+
+
+def test_annotator_prices_what_is_shown_above_the_threshold() -> None:
+    truth = [[LabeledBox(0, 0, 10, 10, "0"), LabeledBox(20, 20, 30, 30, "1")]]
+    found = [
+        _detections(
+            (0, 0, 10, 10, 0, 0.9),  # accepted
+            (20, 20, 30, 30, 0, 0.8),  # right place, wrong label: relabeled
+            (50, 50, 60, 60, 1, 0.1),  # below the 0.25 threshold: never shown
+        )
+    ]
+    assert len(shown_boxes(found[0], ["0", "1"], 0.25)) == 2
+
+    class _Scenario:
+        pass
+
+    scenario = _Scenario()
+    scenario.truth = truth  # type: ignore[attr-defined]
+    annotator = Annotator(scenario, 0.25)  # type: ignore[arg-type]
+    edits = annotator.edits([0], found, ["0", "1"])
+    assert edits == {"accepted": 1, "relabeled": 1, "adjusted": 0, "deleted": 0, "drawn": 0}
+    assert annotator.edits([0], None)["drawn"] == 2  # manual: nothing shown
 
 
 # ----------------------------------------------------------------------------- generator
@@ -155,7 +226,7 @@ def test_boxes_lie_inside_their_images(digits: tuple[Path, DigitsConfig]) -> Non
     assert BASE_CLASS == "digit"
 
 
-def test_pool_has_near_duplicates(tmp_path: Path) -> None:
+def test_scene_pool_has_near_duplicates(tmp_path: Path) -> None:
     dataset = generate(
         tmp_path,
         DigitsConfig(n_pool=100, n_test=2, image_size=96, max_digit=32, duplicate_fraction=0.2),
@@ -166,15 +237,40 @@ def test_pool_has_near_duplicates(tmp_path: Path) -> None:
     assert all(s.duplicate_of in ids and s.duplicate_of < s.task_id for s in duplicates)
 
 
-def test_class_mix_is_long_tailed(tmp_path: Path) -> None:
-    dataset = generate(tmp_path, DigitsConfig(n_pool=300, n_test=2, image_size=96, max_digit=32))
+def test_long_tail_pool_has_classes_at_one_to_three_percent(tmp_path: Path) -> None:
+    dataset = generate(tmp_path, scenario_data("long_tail", n_pool=600, n_test=2))
     counts = dataset.class_counts("pool")
-    ordered = sorted(counts.values(), reverse=True)
-    assert ordered[0] >= 3 * ordered[-1]  # head vs tail
-    assert all(v > 0 for v in counts.values())  # yet every class occurs
-    # the rare member of each confusable pair is rarer than its partner, as configured
-    assert counts["7"] < counts["1"] and counts["8"] < counts["3"] and counts["6"] < counts["5"]
-    assert math.isclose(sum(CLASS_WEIGHTS), 1.0)
+    total = sum(counts.values())
+    shares = {name: n / total for name, n in counts.items()}
+    rare = [name for name, w in zip(CLASSES, LONG_TAIL_WEIGHTS, strict=True) if w <= 0.03]
+    assert len(rare) == 2
+    for name in rare:
+        assert 0.005 <= shares[name] <= 0.04, shares
+    assert math.isclose(sum(CLASS_WEIGHTS), 1.0) and math.isclose(sum(LONG_TAIL_WEIGHTS), 1.0)
+
+
+def test_streams_are_slow_sequences_from_fixed_cameras(tmp_path: Path) -> None:
+    config = scenario_data("streams", n_pool=60, n_test=12)
+    dataset = generate(tmp_path, config)
+    pool = dataset.splits["pool"]
+    assert [s.camera for s in pool] == [c for c in range(12) for _ in range(10)]
+    near, far = [], []
+    for a, b in zip(pool, pool[1:], strict=False):
+        first = np.asarray(Image.open(tmp_path / a.file), dtype=np.float64)
+        second = np.asarray(Image.open(tmp_path / b.file), dtype=np.float64)
+        (near if a.camera == b.camera else far).append(np.abs(first - second).mean())
+    # consecutive frames of a camera differ by lighting and noise; two cameras differ in view
+    assert max(near) < min(far)
+    # objects move under a pixel per frame while they stay
+    for a, b in zip(pool, pool[1:], strict=False):
+        if a.camera == b.camera and len(a.boxes) == len(b.boxes) and a.boxes:
+            moved = [
+                abs(p.x1 - q.x1) + abs(p.y1 - q.y1) for p, q in zip(a.boxes, b.boxes, strict=True)
+            ]
+            assert min(moved) <= 2.0
+    # the test split shows the same cameras (views), other objects
+    test = dataset.splits["test"]
+    assert {s.camera for s in test} == set(range(12))
 
 
 def test_config_validation() -> None:
@@ -183,72 +279,67 @@ def test_config_validation() -> None:
     with pytest.raises(ValueError):
         DigitsConfig(image_size=64, max_digit=40)
     with pytest.raises(ValueError):
-        BenchConfig(data=DigitsConfig(n_pool=50), seed_size=20, batch_size=20, cycles=2)
+        DigitsConfig(class_weights=(1.0,))
     with pytest.raises(ValueError):
-        BenchConfig(data=DigitsConfig(), strategies=("hybrid",))  # no random control
+        BenchConfig(budgets=(16, 8))
+    with pytest.raises(ValueError):
+        BenchConfig(strategies=("hybrid",))  # no random control
+    with pytest.raises(ValueError):
+        BenchConfig(scenarios=("clouds",))
+    assert BenchConfig().strategies == all_strategies()
+    assert BenchConfig().arms[:3] == ("manual", "static", "random")
+    assert "queue" in BenchConfig().arms and "hybrid" not in BenchConfig().arms
 
 
 # ------------------------------------------------------------------- the whole loop (slow)
 @pytest.mark.slow
-def test_quick_benchmark_outputs_have_the_right_shape(tmp_path: Path) -> None:
-    """A run smaller than --quick through the same code path (the numbers are not checked)."""
-    quick = BenchConfig.quick()
-    config = replace(
-        quick,
-        data=replace(quick.data, n_pool=48, n_test=16, n_base=12),
-        seed_size=8,
-        batch_size=8,
-        cycles=2,
-        epochs=1,
-        full_epochs=1,
-        base_epochs=1,
-    )
-    settings = Settings(model_dir=tmp_path / "unused", training_enabled=False, predict_batch=16)
+def test_quick_run_writes_every_output(tmp_path: Path) -> None:
+    """`python -m benchmarks.label_efficiency --quick`, as CI runs it (numbers not checked)."""
     out = tmp_path / "out"
-    result = run_benchmark(
-        config, settings, out, workdir=tmp_path / "work", mode="test", progress=False
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.label_efficiency",
+            "--quick",
+            "--jobs",
+            "2",
+            "--out",
+            str(out),
+            "--workdir",
+            str(tmp_path / "work"),
+            "--log-level",
+            "WARNING",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
-
-    data = json.loads((out / "results.json").read_text())
-    assert {
-        "mode",
-        "config",
-        "dataset",
-        "full_data",
-        "base_model",
-        "curves",
-        "summary",
-        "target",
-        "rows",
-        "complete",
-        "wall_s",
-    } <= set(data)
-    assert data["complete"] is True
-    assert data == json.loads(json.dumps(result, default=str))
-    # a row per strategy per cycle (cycle 0 = the shared seed set)
-    points = {(c["strategy"], c["cycle"]) for c in data["curves"]}
-    assert points == {(s, c) for s in STRATEGIES for c in range(config.cycles + 1)}
-    assert len(data["rows"]) == len(STRATEGIES) * (config.cycles + 1) * len(config.seeds)
-    for row in data["rows"]:
-        assert row["images"] == config.seed_size + row["cycle"] * config.batch_size
-        assert row["boxes"] >= row["images"]  # every generated image holds a digit
-        assert 0.0 <= row["map50"] <= 1.0 and 0.0 <= row["map50_95"] <= 1.0
-    for curve in data["curves"]:
-        assert {"images", "fraction", "boxes", "map50", "map50_95"} <= set(curve)
-    assert set(data["summary"]) == set(STRATEGIES)
-    for stats in data["summary"].values():
-        assert np.isfinite(stats["aubc_images"]["mean"])
-        assert {"le90", "le95", "saving90", "saving95", "aubc_boxes"} <= set(stats)
-    assert data["target"]["strategy"] == "hybrid"
-    assert 0.0 <= data["full_data"]["map50"] <= 1.0
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    config = BenchConfig.quick()
+    assert set(summary["scenarios"]) == {"scenes", "streams", "long_tail"}
+    for entry in summary["scenarios"].values():
+        assert 0.0 <= entry["full_map50"] <= 1.0
+        assert set(entry["arms"]) == {"manual", "static", "random", "queue"}
+        for arm in entry["arms"].values():
+            assert arm["seeds"] == list(config.seeds)
+            assert len(arm["seconds_full_pool"]) == len(config.seeds)
+            assert all(s > 0 for s in arm["seconds_full_pool"])
+    result = json.loads((out / "results.json").read_text())
+    assert result["complete"] is True
+    recipes = {(r["scenario"], r["recipe"], r["arm"]) for r in result["rows"]}
+    assert ("streams", "converged", "queue") in recipes
+    for row in result["rows"]:
+        assert row["images"] in config.budgets
+        assert sum(row["edits"].values()) >= row["boxes"]  # every true box is drawn or matched
+    manual = [r for r in result["rows"] if r["arm"] == "manual"]
+    assert all(r["edits"].get("drawn") == r["boxes"] for r in manual)
     markdown = (out / "results.md").read_text()
-    assert "| hybrid |" in markdown and "Full-data reference" in markdown
-    for name in ("map_vs_images.png", "map_vs_boxes.png"):
-        blob = (out / name).read_bytes()
-        assert blob.startswith(PNG_MAGIC)
-        with Image.open(out / name) as image:
+    assert "## streams" in markdown and "against **manual**" in markdown
+    for name in ("scenes", "streams", "long_tail"):
+        with Image.open(out / f"{name}.png") as image:
             image.verify()
-    # the report can be rebuilt from the JSON alone (as for a run cut short)
     again = resummarise(out / "results.json", tmp_path / "again")
-    assert json.loads(json.dumps(again["summary"])) == data["summary"]
-    assert (tmp_path / "again" / "map_vs_boxes.png").read_bytes().startswith(PNG_MAGIC)
+    assert json.loads(json.dumps(summary_json(again))) == summary
