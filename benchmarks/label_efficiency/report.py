@@ -177,25 +177,31 @@ def plot_scenario(name: str, entry: dict[str, Any], out_dir: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    fig, panels = plt.subplots(1, 2, figsize=(13, 4.8))
+    fig, panels = plt.subplots(1, 2, figsize=(14, 4.8))
     series = [(arm, "-", curve) for arm, curve in entry["curves"].items()]
     converged = entry["recipes"].get(CONVERGED)
     if converged:
         series += [(f"{arm} (converged)", ":", c) for arm, c in converged["curves"].items()]
-    for index, (label, style, curve) in enumerate(series):
-        colour = f"C{index % 10}"
+    fixed = {MANUAL: "black", STATIC: "dimgrey", RANDOM: "tab:blue", QUEUE: "tab:red"}
+    others = iter(["C1", "C2", "C4", "C5", "C6", "C8", "C9", "tab:olive", "tab:cyan", "gold"])
+    colours = {}
+    for label, _, _ in series:
+        arm = label.split(" ")[0]
+        colours.setdefault(arm, fixed.get(arm) or next(others, "tab:olive"))
+    for label, style, curve in series:
+        colour = colours[label.split(" ")[0]]
         mean = [p["mean"] for p in curve["map50"]]
         std = [p["std"] for p in curve["map50"]]
         for panel, axis, scale in zip(panels, ("images", "seconds"), (1.0, 1 / 3600), strict=True):
             x = [p["mean"] * scale for p in curve[axis]]
-            width = 2.5 if label == QUEUE else 1.3
+            width = 2.5 if label.startswith(QUEUE) else 1.3
             panel.plot(x, mean, style, color=colour, marker="o", ms=3, lw=width, label=label)
             panel.fill_between(
                 x,
                 [m - s for m, s in zip(mean, std, strict=True)],
                 [m + s for m, s in zip(mean, std, strict=True)],
                 color=colour,
-                alpha=0.1,
+                alpha=0.08,
             )
     for panel, xlabel in zip(panels, ("labeled images", "annotator hours"), strict=True):
         panel.axhline(entry["full_map50"], color="black", lw=1, label="full data")
@@ -203,9 +209,10 @@ def plot_scenario(name: str, entry: dict[str, Any], out_dir: Path) -> Path:
         panel.set_xlabel(xlabel)
         panel.set_ylabel("test mAP@0.5")
         panel.grid(alpha=0.3)
-    panels[1].legend(fontsize=7, ncol=2)
-    fig.suptitle(f"{name}: mAP@0.5 vs labels and vs annotator time")
-    fig.tight_layout()
+    handles, labels = panels[1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=8)
+    fig.subplots_adjust(right=0.86, left=0.05, wspace=0.15)
+    fig.suptitle(f"{name}: mAP@0.5 vs labels and vs annotator time (mean of seeds, ±1 std)")
     path = out_dir / f"{name}.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
