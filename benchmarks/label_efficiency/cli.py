@@ -96,7 +96,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[BenchConfig, str]:
     if "strategies" in changes:
         kept = tuple(s for s in config.converged_strategies if s in changes["strategies"])
         changes["converged_strategies"] = kept
-    return replace(config, **changes), (f"{mode} (custom)" if changes else mode)
+    custom = set(changes) - {"jobs", "device"}  # these change the speed, not the result
+    return replace(config, **changes), (f"{mode} (custom)" if custom else mode)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
