@@ -15,7 +15,7 @@ import numpy as np
 
 from strategies.checks import check_choice, check_integer, check_number
 from strategies.diversity import DEFAULT_SHORTLIST, kcenter_greedy
-from strategies.pool import FloatArray, IntArray, Pool
+from strategies.pool import FloatArray, Pool
 from strategies.selection import (
     SCORE_STRATEGIES,
     KCenter,
@@ -24,6 +24,7 @@ from strategies.selection import (
     Strategy,
     build_strategy,
     order_by_score,
+    positions,
     rank_scores,
 )
 
@@ -92,8 +93,10 @@ class RankMix(Strategy):
     """Hybrid (b): order by lam * uncertainty_rank + (1 - lam) * diversity_rank (ascending).
 
     Ranks are positions (0 = label first) in the uncertainty order and in the k-center order
-    (`KCenter` with the same batch size). Ties go to the better uncertainty rank, so
-    lam = 1 reproduces the uncertainty order and lam = 0 the k-center order exactly.
+    (`KCenter` with the same batch size). Equal uncertainty scores share their mean rank;
+    ties go to the better uncertainty rank, then to the better diversity rank, so lam = 1
+    reproduces the uncertainty order (its ties broken by diversity) and lam = 0 the k-center
+    order exactly.
     Scores = 1 - mixed_rank / (n - 1), in [0, 1].
 
     Args:
@@ -122,18 +125,23 @@ class RankMix(Strategy):
     def _rank(self, pool: Pool, batch_size: int) -> Ranking:
         n = pool.n
         u_scores = self.uncertainty.score(pool)
-        u_rank = _positions(order_by_score(u_scores))
+        u_rank = _tied_positions(u_scores)
         diversity = KCenter(shortlist=self.shortlist, metric=self.metric)
         d_order, d_scores = diversity.diversity_ranking(pool, batch_size)
-        d_rank = _positions(d_order)
+        d_rank = positions(d_order)
         mixed = self.lam * u_rank + (1.0 - self.lam) * d_rank
-        order = np.lexsort((u_rank, mixed)).astype(np.int64)
+        order = np.lexsort((d_rank, u_rank, mixed)).astype(np.int64)
         scores = 1.0 - mixed / max(n - 1, 1)
         return Ranking(order, scores, {"uncertainty": u_scores, "diversity": d_scores})
 
 
-def _positions(order: IntArray) -> FloatArray:
-    """(n,) float64 position of each index in `order`."""
-    positions = np.empty(order.shape[0], dtype=np.float64)
-    positions[order] = np.arange(order.shape[0], dtype=np.float64)
-    return positions
+def _tied_positions(scores: FloatArray) -> FloatArray:
+    """(n,) position of each item by descending score, equal scores sharing their mean
+    position: a tie carries no uncertainty preference, so diversity decides it."""
+    order = order_by_score(scores)
+    ordered = np.asarray(scores, dtype=np.float64)[order]
+    starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))
+    sizes = np.diff(np.append(starts, ordered.shape[0]))
+    where = np.empty(ordered.shape[0], dtype=np.float64)
+    where[order] = np.repeat(starts + (sizes - 1) / 2.0, sizes)
+    return where

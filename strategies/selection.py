@@ -80,9 +80,25 @@ def rank_scores(order: IntArray) -> FloatArray:
     return scores
 
 
-def order_by_score(scores: FloatArray) -> IntArray:
-    """(n,) int64 indices by descending score; ties keep the lower index first."""
-    return np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable").astype(np.int64)
+def order_by_score(scores: FloatArray, tiebreak: FloatArray | None = None) -> IntArray:
+    """(n,) int64 indices by descending score; ties by ascending `tiebreak` (a diversity
+    rank, say), then the lower index."""
+    negated = -np.asarray(scores, dtype=np.float64)
+    if tiebreak is None:
+        return np.argsort(negated, kind="stable").astype(np.int64)
+    return np.lexsort((np.asarray(tiebreak, dtype=np.float64), negated)).astype(np.int64)
+
+
+def positions(order: IntArray) -> FloatArray:
+    """(n,) float64 position of each index in `order`."""
+    where = np.empty(order.shape[0], dtype=np.float64)
+    where[order] = np.arange(order.shape[0], dtype=np.float64)
+    return where
+
+
+def has_ties(scores: FloatArray) -> bool:
+    """Whether any two items score the same."""
+    return bool(np.unique(np.asarray(scores, dtype=np.float64)).shape[0] < len(scores))
 
 
 # ---------------------------------------------------------------------------- base classes
@@ -187,7 +203,11 @@ class Strategy(ABC):
 
 
 class ScoreStrategy(Strategy):
-    """A strategy that is a per-image score; order = descending score (ties: lower index)."""
+    """A strategy that is a per-image score; order = descending score.
+
+    Ties (e.g. every image "nothing detected" under a cold model) are broken by k-center
+    diversity over the labeled set and the picks so far, never by the pool's (import) order.
+    """
 
     detail_name: ClassVar[str] = "uncertainty"
 
@@ -197,7 +217,10 @@ class ScoreStrategy(Strategy):
 
     def _rank(self, pool: Pool, batch_size: int) -> Ranking:
         scores = self.score(pool)
-        return Ranking(order_by_score(scores), scores, {self.detail_name: scores})
+        tiebreak = None
+        if has_ties(scores):
+            tiebreak = positions(KCenter(metric=self.metric).diversity_ranking(pool, batch_size)[0])
+        return Ranking(order_by_score(scores, tiebreak), scores, {self.detail_name: scores})
 
 
 class _UncertaintyStrategy(ScoreStrategy):

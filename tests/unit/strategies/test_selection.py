@@ -395,3 +395,15 @@ def test_selection_invariants(
     np.testing.assert_array_equal(selection.order, again.order)
     np.testing.assert_array_equal(selection.scores, again.scores)
     np.testing.assert_array_equal(selection.clusters, again.clusters)
+
+
+@pytest.mark.parametrize("name", ["entropy", "margin", "least_confidence", "hybrid", "dua"])
+def test_nothing_detected_anywhere_is_ordered_by_diversity_not_import_order(name: str) -> None:
+    # A cold model finds nothing: every image scores the same. Items 0-4 are near-copies of
+    # one scene, 5-9 each a different one; the batch must spread, not take 0, 1, 2, ...
+    empty = np.zeros((0, 3))
+    emb = f32([[0.0, i * 0.01] for i in range(5)] + [[10.0 * (i + 1), 0.0] for i in range(5)])
+    pool = Pool([empty] * 10, emb, f32([[0.0, 0.0]]))
+    batch = get_strategy(name).select(pool, 5).batch.tolist()
+    assert len(set(batch) & {0, 1, 2, 3, 4}) <= 1, batch
+    assert get_strategy(name).select(pool, 5).batch.tolist() == batch  # deterministic
