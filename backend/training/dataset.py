@@ -67,6 +67,7 @@ class ExportStats:
     train: int = 0
     val: int = 0
     boxes: int = 0
+    val_boxes: int = 0
     negatives: int = 0
     class_counts: Counter[str] = field(default_factory=Counter)
     skipped: Counter[str] = field(default_factory=Counter)
@@ -77,6 +78,7 @@ class ExportStats:
             "train_images": self.train,
             "val_images": self.val,
             "boxes": self.boxes,
+            "val_boxes": self.val_boxes,
             "negative_images": self.negatives,
             "class_counts": dict(self.class_counts),
             "skipped": dict(self.skipped),
@@ -185,10 +187,25 @@ def _region_box(
     )
 
 
-def is_validation(task_id: int, val_percent: int) -> bool:
-    """Stable split: a task is in validation iff its id's hash falls under `val_percent`."""
+def split_key(task_id: int) -> float:
+    """A task's stable place in [0, 1): its id's hash (the split never depends on order)."""
     digest = hashlib.sha256(f"task-{task_id}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") % 100 < val_percent
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def validation_tasks(task_ids: Sequence[int], val_percent: int) -> set[int]:
+    """The validation tasks: the share of tasks (at least one, never all) with the lowest
+    hash keys.
+
+    A hash threshold alone leaves small projects to chance (10 labels gave 5 validation tasks
+    in one project and 1 in another); taking the lowest keys gives every project its share,
+    and as a project grows only tasks whose keys lie near the share move sides.
+    """
+    ids = sorted(set(task_ids), key=split_key)
+    if len(ids) < 2:
+        raise ValueError("a split needs at least two tasks")
+    wanted = min(len(ids) - 1, max(1, round(len(ids) * val_percent / 100.0)))
+    return set(ids[:wanted])
 
 
 def write_dataset(
@@ -219,13 +236,9 @@ def write_dataset(
         raise NotEnoughData(
             f"{len(usable)} usable annotated images; training needs at least {max(2, min_images)}"
         )
-    splits = {item.task_id: is_validation(item.task_id, val_percent) for item, _ in usable}
-    if not any(splits.values()):  # keep at least one image on each side
-        splits[min(splits)] = True
-    if all(splits.values()):
-        splits[max(splits)] = False
+    validation = validation_tasks([item.task_id for item, _ in usable], val_percent)
     for item, cached in usable:
-        split = "val" if splits[item.task_id] else "train"
+        split = "val" if item.task_id in validation else "train"
         image_dir, label_dir = out_dir / "images" / split, out_dir / "labels" / split
         image_dir.mkdir(parents=True, exist_ok=True)
         label_dir.mkdir(parents=True, exist_ok=True)
@@ -236,6 +249,7 @@ def write_dataset(
         stats.val += split == "val"
         stats.train += split == "train"
         stats.boxes += len(item.boxes)
+        stats.val_boxes += len(item.boxes) if split == "val" else 0
         stats.negatives += not item.boxes
         stats.class_counts.update(classes[b.class_index] for b in item.boxes)
     data_yaml = out_dir / "data.yaml"

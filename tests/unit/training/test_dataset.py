@@ -17,9 +17,9 @@ from backend.training.dataset import (
     ExportStats,
     NotEnoughData,
     YoloBox,
-    is_validation,
     latest_annotation,
     task_to_labeled,
+    validation_tasks,
     write_dataset,
 )
 
@@ -113,10 +113,23 @@ def test_newest_non_cancelled_annotation_wins_and_empty_is_negative() -> None:
     assert skipped["no non-cancelled annotation"] == 2
 
 
-def test_split_is_stable_and_roughly_proportional() -> None:
-    first = [is_validation(i, 20) for i in range(2000)]
-    assert first == [is_validation(i, 20) for i in range(2000)]
-    assert 0.17 < sum(first) / len(first) < 0.23
+@pytest.mark.parametrize("start", range(0, 500, 50))
+def test_small_projects_get_their_validation_share(start: int) -> None:
+    # 10 labels: 2 validation tasks (20%) in every project, whatever the ids hash to
+    ids = list(range(start, start + 10))
+    chosen = validation_tasks(ids, 20)
+    assert len(chosen) == 2 and chosen <= set(ids)
+    assert validation_tasks(list(reversed(ids)), 20) == chosen  # order does not matter
+    assert 1 <= len(validation_tasks(ids[:2], 90)) <= 1  # never every task
+
+
+def test_validation_sides_stay_put_as_a_project_grows() -> None:
+    before = validation_tasks(list(range(200)), 20)
+    after = validation_tasks(list(range(400)), 20)
+    moved = {t for t in range(200) if (t in before) != (t in after)}
+    assert len(after) == 80 and len(moved) <= 12  # only tasks with keys near the share move
+    with pytest.raises(ValueError):
+        validation_tasks([7], 20)
 
 
 def _loader(root: Path) -> ImageLoader:
