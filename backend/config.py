@@ -165,7 +165,7 @@ class Settings:
     train_batch: int = 8  # TRAIN_BATCH
     train_val_percent: int = 20  # TRAIN_VAL_PERCENT: share of tasks held out for the gate
     train_min_images: int = 4  # TRAIN_MIN_IMAGES: fewer annotated images: no training
-    promote_tolerance: float = 0.0  # PROMOTE_TOLERANCE: allowed mAP50 drop vs the live model
+    promote_tolerance: float = 0.0  # PROMOTE_TOLERANCE: mAP50 drop always allowed (see gate_noise)
     # -- scale-out (backend/distributed.py): with REDIS_URL, runs are RQ jobs for `worker`s --
     redis_url: str | None = field(default=None, repr=False)  # REDIS_URL (may hold a password)
     train_queue: str = "ls-active-yolo-training"  # TRAIN_QUEUE: the RQ queue of training jobs

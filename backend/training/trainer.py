@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from backend.config import Settings
@@ -292,6 +293,24 @@ def train_and_register(
     return details
 
 
+# The fixed part of every training run's recipe (ultralytics arguments): one place, so the
+# label-efficiency benchmark's converged recipe differs from the product's only where it says.
+RECIPE: Mapping[str, Any] = MappingProxyType(
+    {
+        "workers": 0,
+        "plots": False,
+        "amp": False,
+        "verbose": False,
+        "seed": 0,
+        "deterministic": False,
+        "mosaic": 0.0,
+        "optimizer": "AdamW",
+        "lr0": 0.002,
+        "warmup_epochs": 1,
+    }
+)
+
+
 def gate_noise(candidate: float, live: float, val_boxes: int) -> float:
     """One standard error of the difference of two mAP@0.5 figures measured on `val_boxes`
     boxes (binomial approximation, sqrt(2 m (1 - m) / n) at their mean m).
@@ -351,17 +370,8 @@ def _fine_tune(
         imgsz=image_size,
         batch=params.batch,
         device=settings.device,
-        workers=0,
-        plots=False,
-        amp=False,
         val=False,
-        verbose=False,
-        seed=0,
-        deterministic=False,
-        mosaic=0.0,
-        optimizer="AdamW",
-        lr0=0.002,
-        warmup_epochs=1,
+        **RECIPE,
         project=str(run_dir),
         name="train",
         exist_ok=True,

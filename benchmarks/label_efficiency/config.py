@@ -28,10 +28,6 @@ def arm_name(strategy: str) -> str:
     return QUEUE if strategy == DEFAULT_STRATEGY else strategy
 
 
-def arm_strategy(arm: str) -> str:
-    return DEFAULT_STRATEGY if arm == QUEUE else arm
-
-
 def all_strategies() -> tuple[str, ...]:
     """Every strategy the product offers (al_strategy), the random control first."""
     return (RANDOM, *(s for s in available_strategies() if s != RANDOM))

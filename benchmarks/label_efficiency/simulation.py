@@ -49,7 +49,7 @@ from backend.ranking.detection_cache import ImageRecord
 from backend.ranking.queue import class_ap_vector, pool_box_scores
 from backend.services import build_services
 from backend.training.dataset import ExportStats, LabeledImage
-from backend.training.trainer import TrainParams, evaluate, train_and_register
+from backend.training.trainer import RECIPE, TrainParams, evaluate, train_and_register
 from benchmarks.label_efficiency.config import (
     CONVERGED,
     MANUAL,
@@ -181,17 +181,8 @@ class Trainer:
             imgsz=self.config.image_size,
             batch=self.config.train_batch,
             device=self.settings.device,
-            workers=0,
-            plots=False,
-            amp=False,
             val=True,
-            verbose=False,
-            seed=0,
-            deterministic=False,
-            mosaic=0.0,
-            optimizer="AdamW",
-            lr0=0.002,
-            warmup_epochs=1,
+            **RECIPE,
             project=str(folder),
             name="train",
             exist_ok=True,
