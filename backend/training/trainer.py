@@ -371,6 +371,7 @@ def _fine_tune(
         batch=params.batch,
         device=settings.device,
         val=False,
+        save=False,  # weights at the last epoch only: per-epoch checkpoints took a third of a run
         **RECIPE,
         project=str(run_dir),
         name="train",
