@@ -74,10 +74,7 @@ def rank_scores(order: IntArray) -> FloatArray:
     Returns:
         (n,) float64 per pool index, strictly decreasing along `order`.
     """
-    n = order.shape[0]
-    scores = np.empty(n, dtype=np.float64)
-    scores[order] = 1.0 - np.arange(n, dtype=np.float64) / max(n, 1)
-    return scores
+    return 1.0 - positions(order) / max(order.shape[0], 1)
 
 
 def order_by_score(scores: FloatArray, tiebreak: FloatArray | None = None) -> IntArray:

@@ -224,11 +224,12 @@ class Scenario:
             workdir / "data" / name, scenario_data(name, config.n_pool, config.n_test)
         )
         classes = list(dataset.classes)
+        pool = dataset.labeled("pool")
         return cls(
             name=name,
             dataset=dataset,
-            pool=dataset.labeled("pool"),
-            images=[trainer.loader.load(item.image_ref) for item in dataset.labeled("pool")],
+            pool=pool,
+            images=[trainer.loader.load(item.image_ref) for item in pool],
             truth=[
                 [LabeledBox(b.x1, b.y1, b.x2, b.y2, b.label) for b in sample.boxes]
                 for sample in dataset.splits["pool"]
@@ -257,8 +258,8 @@ def shown_boxes(found: ImageDetections, names: Sequence[str], threshold: float) 
 class Annotator:
     """Labels images with the hidden ground truth and tallies the edits that took."""
 
-    def __init__(self, scenario: Scenario, threshold: float) -> None:
-        self.scenario = scenario
+    def __init__(self, truth: Sequence[Sequence[LabeledBox]], threshold: float) -> None:
+        self.truth = truth  # per pool image
         self.threshold = threshold
 
     def edits(
@@ -271,7 +272,7 @@ class Annotator:
         total: Counter[str] = Counter({e.value: 0 for e in Edit})
         for i in indices:
             boxes = [] if shown is None else shown_boxes(shown[i], names, self.threshold)
-            counts = edit_counts(match_boxes(boxes, self.scenario.truth[i]))
+            counts = edit_counts(match_boxes(boxes, self.truth[i]))
             total.update({edit.value: n for edit, n in counts.items()})
         return total
 
@@ -304,7 +305,7 @@ class SeedRun:
             replace(settings, model_dir=self.root / "models", model_path=base_weights), config
         )
         self.scenario = Scenario.load(scenario, config, workdir, self.root, self.trainer)
-        self.annotator = Annotator(self.scenario, settings.score_threshold)
+        self.annotator = Annotator(self.scenario.truth, settings.score_threshold)
         self.rows: list[CycleRow] = []
         self.full_pool: dict[str, dict[str, dict[str, int]]] = {PRODUCT: {}, CONVERGED: {}}
 

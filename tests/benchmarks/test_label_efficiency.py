@@ -169,13 +169,7 @@ def test_annotator_prices_what_is_shown_above_the_threshold() -> None:
         )
     ]
     assert len(shown_boxes(found[0], ["0", "1"], 0.25)) == 2
-
-    class _Scenario:
-        pass
-
-    scenario = _Scenario()
-    scenario.truth = truth  # type: ignore[attr-defined]
-    annotator = Annotator(scenario, 0.25)  # type: ignore[arg-type]
+    annotator = Annotator(truth, 0.25)
     edits = annotator.edits([0], found, ["0", "1"])
     assert edits == {"accepted": 1, "relabeled": 1, "adjusted": 0, "deleted": 0, "drawn": 0}
     assert annotator.edits([0], None)["drawn"] == 2  # manual: nothing shown
