@@ -146,7 +146,14 @@ def full_reference(
 
 
 def _recipe(settings: Settings) -> list[str]:
-    return [settings.model_yaml, settings.device, str(settings.train_epochs)]
+    """What a reference model's training depends on besides its data and epochs."""
+    return [
+        settings.model_yaml,
+        settings.device,
+        str(settings.train_epochs),
+        str(settings.train_image_size),
+        str(settings.train_batch),
+    ]
 
 
 def _seed_unit(
