@@ -43,7 +43,7 @@ from urllib.parse import parse_qs, unquote, urljoin, urlsplit
 import numpy as np
 import requests
 import urllib3
-from PIL import ExifTags, Image, ImageOps
+from PIL import ExifTags, Image
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
@@ -533,10 +533,27 @@ def _orientation(image: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
+# EXIF orientation -> the transpose that shows the picture upright.
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
 def _displayed_rgb8(image: Image.Image) -> Image.Image:
-    """The picture as Label Studio shows it: EXIF orientation applied, 8-bit RGB."""
-    if _orientation(image) != 1:
-        image = ImageOps.exif_transpose(image)
+    """The picture as Label Studio shows it: EXIF orientation applied, 8-bit RGB.
+
+    The orientation is read from the header, as `image_size` reads it, before any pixel is
+    decoded (a damaged TIFF can read differently once loaded), so the two always agree.
+    """
+    method = _UPRIGHT.get(_orientation(image))
+    if method is not None:
+        image = image.transpose(method)
     if image.mode in _HIGH_DEPTH_MODES:
         return Image.fromarray(_scaled_to_uint8(np.asarray(image))).convert("RGB")
     return image if image.mode == "RGB" else image.convert("RGB")
