@@ -71,7 +71,7 @@ class UncertaintyThenKCenter(Strategy):
         self.shortlist = check_integer("shortlist", shortlist, low=1)
 
     def _rank(self, pool: Pool, batch_size: int) -> Ranking:
-        u_scores = self.uncertainty.score(pool)
+        u_scores = self.uncertainty.value(pool)
         u_order = order_by_score(u_scores)
         size = min(pool.n, int(np.ceil(self.factor * batch_size)))
         candidates = u_order[:size]
@@ -124,7 +124,7 @@ class RankMix(Strategy):
 
     def _rank(self, pool: Pool, batch_size: int) -> Ranking:
         n = pool.n
-        u_scores = self.uncertainty.score(pool)
+        u_scores = self.uncertainty.value(pool)
         u_rank = _tied_positions(u_scores)
         diversity = KCenter(shortlist=self.shortlist, metric=self.metric)
         d_order, d_scores = diversity.diversity_ranking(pool, batch_size)

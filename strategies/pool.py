@@ -86,6 +86,11 @@ class Pool:
         class_ap: optional (n_classes,) per-class AP on validation, NaN where unknown (DUA).
         class_quality: optional (n_classes,) per-class quality Q_c in [0, 1], NaN where unknown
             (PPAL's DCUS; Q_c = mean of p^0.6 * IoU^0.4 over matched validation boxes).
+        split_keys: optional (n,) stable random keys in [0, 1), one per image (a hash of its
+            task id): the images below a strategy's `audit_share` form the audit slice, served
+            in key order (see `Strategy`).
+        seconds: optional (n,) predicted annotator seconds per image, > 0 (the backend's cost
+            model applied to the model's boxes); cost-aware strategies divide by it.
 
     Derived (read-only) attributes, computed once on construction:
         flat_scores: (K, n_classes) float64, every box of every image stacked in image order.
@@ -101,6 +106,8 @@ class Pool:
     labeled_embeddings: Float32Array | None = None
     class_ap: FloatArray | None = None
     class_quality: FloatArray | None = None
+    split_keys: FloatArray | None = None
+    seconds: FloatArray | None = None
     flat_scores: FloatArray = field(init=False, repr=False)
     flat_image: IntArray = field(init=False, repr=False)
     n_classes: int = field(init=False)
@@ -131,6 +138,16 @@ class Pool:
                 if n_classes is None:
                     raise ValueError(f"{name} given but the pool has no images to infer n_classes")
                 object.__setattr__(self, name, check_class_metric(value, name, n_classes))
+        if self.split_keys is not None:
+            keys = _per_image(self.split_keys, "split_keys", n)
+            if (keys < 0).any() or (keys >= 1).any():
+                raise ValueError("split_keys must lie in [0, 1)")
+            object.__setattr__(self, "split_keys", keys)
+        if self.seconds is not None:
+            seconds = _per_image(self.seconds, "seconds", n)
+            if (seconds <= 0).any():
+                raise ValueError("seconds must be > 0")
+            object.__setattr__(self, "seconds", seconds)
 
     @property
     def n(self) -> int:
@@ -149,10 +166,33 @@ class Pool:
             return np.zeros((0, self.dim), dtype=np.float32)
         return self.labeled_embeddings
 
+    def subset(self, keep: BoolArray) -> Pool:
+        """The pool of the images where `keep` is True (labeled images and class figures kept)."""
+        index = np.flatnonzero(keep)
+        return Pool(
+            box_scores=[self.box_scores[i] for i in index],
+            embeddings=self.embeddings[index],
+            labeled_embeddings=self.labeled,
+            class_ap=self.class_ap,
+            class_quality=self.class_quality,
+            split_keys=None if self.split_keys is None else self.split_keys[index],
+            seconds=None if self.seconds is None else self.seconds[index],
+        )
+
     @property
     def n_boxes(self) -> IntArray:
         """(n,) int64 number of boxes per image."""
         return np.bincount(self.flat_image, minlength=self.n).astype(np.int64)
+
+
+def _per_image(values: object, name: str, n: int) -> FloatArray:
+    """A finite (n,) float64 array, one value per pool image, or ValueError."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return arr
 
 
 def _stack_box_scores(

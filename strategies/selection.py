@@ -93,6 +93,31 @@ def positions(order: IntArray) -> FloatArray:
     return where
 
 
+def audit_places(n: int, share: float) -> BoolArray:
+    """(n,) True at the order's places that belong to the audit slice: place p when
+    floor((p + 1) * share) > floor(p * share), i.e. every (1 / share)-th place, the first at
+    about 1 / share - 1 (the fifth place for a share of 0.2)."""
+    place = np.arange(n, dtype=np.float64)
+    return np.floor((place + 1) * share) > np.floor(place * share)
+
+
+def fill_places(is_place: BoolArray, placed: IntArray, others: IntArray) -> IntArray:
+    """An order of len(placed) + len(others) items: `placed` in the marked places and
+    `others` in the rest, each in its own order; once one runs out the other fills the rest."""
+    n = placed.shape[0] + others.shape[0]
+    marked = is_place[:n].copy()
+    # Where one list runs out, the places of the other continue.
+    extra = int(marked.sum()) - placed.shape[0]
+    if extra > 0:
+        marked[np.flatnonzero(marked)[-extra:]] = False
+    elif extra < 0:
+        marked[np.flatnonzero(~marked)[extra:]] = True
+    order = np.empty(n, dtype=np.int64)
+    order[marked] = placed
+    order[~marked] = others
+    return order
+
+
 def has_ties(scores: FloatArray) -> bool:
     """Whether any two items score the same."""
     return bool(np.unique(np.asarray(scores, dtype=np.float64)).shape[0] < len(scores))
@@ -111,6 +136,11 @@ class Strategy(ABC):
             items or of items earlier in the order are moved to the end; see
             `demote_near_duplicates`. None (default) disables it.
         metric: "l2" or "cosine" for every embedding distance.
+        audit_share: in [0, 0.9]; with `pool.split_keys`, the images whose key is below it
+            are the audit slice: the strategy never ranks them, and they take every
+            (1 / audit_share)-th place of the order, in key order (a random order), so that
+            a steady, unbiased share of what annotators label can measure the model.
+            0 (default) turns it off.
     """
 
     name: ClassVar[str] = ""
@@ -122,6 +152,7 @@ class Strategy(ABC):
         n_clusters: int = 8,
         dup_threshold: float | None = None,
         metric: Metric = "l2",
+        audit_share: float = 0.0,
     ) -> None:
         self.seed = check_seed(seed)
         self.n_clusters = check_integer("n_clusters", n_clusters, low=1)
@@ -129,6 +160,7 @@ class Strategy(ABC):
             None if dup_threshold is None else check_number("dup_threshold", dup_threshold, low=0.0)
         )
         self.metric = cast(Metric, check_choice("metric", metric, METRICS))
+        self.audit_share = check_number("audit_share", audit_share, low=0.0, high=0.9)
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
@@ -150,6 +182,18 @@ class Strategy(ABC):
         if pool.n == 0:
             empty = np.zeros(0, dtype=np.int64)
             return Selection(empty, np.zeros(0), empty.copy(), 0, self.name)
+        audit = self._audit_slice(pool)
+        if audit is None:
+            order, scores, details = self._ranked(pool, b)
+        else:
+            order, scores, details = self._with_audit(pool, b, audit)
+        clusters = kmeans_clusters(
+            pool.embeddings, self.n_clusters, seed=self._int_seed(), metric=self.metric
+        )
+        return Selection(order, scores, clusters, b, self.name, details)
+
+    def _ranked(self, pool: Pool, b: int) -> tuple[IntArray, FloatArray, dict[str, FloatArray]]:
+        """The strategy's own order, scores and details, near-duplicates demoted if asked."""
         ranking = self._rank(pool, b)
         order, scores = ranking.order.astype(np.int64), ranking.scores.astype(np.float64)
         details = dict(ranking.details)
@@ -158,10 +202,32 @@ class Strategy(ABC):
             details["near_duplicate"] = demoted.astype(np.float64)
         # Guarantee scores[order] is non-increasing (only float rounding can break it).
         scores[order] = np.minimum.accumulate(scores[order])
-        clusters = kmeans_clusters(
-            pool.embeddings, self.n_clusters, seed=self._int_seed(), metric=self.metric
-        )
-        return Selection(order, scores, clusters, b, self.name, details)
+        return order, scores, details
+
+    def _audit_slice(self, pool: Pool) -> BoolArray | None:
+        """(n,) True for the audit slice's images; None when there is no slice to serve."""
+        if self.audit_share <= 0 or pool.split_keys is None:
+            return None
+        audit = pool.split_keys < self.audit_share
+        return audit if audit.any() and not audit.all() else None
+
+    def _with_audit(
+        self, pool: Pool, b: int, audit: BoolArray
+    ) -> tuple[IntArray, FloatArray, dict[str, FloatArray]]:
+        """The strategy ranks the rest; the audit images fill their places (`audit_places`)."""
+        assert pool.split_keys is not None  # _audit_slice checked it
+        is_place = audit_places(pool.n, self.audit_share)
+        rest = np.flatnonzero(~audit)
+        sub_order, _, sub_details = self._ranked(pool.subset(~audit), int((~is_place[:b]).sum()))
+        audited = np.flatnonzero(audit)
+        audit_order = audited[np.argsort(pool.split_keys[audited], kind="stable")]
+        order = fill_places(is_place, audit_order, rest[sub_order])
+        details = {"audit": audit.astype(np.float64)}
+        for name, values in sub_details.items():
+            full = np.zeros(pool.n, dtype=np.float64)
+            full[rest] = values
+            details[name] = full
+        return order, rank_scores(order), details
 
     @abstractmethod
     def _rank(self, pool: Pool, batch_size: int) -> Ranking:
@@ -204,16 +270,34 @@ class ScoreStrategy(Strategy):
 
     Ties (e.g. every image "nothing detected" under a cold model) are broken by k-center
     diversity over the labeled set and the picks so far, never by the pool's (import) order.
+
+    Args:
+        per_second: rank by score per predicted annotator second (`pool.seconds`, when the
+            pool has them): what an image teaches against what it costs to label.
+        (plus the shared `Strategy` parameters)
     """
 
     detail_name: ClassVar[str] = "uncertainty"
+
+    def __init__(self, *, per_second: bool = False, **common: Any) -> None:
+        super().__init__(**common)
+        if not isinstance(per_second, bool):
+            raise ValueError(f"per_second must be true or false, got {per_second!r}")
+        self.per_second = per_second
 
     @abstractmethod
     def score(self, pool: Pool) -> FloatArray:
         """(n,) float64 finite per-image scores, higher = label sooner."""
 
-    def _rank(self, pool: Pool, batch_size: int) -> Ranking:
+    def value(self, pool: Pool) -> FloatArray:
+        """What the order follows: the score, or the score per predicted second."""
         scores = self.score(pool)
+        if self.per_second and pool.seconds is not None:
+            return scores / pool.seconds
+        return scores
+
+    def _rank(self, pool: Pool, batch_size: int) -> Ranking:
+        scores = self.value(pool)
         tiebreak = None
         if has_ties(scores):
             tiebreak = positions(KCenter(metric=self.metric).diversity_ranking(pool, batch_size)[0])

@@ -107,8 +107,15 @@ def test_strategy_params_lists_own_then_common() -> None:
         "n_clusters",
         "dup_threshold",
         "metric",
+        "audit_share",
     )
-    assert strategy_params("entropy")[:4] == ("variant", "aggregate", "floor", "empty_score")
+    assert strategy_params("entropy")[:5] == (
+        "variant",
+        "aggregate",
+        "floor",
+        "empty_score",
+        "per_second",
+    )
 
 
 def test_bad_batch_size_and_pool_type() -> None:
