@@ -103,12 +103,15 @@ ENV_NAMES = frozenset(
         "TRAIN_JOB_RETRIES",
         "TRAIN_JOB_TIMEOUT",
         "TRAIN_MIN_IMAGES",
+        "TRAIN_PATIENCE",
         "TRAIN_POLL_SECONDS",
         "TRAIN_QUEUE",
         "TRAIN_QUIET_SECONDS",
         "TRAIN_RETRY_SECONDS",
         "TRAIN_SUBPROCESS",
+        "TRAIN_TIME_LIMIT",
         "TRAIN_VAL_PERCENT",
+        "TRAIN_WARM_START",
         "WORKERS",
         "WORKER_HEARTBEAT_SECONDS",
     }
@@ -159,7 +162,14 @@ class Settings:
     train_poll_seconds: float = 2.0  # TRAIN_POLL_SECONDS: how often the trainer looks for work
     train_retry_seconds: float = 60.0  # TRAIN_RETRY_SECONDS: first back-off after a failure
     train_subprocess: bool = True  # TRAIN_SUBPROCESS: run each job in a child process
-    train_epochs: int = 10  # TRAIN_EPOCHS
+    train_epochs: int = 200  # TRAIN_EPOCHS: the most epochs one run trains
+    train_patience: int = 20  # TRAIN_PATIENCE: stop once the validation split's fitness has
+    # not improved for this many epochs, and keep the best epoch (0: train every epoch, keep
+    # the last)
+    train_time_limit: float = 240.0  # TRAIN_TIME_LIMIT: seconds; no epoch starts after it
+    # (0: no limit)
+    train_warm_start: bool = True  # TRAIN_WARM_START: fine-tune the live model; false
+    # restarts every run from MODEL_PATH (or a random init)
     train_image_size: int = 0  # TRAIN_IMAGE_SIZE: 0 = the parent model's training size, or
     # 320 for a model trained from scratch (CPU-sized)
     train_batch: int = 8  # TRAIN_BATCH
@@ -248,6 +258,9 @@ class Settings:
             ),
             train_subprocess=_bool(env, "TRAIN_SUBPROCESS", d.train_subprocess),
             train_epochs=_int(env, "TRAIN_EPOCHS", d.train_epochs),
+            train_patience=_int(env, "TRAIN_PATIENCE", d.train_patience, minimum=0),
+            train_time_limit=_float(env, "TRAIN_TIME_LIMIT", d.train_time_limit, 0.0, 86400.0 * 7),
+            train_warm_start=_bool(env, "TRAIN_WARM_START", d.train_warm_start),
             train_image_size=_size(env, "TRAIN_IMAGE_SIZE"),
             train_batch=_int(env, "TRAIN_BATCH", d.train_batch),
             train_val_percent=int(_float(env, "TRAIN_VAL_PERCENT", d.train_val_percent, 1, 90)),

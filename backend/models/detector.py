@@ -72,6 +72,15 @@ class ModelSource:
     yaml: str = ""  # the architecture of a random init (MODEL_YAML); unused with weights
     class_names: tuple[str, ...] = ()  # for a random init: the head's classes
     kind: str = "weights"  # "model_path" (tag), "registry", "MODEL_PATH" or "random-init"
+    display_threshold: float | None = None  # a registry version's calibrated threshold
+
+    def shown_from(self, control_threshold: float | None, default: float) -> float:
+        """The confidence from which boxes are shown: the control's model_score_threshold if
+        the label config sets one, else the version's calibrated threshold, else `default`
+        (MODEL_SCORE_THRESHOLD)."""
+        if control_threshold is not None:
+            return control_threshold
+        return self.display_threshold if self.display_threshold is not None else default
 
     @property
     def key(self) -> tuple[object, ...]:
@@ -300,7 +309,12 @@ class DetectorPool:
         if project_id is not None:
             live = self._registry.live(project_id)
             if live is not None:
-                return ModelSource(version=live.version, weights=live.weights, kind="registry")
+                return ModelSource(
+                    version=live.version,
+                    weights=live.weights,
+                    kind="registry",
+                    display_threshold=live.display_threshold,
+                )
         if self._base is not None:
             return self._base
         return ModelSource(

@@ -25,6 +25,7 @@ from backend.layout import ModelDir, ProjectPaths
 logger = logging.getLogger(__name__)
 
 _VERSION = re.compile(r"^v(\d+)$")
+DISPLAY_THRESHOLD = "display_threshold"  # meta key: the version's calibrated display threshold
 _PROJECT_DIR = re.compile(r"^[0-9]{1,19}$")
 MAX_PROJECT_ID = 2**63 - 1  # Label Studio's ids are positive 64-bit signed integers (SQLite's)
 
@@ -38,6 +39,15 @@ class ModelVersion:
     path: Path
     weights: Path
     meta: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def display_threshold(self) -> float | None:
+        """The confidence from which its boxes are shown, calibrated when it was trained
+        (`training.calibration`); None for a version trained before calibration existed."""
+        value = self.meta.get(DISPLAY_THRESHOLD)
+        if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1:
+            return float(value)
+        return None
 
 
 class ModelRegistry:

@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from backend.analytics.cost import ActionSeconds
+from backend.audit import split_key
 from backend.config import Settings
 from backend.files import exclusive_lock
 from backend.labelstudio.client import LabelStudioClient
@@ -53,7 +55,7 @@ from backend.labelstudio.predictions import (
 from backend.layout import ModelDir
 from backend.models.detector import DetectorPool
 from backend.models.registry import ModelRegistry
-from backend.project_params import load_project_params
+from backend.project_params import TrainParams, load_project_params
 from backend.ranking.detect import Detections, detect, open_stores
 from backend.ranking.detection_cache import ImageRecord
 from backend.ranking.embedding_index import EmbeddingIndex
@@ -67,6 +69,7 @@ from backend.ranking.queue import (
     mapped_class_mask,
     plan_writes,
     pool_box_scores,
+    predicted_seconds,
     queue_head,
     queue_predictions,
     queue_tasks,
@@ -151,7 +154,11 @@ def rank_as_configured(
         label_studio=services.label_studio,
         registry=services.registry,
         project_id=project_id,
-        queue=queue_config(extra, controls[0].queue_attributes),
+        queue=queue_config(
+            extra,
+            controls[0].queue_attributes,
+            val_percent=TrainParams.resolve(settings, extra).val_percent,
+        ),
         progress=progress,
     )
 
@@ -234,6 +241,7 @@ def rank_project(
             index,
             mapped_class_mask(detector.names, controls),
             live_class_ap(registry, run, detector.names),
+            detector.source.shown_from(first.score_threshold, settings.score_threshold),
         )
         existing = {t.id: t.predictions for t in tasks}
         ranked_ids = [t.id for t in ranked]
@@ -244,7 +252,11 @@ def rank_project(
             clusters=queue.clusters,
         )
         desired = queue_predictions(
-            queued, detections.records, detector.names, controls, settings.score_threshold
+            queued,
+            detections.records,
+            detector.names,
+            controls,
+            detector.source.shown_from(None, settings.score_threshold),
         )
         timings["select"] = time.perf_counter() - tick
 
@@ -359,9 +371,11 @@ def select(
     index: EmbeddingIndex,
     mapped_classes: np.ndarray,
     class_ap: np.ndarray | None,
+    threshold: float,
 ) -> Selection:
     """The strategy's selection over the ranked tasks, with the labeled ones' embeddings as
-    what diversity keeps away from."""
+    what diversity keeps away from, each task's audit key (`split_key`, the validation
+    split's too) and its predicted annotator seconds with boxes shown from `threshold`."""
     if not ranked:
         return empty_selection(strategy.name)
     labeled_ids = [t.id for t in labeled]
@@ -370,6 +384,8 @@ def select(
         embeddings=index.get([t.id for t in ranked]),
         labeled_embeddings=index.get(labeled_ids) if labeled_ids else None,
         class_ap=class_ap,
+        split_keys=np.array([split_key(t.id) for t in ranked]),
+        seconds=predicted_seconds([records[t.id] for t in ranked], threshold, ActionSeconds()),
     )
     return strategy.select(pool, batch_size)
 

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from backend.analytics.cost import ActionSeconds
 from backend.labelstudio import format as ls_format
 from backend.labelstudio.label_config import BoxControl
 from backend.labelstudio.predictions import DesiredPrediction, ExistingPrediction, WritePlan
@@ -55,6 +56,24 @@ def pool_box_scores(record: ImageRecord, mapped_classes: npt.NDArray[np.bool_]) 
     keep = np.zeros(ids.shape[0], dtype=bool)
     keep[valid] = mapped_classes[ids[valid]]
     return record.class_scores[keep]
+
+
+def predicted_seconds(
+    records: Sequence[ImageRecord], threshold: float, costs: ActionSeconds
+) -> FloatArray:
+    """(n,) annotator seconds each record's pre-annotation is predicted to cost
+    (`ActionSeconds.expected`: boxes at or above `threshold` are shown, the others would be
+    drawn if real). An image without any kept box costs what the others cost on average:
+    nothing detected says nothing about how much there is to draw.
+    """
+    seconds = np.array(
+        [costs.expected(r.conf[r.conf >= threshold], r.conf[r.conf < threshold]) for r in records],
+        dtype=np.float64,
+    )
+    empty = np.array([r.conf.shape[0] == 0 for r in records], dtype=bool)
+    if empty.any():
+        seconds[empty] = seconds[~empty].mean() if (~empty).any() else costs.per_image
+    return seconds
 
 
 def mapped_class_mask(
@@ -220,7 +239,8 @@ def task_regions(
     default_threshold: float,
 ) -> list[dict[str, Any]]:
     """The pre-annotation of a ranked task: each control's regions of the boxes at or above its
-    `model_score_threshold` (else `default_threshold`, MODEL_SCORE_THRESHOLD)."""
+    `model_score_threshold` (else `default_threshold`: the model's calibrated threshold or
+    MODEL_SCORE_THRESHOLD, `ModelSource.shown_from`)."""
     regions: list[dict[str, Any]] = []
     for control in controls:
         threshold = (

@@ -12,6 +12,14 @@ Studio, or as attributes of the RectangleLabels tag (extra params win):
     al_clusters     true (default) | false: write diversity cluster ids (Label Studio then
                     balances clusters per annotator); false writes predictions in bulk, much
                     faster for large projects, and the queue is served by score alone
+    al_audit        true (default) | false: the audit slice. The tasks whose id hash falls in
+                    the validation share (TRAIN_VAL_PERCENT) are never ranked by the strategy;
+                    they take every (100 / TRAIN_VAL_PERCENT)-th place of the queue in random
+                    order, so the labels that validate models, gate promotions and give the
+                    live quality figure are an unbiased sample, not the queue's hard picks
+    al_per_second   true | false (default): rank by uncertainty per predicted annotator second
+                    (the model's boxes priced with analytics.cost); uncertainty strategies and
+                    the hybrids' uncertainty part
 
 Everything is validated at /setup, so a typo answers a clear 4xx there, not a failed ranking.
 """
@@ -26,13 +34,24 @@ from backend.errors import BadRequest
 from strategies import available_strategies, get_strategy
 from strategies.uncertainty import AGGREGATIONS
 
-KEYS = ("al_strategy", "al_lambda", "al_aggregation", "al_batch_size", "al_clusters")
+KEYS = (
+    "al_strategy",
+    "al_lambda",
+    "al_aggregation",
+    "al_batch_size",
+    "al_clusters",
+    "al_audit",
+    "al_per_second",
+)
 DEFAULT_STRATEGY = "hybrid"
 DEFAULT_LAMBDA = 0.5  # hybrid's weight of uncertainty
 DEFAULT_BATCH_SIZE = 100
 DEFAULT_CLUSTERS = True
+DEFAULT_AUDIT = True
+DEFAULT_PER_SECOND = False
+_DIRECT = {"entropy", "margin", "least_confidence", "dua", "dcus"}  # score strategies
 _AGGREGATE_DIRECT = {"entropy", "margin", "least_confidence"}
-_AGGREGATE_NESTED = {"hybrid", "prefilter"}
+_NESTED = {"hybrid", "prefilter"}  # their uncertainty part takes the score options
 
 
 @dataclass(frozen=True)
@@ -50,9 +69,15 @@ class QueueConfig:
 
 
 def queue_config(
-    extra_params: Mapping[str, Any], tag_attributes: Mapping[str, Any] | None = None
+    extra_params: Mapping[str, Any],
+    tag_attributes: Mapping[str, Any] | None = None,
+    *,
+    val_percent: int,
 ) -> QueueConfig:
-    """The project's queue config from extra params over tag attributes; BadRequest if bad."""
+    """The project's queue config from extra params over tag attributes; BadRequest if bad.
+
+    `val_percent` is the project's validation share (TRAIN_VAL_PERCENT): the audit slice's.
+    """
     raw = {k: v for k, v in (tag_attributes or {}).items() if k in KEYS}
     raw.update({k: v for k, v in extra_params.items() if k in KEYS})
     strategy = str(raw.get("al_strategy", DEFAULT_STRATEGY)).strip().lower()
@@ -68,28 +93,33 @@ def queue_config(
         params["lam"] = _number(raw["al_lambda"], "al_lambda", 0.0, 1.0)
     elif strategy == "hybrid":
         params["lam"] = DEFAULT_LAMBDA
+    score_params: dict[str, Any] = {}
     if "al_aggregation" in raw:
         how = str(raw["al_aggregation"]).strip().lower()
         if how not in AGGREGATIONS:
             raise BadRequest(
                 f"al_aggregation must be one of {', '.join(AGGREGATIONS)}, got {how!r}"
             )
-        if strategy in _AGGREGATE_DIRECT:
-            params["aggregate"] = how
-        elif strategy in _AGGREGATE_NESTED:
-            params["uncertainty_params"] = {"aggregate": how}
-        else:
+        if strategy not in _AGGREGATE_DIRECT | _NESTED:
             raise BadRequest(f"al_aggregation does not apply to al_strategy {strategy!r}")
+        score_params["aggregate"] = how
+    if _flag(raw, "al_per_second", DEFAULT_PER_SECOND):
+        if strategy in _DIRECT | _NESTED:
+            score_params["per_second"] = True
+        elif "al_per_second" in raw:
+            raise BadRequest(f"al_per_second does not apply to al_strategy {strategy!r}")
+    if strategy in _NESTED and score_params:
+        params["uncertainty_params"] = score_params
+    else:
+        params.update(score_params)
+    if _flag(raw, "al_audit", DEFAULT_AUDIT):
+        params["audit_share"] = val_percent / 100.0
     batch_size = DEFAULT_BATCH_SIZE
     if "al_batch_size" in raw:
         batch_size = int(_number(raw["al_batch_size"], "al_batch_size", 1, 100_000))
         if float(raw["al_batch_size"]) != batch_size:
             raise BadRequest(f"al_batch_size must be an integer, got {raw['al_batch_size']!r}")
-    clusters = raw.get("al_clusters", DEFAULT_CLUSTERS)
-    if isinstance(clusters, str) and clusters.strip().lower() in ("true", "false", "1", "0"):
-        clusters = clusters.strip().lower() in ("true", "1")
-    if not isinstance(clusters, bool):
-        raise BadRequest(f"al_clusters must be true or false, got {clusters!r}")
+    clusters = _flag(raw, "al_clusters", DEFAULT_CLUSTERS)
     config = QueueConfig(strategy, params, batch_size, clusters)
     try:
         config.build()
@@ -108,3 +138,13 @@ def _number(value: Any, name: str, lo: float, hi: float) -> float:
     if not lo <= number <= hi:
         raise BadRequest(f"{name} must be between {lo:g} and {hi:g}, got {number:g}")
     return number
+
+
+def _flag(raw: Mapping[str, Any], name: str, default: bool) -> bool:
+    """A true/false option (JSON booleans, or the strings true/false/1/0)."""
+    value = raw.get(name, default)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+        value = value.strip().lower() in ("true", "1")
+    if not isinstance(value, bool):
+        raise BadRequest(f"{name} must be true or false, got {value!r}")
+    return value

@@ -22,12 +22,11 @@ from backend.labelstudio import format as ls_format
 from backend.labelstudio.images import LoadedImage
 from backend.labelstudio.label_config import BoxControl, ParsedConfig, parse_label_config
 from backend.models.detector import Detector, ImageDetections, ModelSource
-from backend.project_params import save_project_params
+from backend.project_params import TrainParams, save_project_params
 from backend.ranking.queue_config import KEYS as QUEUE_KEYS
 from backend.ranking.queue_config import queue_config
 from backend.ranking.store import load_ranking, precomputed_prediction
 from backend.services import Services
-from backend.training.trainer import TrainParams, validate_overrides
 
 logger = logging.getLogger(__name__)
 
@@ -94,9 +93,9 @@ class MLService:
                 raise BadRequest("extra_params must be a JSON object") from None
         if not isinstance(extra, dict):
             raise BadRequest("extra_params must be a JSON object")
-        validate_overrides(extra)
+        val_percent = TrainParams.resolve(self.settings, extra).val_percent
         control = config.controls[0]
-        queue_config(extra, control.queue_attributes)
+        queue_config(extra, control.queue_attributes, val_percent=val_percent)
         if project is not None:
             keys = (*TrainParams.OVERRIDES, *QUEUE_KEYS)
             saved = {k: extra[k] for k in keys if k in extra}
@@ -234,10 +233,8 @@ class MLService:
         for control, detector in detectors:
             if detector.version not in by_model:
                 by_model[detector.version] = detector.predict(pixels)
-            threshold = (
-                control.score_threshold
-                if control.score_threshold is not None
-                else self.settings.score_threshold
+            threshold = detector.source.shown_from(
+                control.score_threshold, self.settings.score_threshold
             )
             for (i, image), found in zip(batch, by_model[detector.version], strict=True):
                 regions[i].extend(

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backend.audit import split_key
 from backend.errors import BackendError, ImageError
 from backend.files import atomic_write
 from backend.labelstudio.images import ImageLoader
@@ -187,17 +188,13 @@ def _region_box(
     )
 
 
-def split_key(task_id: int) -> float:
-    """A task's stable place in [0, 1): its id's hash (the split never depends on order)."""
-    digest = hashlib.sha256(f"task-{task_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64
-
-
 def validation_tasks(task_ids: Sequence[int], val_percent: int) -> set[int]:
     """The validation tasks: the share of tasks (at least one, never all) with the lowest
     hash keys.
 
-    A hash threshold alone leaves small projects to chance (10 labels gave 5 validation tasks
+    The keys are the audit slice's (`backend.audit`): with the queue serving the slice at
+    this share, the validation tasks are the labeled audit tasks. A hash threshold alone
+    leaves small projects to chance (10 labels gave 5 validation tasks
     in one project and 1 in another); taking the lowest keys gives every project its share,
     and as a project grows only tasks whose keys lie near the share move sides.
     """

@@ -13,22 +13,23 @@ import math
 import shutil
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from backend.config import Settings
-from backend.errors import BackendError, BadRequest
+from backend.errors import BackendError
 from backend.events import RunState
 from backend.labelstudio.client import LabelStudioClient
 from backend.labelstudio.images import ImageLoader
 from backend.labelstudio.label_config import parse_label_config
 from backend.models.detector import INFERENCE_IMAGE_SIZE, file_version, trained_image_size
 from backend.models.offline import prepare_ultralytics, set_torch_threads
-from backend.models.registry import ModelRegistry
-from backend.project_params import load_project_params
+from backend.models.registry import DISPLAY_THRESHOLD, ModelRegistry
+from backend.project_params import TrainParams, load_project_params
 from backend.services import Services
+from backend.training.calibration import calibrate
 from backend.training.dataset import (
     ExportStats,
     LabeledImage,
@@ -47,63 +48,6 @@ class TrainingCancelled(BackendError):
     """The run was cancelled (`ls-active-yolo train cancel`)."""
 
     code = "training_cancelled"
-
-
-@dataclass(frozen=True)
-class TrainParams:
-    """The recipe of one run: settings, overridden per project by the ML backend's extra params."""
-
-    epochs: int
-    image_size: int
-    batch: int
-    val_percent: int
-    min_images: int
-    tolerance: float
-
-    # extra_params key -> (field, type, lowest, highest)
-    OVERRIDES = {  # noqa: RUF012  (a class constant, not a dataclass field)
-        "train_epochs": ("epochs", int, 1, 1000),
-        "train_image_size": ("image_size", int, 32, 4096),
-        "train_batch": ("batch", int, 1, 1024),
-        "train_val_percent": ("val_percent", int, 1, 90),
-        "train_min_images": ("min_images", int, 2, 1_000_000),
-        "promote_tolerance": ("tolerance", float, 0.0, 1.0),
-    }
-
-    @classmethod
-    def resolve(cls, settings: Settings, overrides: Mapping[str, Any]) -> TrainParams:
-        """Settings defaults with the project's overrides applied; BadRequest on bad values."""
-        values: dict[str, Any] = {
-            "epochs": settings.train_epochs,
-            "image_size": settings.train_image_size,
-            "batch": settings.train_batch,
-            "val_percent": settings.train_val_percent,
-            "min_images": settings.train_min_images,
-            "tolerance": settings.promote_tolerance,
-        }
-        values.update(validate_overrides(overrides))
-        return cls(**values)
-
-
-def validate_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Training keys of an extra_params object, checked; unknown keys are left for others."""
-    checked: dict[str, Any] = {}
-    for key, (name, kind, lo, hi) in TrainParams.OVERRIDES.items():
-        if key not in overrides:
-            continue
-        raw = overrides[key]
-        try:
-            if isinstance(raw, bool):
-                raise ValueError
-            value = kind(raw)
-            if kind is int and float(raw) != value:
-                raise ValueError
-        except (TypeError, ValueError, OverflowError):  # Infinity, 10**400
-            raise BadRequest(f"extra_params.{key} must be a {kind.__name__}, got {raw!r}") from None
-        if not lo <= value <= hi:
-            raise BadRequest(f"extra_params.{key} must be between {lo} and {hi}, got {value}")
-        checked[name] = value
-    return checked
 
 
 def execute_run(services: Services, project_id: int, run_id: int) -> RunState:
@@ -225,7 +169,7 @@ def train_and_register(
     )
 
     live = registry.live(project_id)
-    if live is not None:
+    if live is not None and params.warm_start:
         parent_weights, parent = live.weights, live.version
     elif settings.model_path is not None:
         parent_weights, parent = (
@@ -264,6 +208,8 @@ def train_and_register(
             f"(margin {margin:.4f}: tolerance {params.tolerance}, noise of "
             f"{stats.val_boxes} validation boxes)"
         )
+    display = calibrate(settings, loader, candidate, data_yaml.parent, classes)
+    t4 = time.perf_counter()
     details: dict[str, Any] = {
         "run_id": run_id,
         "parent": parent,
@@ -273,10 +219,13 @@ def train_and_register(
         "metrics": metrics,
         "live_metrics": live_metrics,
         "gate": {"passed": passed, "reason": why},
+        DISPLAY_THRESHOLD: None if display is None else display["threshold"],
+        "display_calibration": display,
         "durations": {
             "dataset_s": round(t1 - t0, 3),
             "train_s": round(t2 - t1, 3),
             "evaluate_s": round(t3 - t2, 3),
+            "calibrate_s": round(t4 - t3, 3),
         },
         "created_at": time.time(),
     }
@@ -362,24 +311,42 @@ def _fine_tune(
             eta,
         )
 
+    def on_fit_epoch_end(trainer: Any) -> None:
+        if params.time_limit and time.monotonic() - started >= params.time_limit:
+            if not trainer.stop:
+                logger.info(
+                    "project=%s run=%s time limit %.0fs reached after epoch %d",
+                    project_id,
+                    run_id,
+                    params.time_limit,
+                    trainer.epoch + 1,
+                )
+            trainer.stop = True
+
+    early_stopping = params.patience > 0
     model.add_callback("on_train_batch_end", on_batch_end)
     model.add_callback("on_train_epoch_end", on_epoch_end)
+    model.add_callback("on_fit_epoch_end", on_fit_epoch_end)
     model.train(
         data=str(data_yaml),
         epochs=params.epochs,
         imgsz=image_size,
         batch=params.batch,
         device=settings.device,
-        val=False,
-        save=False,  # weights at the last epoch only: per-epoch checkpoints took a third of a run
+        # Early stopping validates every epoch and keeps the best epoch's checkpoint;
+        # without it a run writes only the last epoch's (checkpoints cost a third of a run).
+        val=early_stopping,
+        save=early_stopping,
+        patience=params.patience if early_stopping else params.epochs + 1,
         **RECIPE,
         project=str(run_dir),
         name="train",
         exist_ok=True,
     )
-    weights = run_dir / "train" / "weights" / "last.pt"
+    folder = run_dir / "train" / "weights"
+    weights = folder / "best.pt" if (folder / "best.pt").is_file() else folder / "last.pt"
     if not weights.is_file():
-        raise RuntimeError(f"training finished without weights at {weights}")
+        raise RuntimeError(f"training finished without weights in {folder}")
     return weights, image_size
 
 

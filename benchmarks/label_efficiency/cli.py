@@ -9,6 +9,7 @@ environment or configures logging.
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -29,6 +30,18 @@ PRESETS = {"quick": BenchConfig.quick, "medium": BenchConfig.medium, "full": Ben
 
 def _csv(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _option(text: str) -> tuple[str, Any]:
+    """KEY=VALUE, the value read as JSON when it is JSON (false, 0.5), else as text."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key.strip(), value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,6 +79,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", help="cpu (default) or cuda")
     parser.add_argument(
+        "--param",
+        action="append",
+        type=_option,
+        default=[],
+        metavar="KEY=VALUE",
+        help="an ML backend extra param for every simulated project (al_* queue or train_* "
+        "recipe option, e.g. al_audit=false or train_patience=0); repeatable",
+    )
+    parser.add_argument(
         "--summarise",
         type=Path,
         metavar="JSON",
@@ -93,6 +115,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[BenchConfig, str]:
             changes[attr] = value
     if args.seeds is not None:
         changes["seeds"] = tuple(range(args.seeds))
+    if args.param:
+        changes["extra_params"] = dict(args.param)
     if "strategies" in changes:
         kept = tuple(s for s in config.converged_strategies if s in changes["strategies"])
         changes["converged_strategies"] = kept

@@ -8,9 +8,13 @@ them. This module depends on nothing else in the benchmark but the data generato
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from backend.analytics.cost import ActionSeconds
+from backend.config import Settings
+from backend.project_params import TrainParams
 from backend.ranking.queue_config import DEFAULT_STRATEGY
+from backend.ranking.queue_config import KEYS as QUEUE_KEYS
 from benchmarks.label_efficiency.digits_data import DigitsConfig
 from strategies import available_strategies
 
@@ -20,6 +24,7 @@ MANUAL, STATIC, RANDOM, QUEUE = "manual", "static", "random", "queue"
 UNTRAINED_ARMS: tuple[str, ...] = (MANUAL, STATIC)
 PRODUCT, CONVERGED = "product", "converged"  # the two training recipes
 TARGETS: tuple[float, ...] = (0.90, 0.95)
+RARE_SHARE = 0.05  # a class with a smaller share of a pool's boxes is one of its rare classes
 DRAWN_FACTORS: tuple[float, ...] = (0.5, 1.0, 2.0)  # drawing-cost sensitivity
 
 
@@ -84,6 +89,9 @@ def base_data(n_base: int, seed: int = 0) -> DigitsConfig:
 
 
 # ------------------------------------------------------------------------------ the run
+_PRODUCT = Settings()  # the product defaults a benchmark run starts from
+
+
 @dataclass(frozen=True)
 class BenchConfig:
     """One benchmark: scenarios and their pool sizes, arms, budgets and both recipes."""
@@ -95,17 +103,21 @@ class BenchConfig:
     n_test: int = 120
     n_base: int = 200
     budgets: tuple[int, ...] = (16, 32, 64, 128)  # labeled images after the seed set, each cycle
-    epochs: int = 10  # TRAIN_EPOCHS, the product default: every product-recipe run
+    epochs: int = _PRODUCT.train_epochs  # TRAIN_EPOCHS: the most epochs of a product run
     base_epochs: int = 20
     image_size: int = 96
-    train_batch: int = 8  # TRAIN_BATCH, the product default
-    val_percent: int = 20  # TRAIN_VAL_PERCENT, the product default
-    tolerance: float = 0.0  # PROMOTE_TOLERANCE, the product default
+    train_batch: int = _PRODUCT.train_batch  # TRAIN_BATCH
+    val_percent: int = _PRODUCT.train_val_percent  # TRAIN_VAL_PERCENT
+    tolerance: float = _PRODUCT.promote_tolerance  # PROMOTE_TOLERANCE
     converged_strategies: tuple[str, ...] = (RANDOM, DEFAULT_STRATEGY)
     converged_seeds: int = 1  # the first N seeds also run the converged recipe (it is slow)
     converged_max_epochs: int = 60
     converged_patience: int = 12
     costs: ActionSeconds = field(default_factory=ActionSeconds)
+    # The ML backend's extra params every simulated project runs with (al_* queue options,
+    # train_* recipe options but train_epochs, which is `epochs`), for ablations; empty = the
+    # product defaults.
+    extra_params: dict[str, Any] = field(default_factory=dict)
     jobs: int = 1  # scenario/seed units run in parallel processes
     device: str = "cpu"
 
@@ -130,6 +142,9 @@ class BenchConfig:
             raise ValueError("budgets must increase from >= 4 images to at most the pool size")
         if min(self.epochs, self.base_epochs, self.converged_max_epochs, self.jobs) < 1:
             raise ValueError("epochs and jobs must be >= 1")
+        allowed = {*QUEUE_KEYS, *TrainParams.OVERRIDES} - {"al_strategy", "train_epochs"}
+        if set(self.extra_params) - allowed:
+            raise ValueError(f"extra params must be among {', '.join(sorted(allowed))}")
 
     @property
     def arms(self) -> tuple[str, ...]:
@@ -179,3 +194,4 @@ class CycleRow:
     version: str = ""
     promoted: bool = True
     durations: dict[str, float] = field(default_factory=dict)
+    class_ap50: dict[str, float] = field(default_factory=dict)  # test AP@0.5 per class

@@ -24,6 +24,7 @@ from benchmarks.label_efficiency.config import (
     PRODUCT,
     QUEUE,
     RANDOM,
+    RARE_SHARE,
     STATIC,
     TARGETS,
 )
@@ -177,6 +178,21 @@ def _increasing(values: Sequence[float]) -> bool:
     return all(b > a for a, b in zip(values, values[1:], strict=False))
 
 
+def rare_classes(result: dict[str, Any], scenario: str) -> list[str]:
+    """The classes holding less than RARE_SHARE of the scenario pool's boxes."""
+    counts = result["pools"][scenario]["pool"].get("class_counts", {})
+    total = sum(counts.values())
+    return sorted(name for name, n in counts.items() if total and n < RARE_SHARE * total)
+
+
+def _rare_ap(row: dict[str, Any], rare: Sequence[str]) -> float | None:
+    """Mean test AP@0.5 of the rare classes in a row (None: no rare class, or not recorded)."""
+    per_class = row.get("class_ap50") or {}
+    if not rare or not per_class:
+        return None
+    return float(np.mean([per_class.get(name, 0.0) for name in rare]))
+
+
 def summarise_recipe(
     result: dict[str, Any], scenario: str, recipe: str, factor: float = 1.0
 ) -> dict[str, Any]:
@@ -186,6 +202,13 @@ def summarise_recipe(
     costs = _costs(result, factor)
     n_pool = int(result["pools"][scenario]["pool"]["images"])
     seeds = sorted({seed for by_seed in curves.values() for seed in by_seed})
+    rare = rare_classes(result, scenario)
+    last: dict[tuple[str, int], dict[str, Any]] = {}
+    for row in result["rows"]:
+        if row["scenario"] == scenario and row["recipe"] == recipe:
+            key = (row["arm"], row["seed"])
+            if key not in last or row["cycle"] > last[key]["cycle"]:
+                last[key] = row
     arms: dict[str, Any] = {}
     per_seed: dict[str, dict[int, dict[str, Any]]] = {arm: {} for arm in curves}
     for seed in seeds:
@@ -204,6 +227,7 @@ def summarise_recipe(
                 result.get("full_pool", {}).get(scenario, {}).get(str(seed), {}).get(recipe, {})
             ).get(arm)
             entry["seconds_full_pool"] = costs.seconds(edits, n_pool) if edits is not None else None
+            entry["final_rare_ap50"] = _rare_ap(last[arm, seed], rare)
             per_seed[arm][seed] = entry
     for arm, entries in per_seed.items():
         order = sorted(entries)
@@ -287,6 +311,7 @@ SUMMARY_KEYS: tuple[str, ...] = (
     "seconds_to_95",
     "seconds_full_pool",
     "final_map50",
+    "final_rare_ap50",
 )
 
 

@@ -110,8 +110,8 @@ def markdown_report(result: dict[str, Any]) -> str:
             "",
             "| arm | final mAP@0.5 | AUBC (images) | AUBC (boxes) | AUBC (seconds) | s to 90% "
             "| s to 95% | s to common mAP | s for whole pool | saving vs random | vs static "
-            "| vs manual | gate rejections |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| vs manual | gate rejections | rare-class AP@0.5 |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for arm, s in entry["arms"].items():
             m = s["mean"]
@@ -124,7 +124,8 @@ def markdown_report(result: dict[str, Any]) -> str:
                 f"| {_saving(s, RANDOM, 'seconds_to_common')} "
                 f"| {_saving(s, STATIC, 'seconds_to_common')} "
                 f"| {_saving(s, MANUAL, 'seconds_to_common')} "
-                f"| {'-' if arm in UNTRAINED_ARMS else s['gate_rejections']} |"
+                f"| {'-' if arm in UNTRAINED_ARMS else s['gate_rejections']} "
+                f"| {_stat(m['final_rare_ap50']) if m['final_rare_ap50']['n'] else '-'} |"
             )
         converged = entry["recipes"].get(CONVERGED)
         if converged:

@@ -93,6 +93,8 @@ def train_base(config: BenchConfig, settings: Settings, workdir: Path) -> dict[s
             dataset.labeled("base", class_agnostic=True),
             [BASE_CLASS],
             epochs=config.base_epochs,
+            patience=0,  # every epoch, the last kept: a fixed recipe, whatever the product's
+            time_limit=0.0,
         )
         live = trainer.registry.live(REFERENCE_PROJECT)
         assert live is not None  # a first run has nothing to lose against
@@ -150,7 +152,6 @@ def _recipe(settings: Settings) -> list[str]:
     return [
         settings.model_yaml,
         settings.device,
-        str(settings.train_epochs),
         str(settings.train_image_size),
         str(settings.train_batch),
     ]

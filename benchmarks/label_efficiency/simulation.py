@@ -40,16 +40,21 @@ from typing import Any
 
 import numpy as np
 
+from backend.analytics.cost import ActionSeconds
 from backend.analytics.matching import Edit, LabeledBox, edit_counts, match_boxes
+from backend.audit import split_key
 from backend.config import Settings
 from backend.labelstudio.images import LoadedImage
 from backend.models.detector import Detector, ImageDetections, ModelSource
 from backend.models.offline import prepare_ultralytics, set_torch_threads
+from backend.models.registry import ModelVersion
+from backend.project_params import TrainParams
 from backend.ranking.detection_cache import ImageRecord
-from backend.ranking.queue import class_ap_vector, pool_box_scores
+from backend.ranking.queue import class_ap_vector, pool_box_scores, predicted_seconds
+from backend.ranking.queue_config import queue_config
 from backend.services import build_services
 from backend.training.dataset import ExportStats, LabeledImage
-from backend.training.trainer import RECIPE, TrainParams, evaluate, train_and_register
+from backend.training.trainer import RECIPE, evaluate, train_and_register
 from benchmarks.label_efficiency.config import (
     CONVERGED,
     MANUAL,
@@ -73,24 +78,28 @@ REFERENCE_PROJECT = 1
 def build_pool(
     unlabeled: Sequence[ImageDetections],
     unlabeled_images: Sequence[LoadedImage],
+    task_ids: Sequence[int],
     labeled: Sequence[ImageDetections],
     names: Sequence[str],
     meta: dict[str, Any],
+    threshold: float,
 ) -> Pool:
     """A `strategies.Pool` from detector output through the ranker's own per-image steps,
     so the benchmark scores images exactly as the product does (every class mapped)."""
     mapped = np.ones(len(names), dtype=bool)
-    box_scores = [
-        pool_box_scores(ImageRecord.from_detections("", image, found, len(names)), mapped)
+    records = [
+        ImageRecord.from_detections("", image, found, len(names))
         for found, image in zip(unlabeled, unlabeled_images, strict=True)
     ]
     return Pool(
-        box_scores=box_scores,
+        box_scores=[pool_box_scores(record, mapped) for record in records],
         embeddings=np.stack([d.embedding for d in unlabeled]).astype(np.float32),
         labeled_embeddings=(
             np.stack([d.embedding for d in labeled]).astype(np.float32) if labeled else None
         ),
         class_ap=class_ap_vector(meta, names),
+        split_keys=np.array([split_key(task_id) for task_id in task_ids]),
+        seconds=predicted_seconds(records, threshold, ActionSeconds()),
     )
 
 
@@ -134,7 +143,7 @@ class Trainer:
         services = build_services(replace(self.settings, label_studio_url=None))
         self.registry = services.registry
         self.loader = services.images
-        self.params = TrainParams.resolve(self.settings, {})
+        self.params = TrainParams.resolve(self.settings, self.config.extra_params)
         set_torch_threads(self.settings.torch_threads)
 
     def product(
@@ -142,11 +151,12 @@ class Trainer:
         project_id: int,
         items: Sequence[LabeledImage],
         classes: list[str],
-        epochs: int | None = None,
+        **changes: Any,
     ) -> dict[str, Any]:
-        """One product training run (`train_and_register`) of `project_id` on `items`."""
+        """One product training run (`train_and_register`) of `project_id` on `items`, with
+        `changes` to the recipe (`TrainParams` fields)."""
         self.run_id += 1
-        params = self.params if epochs is None else replace(self.params, epochs=epochs)
+        params = replace(self.params, **changes)
         return train_and_register(
             self.settings,
             self.registry,
@@ -246,6 +256,17 @@ class Scenario:
 
 
 # ------------------------------------------------------------------------------ the annotator
+@dataclass(frozen=True)
+class Prediction:
+    """A model's detections on every pool image, and the confidence from which the product
+    shows them (`ModelSource.shown_from`: the version's calibrated threshold, else
+    MODEL_SCORE_THRESHOLD)."""
+
+    names: list[str]
+    found: list[ImageDetections]
+    threshold: float
+
+
 def shown_boxes(found: ImageDetections, names: Sequence[str], threshold: float) -> list[LabeledBox]:
     """The pre-annotation an annotator sees: the boxes at or above MODEL_SCORE_THRESHOLD."""
     return [
@@ -258,20 +279,16 @@ def shown_boxes(found: ImageDetections, names: Sequence[str], threshold: float) 
 class Annotator:
     """Labels images with the hidden ground truth and tallies the edits that took."""
 
-    def __init__(self, truth: Sequence[Sequence[LabeledBox]], threshold: float) -> None:
+    def __init__(self, truth: Sequence[Sequence[LabeledBox]]) -> None:
         self.truth = truth  # per pool image
-        self.threshold = threshold
 
-    def edits(
-        self,
-        indices: Sequence[int],
-        shown: Sequence[ImageDetections] | None,
-        names: Sequence[str] = (),
-    ) -> Counter[str]:
-        """Edits to label `indices`: from `shown` (pool-wide predictions), or all drawn."""
+    def edits(self, indices: Sequence[int], shown: Prediction | None = None) -> Counter[str]:
+        """Edits to label `indices`: from what `shown` shows, or all drawn."""
         total: Counter[str] = Counter({e.value: 0 for e in Edit})
         for i in indices:
-            boxes = [] if shown is None else shown_boxes(shown[i], names, self.threshold)
+            boxes = (
+                [] if shown is None else shown_boxes(shown.found[i], shown.names, shown.threshold)
+            )
             counts = edit_counts(match_boxes(boxes, self.truth[i]))
             total.update({edit.value: n for edit, n in counts.items()})
         return total
@@ -305,7 +322,7 @@ class SeedRun:
             replace(settings, model_dir=self.root / "models", model_path=base_weights), config
         )
         self.scenario = Scenario.load(scenario, config, workdir, self.root, self.trainer)
-        self.annotator = Annotator(self.scenario.truth, settings.score_threshold)
+        self.annotator = Annotator(self.scenario.truth)
         self.rows: list[CycleRow] = []
         self.full_pool: dict[str, dict[str, dict[str, int]]] = {PRODUCT: {}, CONVERGED: {}}
 
@@ -315,14 +332,14 @@ class SeedRun:
         seed_idx = sorted(
             int(i) for i in rng.choice(len(sc.pool), self.config.budgets[0], replace=False)
         )
-        base_names, base = self.predict(self.base_weights, "base")
+        base = self.predict(self.base_weights, "base")
         started = time.perf_counter()
         self.trainer.product(SEED_SET_PROJECT, [sc.pool[i] for i in seed_idx], sc.classes)
         seed_train_s = round(time.perf_counter() - started, 3)
         seed_model = self.trainer.registry.live(SEED_SET_PROJECT)
         assert seed_model is not None  # a first run has no live model to lose against
         seed_metrics = self.test(seed_model.weights)
-        seed_edits = self.annotator.edits(seed_idx, base, base_names)
+        seed_edits = self.annotator.edits(seed_idx, base)
         random_labeled: list[list[int]] = []
         for strategy in self.config.strategies:
             labeled_by_cycle = self.product_arm(
@@ -339,25 +356,34 @@ class SeedRun:
                     replace(
                         row,
                         arm=arm,
-                        edits=dict(self.annotator.edits(labeled, shown, base_names)),
+                        edits=dict(self.annotator.edits(labeled, shown)),
                         durations={},
                     )
                 )
-            self.full_pool[PRODUCT][arm] = dict(self.annotator.edits(everything, shown, base_names))
+            self.full_pool[PRODUCT][arm] = dict(self.annotator.edits(everything, shown))
         if self.seed in self.config.seeds[: self.config.converged_seeds]:
             for strategy in self.config.converged_strategies:
                 self.converged_arm(strategy, seed_idx, seed_edits)
         return SeedResult(self.rows, self.full_pool)
 
     # -- the pieces ------------------------------------------------------------------
-    def predict(self, weights: Path, version: str) -> tuple[list[str], list[ImageDetections]]:
-        """The model's class names and its detections on every pool image."""
-        detector = Detector(
-            ModelSource(version=version, weights=weights, kind="registry"),
-            self.trainer.settings,
+    def predict(
+        self, weights: Path, version: str, display_threshold: float | None = None
+    ) -> Prediction:
+        """The model's detections on every pool image, and what the product shows of them."""
+        source = ModelSource(
+            version=version,
+            weights=weights,
+            kind="registry",
+            display_threshold=display_threshold,
         )
+        detector = Detector(source, self.trainer.settings)
         found = detector.predict([image.pixels for image in self.scenario.images])
-        return list(detector.names), found
+        threshold = source.shown_from(None, self.trainer.settings.score_threshold)
+        return Prediction(list(detector.names), found, threshold)
+
+    def predict_live(self, live: ModelVersion) -> Prediction:
+        return self.predict(live.weights, live.version, live.display_threshold)
 
     def test(self, weights: Path) -> dict[str, Any]:
         return self.trainer.test(
@@ -367,24 +393,32 @@ class SeedRun:
     def select(
         self,
         strategy: str,
-        names: Sequence[str],
-        found: list[ImageDetections],
+        prediction: Prediction,
         labeled: list[int],
         n: int,
         meta: dict[str, Any],
         cycle: int,
     ) -> list[int]:
+        found = prediction.found
         is_labeled = np.zeros(len(found), dtype=bool)
         is_labeled[labeled] = True
         unlabeled = np.flatnonzero(~is_labeled)
         pool = build_pool(
             [found[i] for i in unlabeled],
             [self.scenario.images[i] for i in unlabeled],
+            [self.scenario.pool[i].task_id for i in unlabeled],
             [found[i] for i in labeled],
-            names,
+            prediction.names,
             meta,
+            prediction.threshold,
         )
-        chosen = get_strategy(strategy, seed=self.seed * 1000 + cycle).select(pool, n)
+        queue = queue_config(
+            {**self.config.extra_params, "al_strategy": strategy},
+            val_percent=self.trainer.params.val_percent,
+        )
+        chosen = get_strategy(queue.strategy, **queue.params, seed=self.seed * 1000 + cycle).select(
+            pool, n
+        )
         return [int(unlabeled[i]) for i in chosen.batch]
 
     def row(
@@ -420,6 +454,7 @@ class SeedRun:
                 version=version,
                 promoted=promoted,
                 durations=durations,
+                class_ap50=dict(metrics.get("per_class_ap50", {})),
             )
         )
 
@@ -454,17 +489,16 @@ class SeedRun:
         budgets = self.config.budgets
         for cycle in range(1, len(budgets)):
             t0 = time.perf_counter()
-            names, found = self.predict(live.weights, live.version)
+            prediction = self.predict_live(live)
             batch = self.select(
                 strategy,
-                names,
-                found,
+                prediction,
                 labeled,
                 budgets[cycle] - budgets[cycle - 1],
                 live.meta,
                 cycle,
             )
-            edits += self.annotator.edits(batch, found, names)
+            edits += self.annotator.edits(batch, prediction)
             labeled += batch
             t1 = time.perf_counter()
             details = self.trainer.product(
@@ -486,9 +520,8 @@ class SeedRun:
             )
             labeled_by_cycle.append(list(labeled))
         rest = sorted(set(range(len(self.scenario.pool))) - set(labeled))
-        names, found = self.predict(live.weights, live.version)
         self.full_pool[PRODUCT][arm_name(strategy)] = dict(
-            edits + self.annotator.edits(rest, found, names)
+            edits + self.annotator.edits(rest, self.predict_live(live))
         )
         return labeled_by_cycle
 
@@ -502,11 +535,11 @@ class SeedRun:
         for cycle in range(len(budgets)):
             t0 = time.perf_counter()
             if cycle > 0:
-                names, found = self.predict(weights, f"converged-{cycle - 1}")
+                prediction = self.predict(weights, f"converged-{cycle - 1}")
                 batch = self.select(
-                    strategy, names, found, labeled, budgets[cycle] - budgets[cycle - 1], {}, cycle
+                    strategy, prediction, labeled, budgets[cycle] - budgets[cycle - 1], {}, cycle
                 )
-                edits += self.annotator.edits(batch, found, names)
+                edits += self.annotator.edits(batch, prediction)
                 labeled += batch
             t1 = time.perf_counter()
             weights = self.trainer.converged(
@@ -527,7 +560,6 @@ class SeedRun:
                 {"select_s": round(t1 - t0, 3), "train_s": round(t2 - t1, 3)},
             )
         rest = sorted(set(range(len(sc.pool))) - set(labeled))
-        names, found = self.predict(weights, "converged-final")
         self.full_pool[CONVERGED][arm_name(strategy)] = dict(
-            edits + self.annotator.edits(rest, found, names)
+            edits + self.annotator.edits(rest, self.predict(weights, "converged-final"))
         )

@@ -35,12 +35,13 @@ from benchmarks.label_efficiency.digits_data import (
 from benchmarks.label_efficiency.metrics import (
     aubc,
     label_efficiency,
+    rare_classes,
     saving_vs_random,
     summarise,
     summary_json,
 )
 from benchmarks.label_efficiency.report import resummarise
-from benchmarks.label_efficiency.simulation import Annotator, shown_boxes
+from benchmarks.label_efficiency.simulation import Annotator, Prediction, shown_boxes
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -148,7 +149,19 @@ def test_summarise_prices_edits_and_measures_savings() -> None:
         "seconds_to_95",
         "seconds_full_pool",
         "final_map50",
+        "final_rare_ap50",
     }
+
+
+def test_rare_class_ap_is_the_last_cycles_mean_over_the_rare_classes() -> None:
+    rows = [_row("random", c, 10 * (c + 1), 20, 0, 0.5) for c in range(2)]
+    rows[0]["class_ap50"] = {"a": 0.9, "b": 0.9, "c": 0.9}
+    rows[1]["class_ap50"] = {"a": 0.8, "b": 0.2}  # c never predicted: counts as 0
+    result = _result(rows, {})
+    result["pools"]["scenes"]["pool"]["class_counts"] = {"a": 960, "b": 30, "c": 10}
+    assert rare_classes(result, "scenes") == ["b", "c"]
+    arm = summarise(result)["scenarios"]["scenes"]["arms"]["random"]
+    assert arm["final_rare_ap50"] == [pytest.approx(0.1)]
 
 
 # ----------------------------------------------------------------------------- annotator
@@ -169,8 +182,8 @@ def test_annotator_prices_what_is_shown_above_the_threshold() -> None:
         )
     ]
     assert len(shown_boxes(found[0], ["0", "1"], 0.25)) == 2
-    annotator = Annotator(truth, 0.25)
-    edits = annotator.edits([0], found, ["0", "1"])
+    annotator = Annotator(truth)
+    edits = annotator.edits([0], Prediction(["0", "1"], found, 0.25))
     assert edits == {"accepted": 1, "relabeled": 1, "adjusted": 0, "deleted": 0, "drawn": 0}
     assert annotator.edits([0], None)["drawn"] == 2  # manual: nothing shown
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from label_studio_sdk.core.api_error import ApiError
 
+from backend.audit import split_key
 from backend.config import Settings
 from backend.errors import ImageError
 from backend.labelstudio.images import LoadedImage
@@ -373,15 +374,22 @@ def test_without_clusters_new_predictions_are_imported_in_bulk(world: World) -> 
 
 def test_rank_as_configured_reads_the_projects_queue_settings(world: World) -> None:
     save_project_params(
-        world.settings.paths, PROJECT, {"al_strategy": "least_confidence", "al_batch_size": 3}
+        world.settings.paths,
+        PROJECT,
+        {"al_strategy": "least_confidence", "al_batch_size": 3, "al_audit": False},
     )
 
     summary = rank_as_configured(world.services, PROJECT)
     narrower = rank_as_configured(world.services, PROJECT, overrides={"al_batch_size": 1})
+    audited = rank_as_configured(world.services, PROJECT, overrides={"al_audit": True})
 
     assert summary.strategy == "least_confidence" and summary.top_task_ids[0] == 3
     assert len(summary.top_task_ids) == 3
     assert narrower.top_task_ids == summary.top_task_ids[:1]
+    # Task 3's id hash puts it in the 20% audit slice: the strategy does not rank it, and in
+    # a queue of four, too short for an audit place (every fifth), it comes last.
+    assert split_key(3) < 0.2 and summary.n_ranked == 4
+    assert audited.top_task_ids == (4, 6, 2) == summary.top_task_ids[1:] + (2,)
     with pytest.raises(ProjectNotFound, match="no project 8"):
         rank_as_configured(world.services, 8)
 

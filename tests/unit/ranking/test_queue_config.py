@@ -3,21 +3,49 @@ from __future__ import annotations
 import pytest
 
 from backend.errors import BadRequest
-from backend.ranking.queue_config import QueueConfig, queue_config
+from backend.ranking import queue_config as module
+from backend.ranking.queue_config import QueueConfig
 
 
-def test_default_is_the_hybrid_at_lambda_one_half() -> None:
+def queue_config(extra: dict, tags: dict | None = None) -> QueueConfig:
+    return module.queue_config(extra, tags, val_percent=20)
+
+
+def test_default_is_the_hybrid_at_lambda_one_half_with_an_audit_slice() -> None:
     config = queue_config({})
-    assert config == QueueConfig("hybrid", {"lam": 0.5}, 100, True)
+    assert config == QueueConfig("hybrid", {"lam": 0.5, "audit_share": 0.2}, 100, True)
     assert queue_config({"al_clusters": "false"}).clusters is False
     assert type(config.build()).__name__ == "RankMix"
+    assert config.build().audit_share == 0.2
+
+
+def test_the_audit_slice_is_the_validation_share_and_can_be_turned_off() -> None:
+    assert module.queue_config({}, val_percent=10).params["audit_share"] == 0.1
+    assert "audit_share" not in queue_config({"al_audit": "false"}).params
+
+
+@pytest.mark.parametrize(
+    ("extra", "params"),
+    [
+        ({"al_strategy": "margin", "al_per_second": True}, {"per_second": True}),
+        ({"al_strategy": "dua", "al_per_second": "1"}, {"per_second": True}),
+        (
+            {"al_per_second": True, "al_aggregation": "sum"},
+            {"lam": 0.5, "uncertainty_params": {"aggregate": "sum", "per_second": True}},
+        ),
+    ],
+)
+def test_per_second_reaches_the_uncertainty_part(extra: dict, params: dict) -> None:
+    config = queue_config({**extra, "al_audit": False})
+    assert config.params == params
+    config.build()
 
 
 def test_extra_params_override_tag_attributes() -> None:
     config = queue_config(
         {"al_lambda": 0.25}, {"al_strategy": "hybrid", "al_lambda": "0.9", "al_batch_size": "20"}
     )
-    assert config.params == {"lam": 0.25}
+    assert config.params == {"lam": 0.25, "audit_share": 0.2}
     assert config.batch_size == 20
 
 
@@ -33,7 +61,7 @@ def test_extra_params_override_tag_attributes() -> None:
     ],
 )
 def test_aggregation_reaches_the_right_parameter(extra: dict, params: dict) -> None:
-    assert queue_config(extra).params == params
+    assert queue_config({**extra, "al_audit": False}).params == params
 
 
 @pytest.mark.parametrize(
@@ -48,6 +76,8 @@ def test_aggregation_reaches_the_right_parameter(extra: dict, params: dict) -> N
         ({"al_batch_size": 0}, "between 1 and"),
         ({"al_batch_size": 2.5}, "integer"),
         ({"al_clusters": "sometimes"}, "al_clusters must be true or false"),
+        ({"al_audit": 2}, "al_audit must be true or false"),
+        ({"al_strategy": "kcenter", "al_per_second": True}, "does not apply"),
     ],
 )
 def test_invalid_values_are_clear_errors(extra: dict, message: str) -> None:

@@ -198,14 +198,23 @@ def test_basic_auth_guards_everything_but_health(settings: Settings) -> None:
 
 
 def test_setup_validates_and_saves_extra_params(client: FlaskClient, settings: Settings) -> None:
-    extra = {"train_epochs": 3, "al_strategy": "entropy", "al_aggregation": "sum", "other": "x"}
+    extra = {
+        "train_epochs": 3,
+        "train_warm_start": "false",
+        "al_strategy": "entropy",
+        "al_aggregation": "sum",
+        "al_audit": False,
+        "other": "x",
+    }
     body = {"project": "9.1712345678", "schema": BOX_CONFIG, "extra_params": extra}
     assert client.post("/setup", json=body).status_code == 200
     saved = settings.model_dir / "projects" / "9" / "params.json"
     assert json.loads(saved.read_text()) == {
         "train_epochs": 3,
+        "train_warm_start": "false",
         "al_strategy": "entropy",
         "al_aggregation": "sum",
+        "al_audit": False,
     }
     as_text = {**body, "extra_params": json.dumps({"al_lambda": 0.2})}
     assert client.post("/setup", json=as_text).status_code == 200
@@ -217,6 +226,10 @@ def test_setup_validates_and_saves_extra_params(client: FlaskClient, settings: S
     [
         ({"train_epochs": "many"}, "train_epochs must be a int"),
         ({"train_epochs": 0}, "between 1 and 1000"),
+        ({"train_patience": -1}, "between 0 and 1000"),
+        ({"train_warm_start": "sometimes"}, "train_warm_start must be a bool"),
+        ({"train_val_percent": 95}, "between 1 and 90"),
+        ({"al_per_second": "yes please"}, "al_per_second must be true or false"),
         ({"al_strategy": "smartest"}, "choose one of"),
         ({"al_lambda": 1.5}, "al_lambda must be between 0 and 1"),
         ({"train_epochs": float("inf")}, "train_epochs must be a int"),  # OverflowError before

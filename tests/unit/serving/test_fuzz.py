@@ -44,9 +44,9 @@ from werkzeug.test import TestResponse
 
 from backend.config import Settings
 from backend.labelstudio.format import HANDLED_ACTIONS
+from backend.project_params import TrainParams
 from backend.ranking.queue_config import KEYS as QUEUE_KEYS
 from backend.serving.app import create_app
-from backend.training.trainer import TrainParams
 from tests.conftest import BOX_CONFIG
 
 POST_ROUTES = ("/setup", "/predict", "/webhook")
