@@ -171,7 +171,7 @@ class Settings:
     train_warm_start: bool = True  # TRAIN_WARM_START: fine-tune the live model; false
     # restarts every run from MODEL_PATH (or a random init)
     train_image_size: int = 0  # TRAIN_IMAGE_SIZE: 0 = the parent model's training size, or
-    # 320 for a model trained from scratch (CPU-sized)
+    # for a model trained from scratch one chosen from the data (ExportStats.scratch_image_size)
     train_batch: int = 8  # TRAIN_BATCH
     train_val_percent: int = 20  # TRAIN_VAL_PERCENT: share of tasks held out for the gate
     train_min_images: int = 4  # TRAIN_MIN_IMAGES: fewer annotated images: no training

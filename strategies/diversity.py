@@ -61,6 +61,28 @@ def nearest_sq_distances(x: Float32Array, reference: Float32Array) -> FloatArray
     return np.maximum(dist[:, 0].astype(np.float64), 0.0)
 
 
+def median_neighbour_distance(
+    x: Float32Array, *, metric: Metric = "l2", sample: int = 1000
+) -> float:
+    """The median distance from an item to its nearest other item: the pool's own scale, so a
+    near-duplicate threshold can be a fraction of it whatever the embedding.
+
+    Measured on up to `sample` evenly spaced items against the whole pool (deterministic;
+    O(sample * n * d)). 0.0 for fewer than two items.
+    """
+    xs = prepare_embeddings(x, metric, "x")
+    n = xs.shape[0]
+    if n < 2:
+        return 0.0
+    probes = np.unique(np.linspace(0, n - 1, min(n, sample)).round().astype(np.int64))
+    index = faiss.IndexFlatL2(xs.shape[1])
+    index.add(xs)
+    dist, found = index.search(xs[probes], 2)
+    # the nearest hit is the probe itself unless an exact copy came first: take the other one
+    other = np.where(found[:, 0] == probes, dist[:, 1], dist[:, 0])
+    return float(np.median(np.sqrt(np.maximum(other, 0.0))))
+
+
 def central_item(x: Float32Array) -> int:
     """Index of the row nearest to the mean row (lowest index on ties); x is (n, d), n >= 1."""
     centre = x.mean(axis=0, dtype=np.float64).astype(np.float32)[None, :]

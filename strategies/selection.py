@@ -28,6 +28,7 @@ from strategies.diversity import (
     kcenter_greedy,
     kcenter_ranking,
     kmeans_clusters,
+    median_neighbour_distance,
 )
 from strategies.pool import BoolArray, FloatArray, IntArray, Pool, Selection
 from strategies.uncertainty import (
@@ -135,6 +136,9 @@ class Strategy(ABC):
         dup_threshold: if set, near-duplicates (embedding distance <= threshold) of labeled
             items or of items earlier in the order are moved to the end; see
             `demote_near_duplicates`. None (default) disables it.
+        dup_relative: the same with the threshold given as a fraction of the pool's median
+            nearest-neighbour distance (`median_neighbour_distance`), which fits any
+            embedding; `dup_threshold` wins when both are set.
         metric: "l2" or "cosine" for every embedding distance.
         audit_share: in [0, 0.9]; with `pool.split_keys`, the images whose key is below it
             are the audit slice: the strategy never ranks them, and they take every
@@ -151,6 +155,7 @@ class Strategy(ABC):
         seed: Seed = 0,
         n_clusters: int = 8,
         dup_threshold: float | None = None,
+        dup_relative: float | None = None,
         metric: Metric = "l2",
         audit_share: float = 0.0,
     ) -> None:
@@ -158,6 +163,9 @@ class Strategy(ABC):
         self.n_clusters = check_integer("n_clusters", n_clusters, low=1)
         self.dup_threshold = (
             None if dup_threshold is None else check_number("dup_threshold", dup_threshold, low=0.0)
+        )
+        self.dup_relative = (
+            None if dup_relative is None else check_number("dup_relative", dup_relative, low=0.0)
         )
         self.metric = cast(Metric, check_choice("metric", metric, METRICS))
         self.audit_share = check_number("audit_share", audit_share, low=0.0, high=0.9)
@@ -197,8 +205,13 @@ class Strategy(ABC):
         ranking = self._rank(pool, b)
         order, scores = ranking.order.astype(np.int64), ranking.scores.astype(np.float64)
         details = dict(ranking.details)
-        if self.dup_threshold is not None:
-            order, scores, demoted = self._demote(pool, order, scores, b, self.dup_threshold)
+        threshold = self.dup_threshold
+        if threshold is None and self.dup_relative is not None:
+            threshold = self.dup_relative * median_neighbour_distance(
+                pool.embeddings, metric=self.metric
+            )
+        if threshold is not None:
+            order, scores, demoted = self._demote(pool, order, scores, b, threshold)
             details["near_duplicate"] = demoted.astype(np.float64)
         # Guarantee scores[order] is non-increasing (only float rounding can break it).
         scores[order] = np.minimum.accumulate(scores[order])

@@ -20,6 +20,9 @@ Studio, or as attributes of the RectangleLabels tag (extra params win):
     al_per_second   true | false (default): rank by uncertainty per predicted annotator second
                     (the model's boxes priced with analytics.cost); uncertainty strategies and
                     the hybrids' uncertainty part
+    al_near_duplicates  0..1 (default 0, off): tasks closer than this fraction of the pool's
+                    median nearest-neighbour embedding distance are near-duplicates: one of
+                    them per batch, the others after it
 
 Everything is validated at /setup, so a typo answers a clear 4xx there, not a failed ranking.
 """
@@ -42,6 +45,7 @@ KEYS = (
     "al_clusters",
     "al_audit",
     "al_per_second",
+    "al_near_duplicates",
 )
 DEFAULT_STRATEGY = "hybrid"
 DEFAULT_LAMBDA = 0.5  # hybrid's weight of uncertainty
@@ -49,6 +53,7 @@ DEFAULT_BATCH_SIZE = 100
 DEFAULT_CLUSTERS = True
 DEFAULT_AUDIT = True
 DEFAULT_PER_SECOND = False
+DEFAULT_NEAR_DUPLICATES = 0.0
 _DIRECT = {"entropy", "margin", "least_confidence", "dua", "dcus"}  # score strategies
 _AGGREGATE_DIRECT = {"entropy", "margin", "least_confidence"}
 _NESTED = {"hybrid", "prefilter"}  # their uncertainty part takes the score options
@@ -112,6 +117,11 @@ def queue_config(
         params["uncertainty_params"] = score_params
     else:
         params.update(score_params)
+    near = _number(
+        raw.get("al_near_duplicates", DEFAULT_NEAR_DUPLICATES), "al_near_duplicates", 0.0, 1.0
+    )
+    if near > 0:
+        params["dup_relative"] = near
     if _flag(raw, "al_audit", DEFAULT_AUDIT):
         params["audit_share"] = val_percent / 100.0
     batch_size = DEFAULT_BATCH_SIZE

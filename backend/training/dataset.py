@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from PIL import Image
 
 from backend.audit import split_key
 from backend.errors import BackendError, ImageError
@@ -60,6 +64,9 @@ class LabeledImage:
     boxes: tuple[YoloBox, ...]
 
 
+MIN_OBJECT_PX = 16  # the median box's short side a from-scratch training size aims for
+
+
 @dataclass
 class ExportStats:
     """What went into a dataset, and what was left out and why."""
@@ -72,6 +79,19 @@ class ExportStats:
     negatives: int = 0
     class_counts: Counter[str] = field(default_factory=Counter)
     skipped: Counter[str] = field(default_factory=Counter)
+    long_sides: list[int] = field(default_factory=list)  # per image, pixels
+    box_short_sides: list[float] = field(default_factory=list)  # per box, pixels
+
+    def scratch_image_size(self) -> int:
+        """The training size for a model with no size of its own (a random init): the median
+        image's long side, enlarged until the median box's short side reaches MIN_OBJECT_PX
+        (tiny objects vanish at YOLO's stride 8), as a multiple of 32 in [64, 640]."""
+        if not self.long_sides:
+            return 640
+        size = float(np.median(self.long_sides))
+        if self.box_short_sides:
+            size *= max(1.0, MIN_OBJECT_PX / max(float(np.median(self.box_short_sides)), 1.0))
+        return int(min(640, max(64, math.ceil(size / 32) * 32)))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -248,6 +268,9 @@ def write_dataset(
         stats.boxes += len(item.boxes)
         stats.val_boxes += len(item.boxes) if split == "val" else 0
         stats.negatives += not item.boxes
+        width, height = _pixel_size(cached)
+        stats.long_sides.append(max(width, height))
+        stats.box_short_sides.extend(min(b.w * width, b.h * height) for b in item.boxes)
         stats.class_counts.update(classes[b.class_index] for b in item.boxes)
     data_yaml = out_dir / "data.yaml"
     names = "".join(f"  {i}: {_yaml_string(name)}\n" for i, name in enumerate(classes))
@@ -273,6 +296,12 @@ def _cached_image(item: LabeledImage, loader: ImageLoader, cache_dir: Path) -> P
         return found[0]
     data, suffix = loader.training_file(loader.read(item.image_ref), item.image_ref)
     return atomic_write(cache_dir / f"{stem}{suffix}", data)
+
+
+def _pixel_size(path: Path) -> tuple[int, int]:
+    """(width, height) of a cached training image, from its header."""
+    with Image.open(path) as image:
+        return image.size
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -41,8 +41,6 @@ from backend.training.dataset import (
 
 logger = logging.getLogger(__name__)
 
-SCRATCH_IMAGE_SIZE = 320  # training from a random init on CPU: small and fast
-
 
 class TrainingCancelled(BackendError):
     """The run was cancelled (`ls-active-yolo train cancel`)."""
@@ -179,7 +177,7 @@ def train_and_register(
     else:
         parent_weights, parent = None, f"random-init:{settings.model_yaml}"
     candidate, size = _fine_tune(
-        settings, params, parent_weights, data_yaml, run_dir, project_id, run_id
+        settings, params, parent_weights, data_yaml, run_dir, project_id, run_id, stats
     )
     t2 = time.perf_counter()
 
@@ -281,13 +279,15 @@ def _fine_tune(
     run_dir: Path,
     project_id: int,
     run_id: int,
+    stats: ExportStats,
 ) -> tuple[Path, int]:
     """Train a fresh YOLO instance (never the serving one) from `parent`; returns the
-    weights and the image size they were trained at."""
+    weights and the image size they were trained at (TRAIN_IMAGE_SIZE, else the parent's,
+    else one chosen from the data's image and object sizes)."""
     from ultralytics import YOLO  # noqa: PLC0415  (after prepare_ultralytics)
 
     model = YOLO(str(parent) if parent is not None else settings.model_yaml, task="detect")
-    image_size = params.image_size or trained_image_size(model) or SCRATCH_IMAGE_SIZE
+    image_size = params.image_size or trained_image_size(model) or stats.scratch_image_size()
     flag = settings.paths.project(project_id).cancel_flag
     started = time.monotonic()
 
@@ -367,9 +367,11 @@ def evaluate(
     classes: list[str],
     workdir: Path,
     image_size: int | None = None,
+    conf: float | None = None,
 ) -> dict[str, Any] | None:
     """mAP50, mAP50-95 and per-class AP of `weights` on the dataset's validation split, at
-    `image_size` (default: TrainParams' size, else the size the weights were trained at).
+    `image_size` (default: TrainParams' size, else the size the weights were trained at),
+    over every box (default) or only those at or above `conf` (what annotators are shown).
 
     None when the model's classes differ from the dataset's (no fair comparison exists).
     """
@@ -387,6 +389,7 @@ def evaluate(
         device=settings.device,
         workers=0,
         plots=False,
+        **({} if conf is None else {"conf": conf}),
         verbose=False,
         project=str(workdir.parent),
         name=workdir.name,

@@ -44,6 +44,14 @@ def _option(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def _variant(text: str) -> tuple[str, dict[str, Any]]:
+    """NAME:KEY=VALUE[,KEY=VALUE...]."""
+    name, sep, options = text.partition(":")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME:KEY=VALUE[,...], got {text!r}")
+    return name.strip(), dict(_option(part) for part in options.split(",") if part.strip())
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.label_efficiency", description=DESCRIPTION
@@ -93,6 +101,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="JSON",
         help="only rebuild the outputs from a results.json or partial.json (no training)",
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        type=_variant,
+        default=[],
+        metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+        help="an ablation arm: the default strategy with these extra params, e.g. "
+        "no-audit:al_audit=false; repeatable",
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser
 
@@ -117,6 +134,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[BenchConfig, str]:
         changes["seeds"] = tuple(range(args.seeds))
     if args.param:
         changes["extra_params"] = dict(args.param)
+    if args.variant:
+        changes["variants"] = dict(args.variant)
     if "strategies" in changes:
         kept = tuple(s for s in config.converged_strategies if s in changes["strategies"])
         changes["converged_strategies"] = kept

@@ -33,6 +33,15 @@ def arm_name(strategy: str) -> str:
     return QUEUE if strategy == DEFAULT_STRATEGY else strategy
 
 
+@dataclass(frozen=True)
+class ProductArm:
+    """An arm that retrains: a strategy, and extra params on top of the run's own."""
+
+    name: str
+    strategy: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
 def all_strategies() -> tuple[str, ...]:
     """Every strategy the product offers (al_strategy), the random control first."""
     return (RANDOM, *(s for s in available_strategies() if s != RANDOM))
@@ -118,6 +127,8 @@ class BenchConfig:
     # train_* recipe options but train_epochs, which is `epochs`), for ablations; empty = the
     # product defaults.
     extra_params: dict[str, Any] = field(default_factory=dict)
+    # Ablation arms: the default strategy with these extra params on top, by arm name.
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     jobs: int = 1  # scenario/seed units run in parallel processes
     device: str = "cpu"
 
@@ -143,12 +154,24 @@ class BenchConfig:
         if min(self.epochs, self.base_epochs, self.converged_max_epochs, self.jobs) < 1:
             raise ValueError("epochs and jobs must be >= 1")
         allowed = {*QUEUE_KEYS, *TrainParams.OVERRIDES} - {"al_strategy", "train_epochs"}
-        if set(self.extra_params) - allowed:
-            raise ValueError(f"extra params must be among {', '.join(sorted(allowed))}")
+        for params in (self.extra_params, *self.variants.values()):
+            if set(params) - allowed:
+                raise ValueError(f"extra params must be among {', '.join(sorted(allowed))}")
+        taken = {*UNTRAINED_ARMS, *(arm_name(s) for s in self.strategies)}
+        if set(self.variants) & taken:
+            raise ValueError(f"variant names must differ from the arms {sorted(taken)}")
+
+    @property
+    def product_arms(self) -> tuple[ProductArm, ...]:
+        """The retraining arms: every strategy, then the variants of the default one."""
+        return (
+            *(ProductArm(arm_name(s), s) for s in self.strategies),
+            *(ProductArm(name, DEFAULT_STRATEGY, dict(p)) for name, p in self.variants.items()),
+        )
 
     @property
     def arms(self) -> tuple[str, ...]:
-        return (*UNTRAINED_ARMS, *(arm_name(s) for s in self.strategies))
+        return (*UNTRAINED_ARMS, *(arm.name for arm in self.product_arms))
 
     @classmethod
     def quick(cls) -> BenchConfig:

@@ -92,9 +92,8 @@ def train_base(config: BenchConfig, settings: Settings, workdir: Path) -> dict[s
             REFERENCE_PROJECT,
             dataset.labeled("base", class_agnostic=True),
             [BASE_CLASS],
-            epochs=config.base_epochs,
-            patience=0,  # every epoch, the last kept: a fixed recipe, whatever the product's
-            time_limit=0.0,
+            # every epoch, the last kept: a fixed recipe, whatever the product's
+            replace(trainer.params, epochs=config.base_epochs, patience=0, time_limit=0.0),
         )
         live = trainer.registry.live(REFERENCE_PROJECT)
         assert live is not None  # a first run has nothing to lose against

@@ -63,6 +63,7 @@ from benchmarks.label_efficiency.config import (
     STATIC,
     BenchConfig,
     CycleRow,
+    ProductArm,
     arm_name,
     scenario_data,
 )
@@ -151,12 +152,12 @@ class Trainer:
         project_id: int,
         items: Sequence[LabeledImage],
         classes: list[str],
-        **changes: Any,
+        params: TrainParams | None = None,
     ) -> dict[str, Any]:
-        """One product training run (`train_and_register`) of `project_id` on `items`, with
-        `changes` to the recipe (`TrainParams` fields)."""
+        """One product training run (`train_and_register`) of `project_id` on `items` (with
+        the run's own recipe unless `params` says otherwise)."""
         self.run_id += 1
-        params = replace(self.params, **changes)
+        params = params or self.params
         return train_and_register(
             self.settings,
             self.registry,
@@ -341,11 +342,11 @@ class SeedRun:
         seed_metrics = self.test(seed_model.weights)
         seed_edits = self.annotator.edits(seed_idx, base)
         random_labeled: list[list[int]] = []
-        for strategy in self.config.strategies:
+        for arm in self.config.product_arms:
             labeled_by_cycle = self.product_arm(
-                strategy, seed_idx, seed_edits, seed_metrics, seed_train_s
+                arm, seed_idx, seed_edits, seed_metrics, seed_train_s
             )
-            if strategy == RANDOM:
+            if arm.name == RANDOM:
                 random_labeled = labeled_by_cycle
         random_rows = [r for r in self.rows if r.arm == RANDOM and r.recipe == PRODUCT]
         everything = range(len(sc.pool))
@@ -363,7 +364,7 @@ class SeedRun:
             self.full_pool[PRODUCT][arm] = dict(self.annotator.edits(everything, shown))
         if self.seed in self.config.seeds[: self.config.converged_seeds]:
             for strategy in self.config.converged_strategies:
-                self.converged_arm(strategy, seed_idx, seed_edits)
+                self.converged_arm(ProductArm(arm_name(strategy), strategy), seed_idx, seed_edits)
         return SeedResult(self.rows, self.full_pool)
 
     # -- the pieces ------------------------------------------------------------------
@@ -392,7 +393,7 @@ class SeedRun:
 
     def select(
         self,
-        strategy: str,
+        arm: ProductArm,
         prediction: Prediction,
         labeled: list[int],
         n: int,
@@ -413,7 +414,7 @@ class SeedRun:
             prediction.threshold,
         )
         queue = queue_config(
-            {**self.config.extra_params, "al_strategy": strategy},
+            {**self.config.extra_params, **arm.params, "al_strategy": arm.strategy},
             val_percent=self.trainer.params.val_percent,
         )
         chosen = get_strategy(queue.strategy, **queue.params, seed=self.seed * 1000 + cycle).select(
@@ -424,7 +425,7 @@ class SeedRun:
     def row(
         self,
         recipe: str,
-        strategy: str,
+        arm: str,
         cycle: int,
         labeled: Sequence[int],
         edits: Counter[str],
@@ -443,7 +444,7 @@ class SeedRun:
             CycleRow(
                 scenario=self.scenario.name,
                 recipe=recipe,
-                arm=arm_name(strategy),
+                arm=arm,
                 seed=self.seed,
                 cycle=cycle,
                 images=len(labeled),
@@ -460,15 +461,18 @@ class SeedRun:
 
     def product_arm(
         self,
-        strategy: str,
+        arm: ProductArm,
         seed_idx: list[int],
         seed_edits: Counter[str],
         seed_metrics: dict[str, Any],
         seed_train_s: float,
     ) -> list[list[int]]:
-        """One strategy's cycles with the product recipe; the labeled images after each."""
+        """One arm's cycles with the product recipe; the labeled images after each."""
         registry = self.trainer.registry
-        project = SEED_SET_PROJECT + 1 + self.config.strategies.index(strategy)
+        project = SEED_SET_PROJECT + 1 + self.config.product_arms.index(arm)
+        params = TrainParams.resolve(
+            self.trainer.settings, {**self.config.extra_params, **arm.params}
+        )
         paths = self.trainer.settings.paths
         shutil.copytree(paths.project(SEED_SET_PROJECT).root, paths.project(project).root)
         labeled, edits = list(seed_idx), Counter(seed_edits)
@@ -476,7 +480,7 @@ class SeedRun:
         assert live is not None  # the seed-set run has no live model to lose against
         self.row(
             PRODUCT,
-            strategy,
+            arm.name,
             0,
             labeled,
             edits,
@@ -491,7 +495,7 @@ class SeedRun:
             t0 = time.perf_counter()
             prediction = self.predict_live(live)
             batch = self.select(
-                strategy,
+                arm,
                 prediction,
                 labeled,
                 budgets[cycle] - budgets[cycle - 1],
@@ -502,14 +506,17 @@ class SeedRun:
             labeled += batch
             t1 = time.perf_counter()
             details = self.trainer.product(
-                project, [self.scenario.pool[i] for i in labeled], self.scenario.classes
+                project,
+                [self.scenario.pool[i] for i in labeled],
+                self.scenario.classes,
+                params,
             )
             t2 = time.perf_counter()
             live = registry.live(project)
             assert live is not None
             self.row(
                 PRODUCT,
-                strategy,
+                arm.name,
                 cycle,
                 labeled,
                 edits,
@@ -520,15 +527,15 @@ class SeedRun:
             )
             labeled_by_cycle.append(list(labeled))
         rest = sorted(set(range(len(self.scenario.pool))) - set(labeled))
-        self.full_pool[PRODUCT][arm_name(strategy)] = dict(
+        self.full_pool[PRODUCT][arm.name] = dict(
             edits + self.annotator.edits(rest, self.predict_live(live))
         )
         return labeled_by_cycle
 
-    def converged_arm(self, strategy: str, seed_idx: list[int], seed_edits: Counter[str]) -> None:
+    def converged_arm(self, arm: ProductArm, seed_idx: list[int], seed_edits: Counter[str]) -> None:
         sc = self.scenario
         val = sc.dataset.labeled("val")
-        folder = self.root / "converged" / arm_name(strategy)
+        folder = self.root / "converged" / arm.name
         labeled, edits = list(seed_idx), Counter(seed_edits)
         budgets = self.config.budgets
         weights = Path()
@@ -537,7 +544,7 @@ class SeedRun:
             if cycle > 0:
                 prediction = self.predict(weights, f"converged-{cycle - 1}")
                 batch = self.select(
-                    strategy, prediction, labeled, budgets[cycle] - budgets[cycle - 1], {}, cycle
+                    arm, prediction, labeled, budgets[cycle] - budgets[cycle - 1], {}, cycle
                 )
                 edits += self.annotator.edits(batch, prediction)
                 labeled += batch
@@ -552,7 +559,7 @@ class SeedRun:
             t2 = time.perf_counter()
             self.row(
                 CONVERGED,
-                strategy,
+                arm.name,
                 cycle,
                 labeled,
                 edits,
@@ -560,6 +567,6 @@ class SeedRun:
                 {"select_s": round(t1 - t0, 3), "train_s": round(t2 - t1, 3)},
             )
         rest = sorted(set(range(len(sc.pool))) - set(labeled))
-        self.full_pool[CONVERGED][arm_name(strategy)] = dict(
+        self.full_pool[CONVERGED][arm.name] = dict(
             edits + self.annotator.edits(rest, self.predict(weights, "converged-final"))
         )

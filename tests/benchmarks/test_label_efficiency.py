@@ -17,10 +17,12 @@ from PIL import Image
 from backend.analytics.cost import ActionSeconds
 from backend.analytics.matching import LabeledBox
 from backend.models.detector import Box, ImageDetections
+from benchmarks.label_efficiency.cli import _parser, config_from_args
 from benchmarks.label_efficiency.config import (
     LONG_TAIL_WEIGHTS,
     BenchConfig,
     CycleRow,
+    ProductArm,
     all_strategies,
     scenario_data,
 )
@@ -350,3 +352,18 @@ def test_quick_run_writes_every_output(tmp_path: Path) -> None:
             image.verify()
     again = resummarise(out / "results.json", tmp_path / "again")
     assert json.loads(json.dumps(summary_json(again))) == summary
+
+
+def test_variants_are_queue_arms_with_their_own_extra_params() -> None:
+    config = config_from_args(
+        _parser().parse_args(
+            ["--medium", "--param", "train_patience=5", "--variant", "no-audit:al_audit=false"]
+        )
+    )[0]
+    assert config.extra_params == {"train_patience": 5}
+    assert config.arms == ("manual", "static", "random", "queue", "no-audit")
+    assert config.product_arms[-1] == ProductArm("no-audit", "hybrid", {"al_audit": False})
+    with pytest.raises(ValueError, match="extra params must be among"):
+        BenchConfig(variants={"x": {"al_strategy": "entropy"}})
+    with pytest.raises(ValueError, match="variant names must differ"):
+        BenchConfig(variants={"random": {}})

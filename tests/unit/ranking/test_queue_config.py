@@ -19,6 +19,11 @@ def test_default_is_the_hybrid_at_lambda_one_half_with_an_audit_slice() -> None:
     assert config.build().audit_share == 0.2
 
 
+def test_near_duplicates_is_a_fraction_of_the_neighbour_distance() -> None:
+    assert queue_config({"al_near_duplicates": "0.3"}).params["dup_relative"] == 0.3
+    assert "dup_relative" not in queue_config({"al_near_duplicates": 0}).params
+
+
 def test_the_audit_slice_is_the_validation_share_and_can_be_turned_off() -> None:
     assert module.queue_config({}, val_percent=10).params["audit_share"] == 0.1
     assert "audit_share" not in queue_config({"al_audit": "false"}).params
@@ -77,6 +82,7 @@ def test_aggregation_reaches_the_right_parameter(extra: dict, params: dict) -> N
         ({"al_batch_size": 2.5}, "integer"),
         ({"al_clusters": "sometimes"}, "al_clusters must be true or false"),
         ({"al_audit": 2}, "al_audit must be true or false"),
+        ({"al_near_duplicates": 2}, "al_near_duplicates must be between 0 and 1"),
         ({"al_strategy": "kcenter", "al_per_second": True}, "does not apply"),
     ],
 )

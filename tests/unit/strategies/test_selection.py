@@ -106,6 +106,7 @@ def test_strategy_params_lists_own_then_common() -> None:
         "seed",
         "n_clusters",
         "dup_threshold",
+        "dup_relative",
         "metric",
         "audit_share",
     )

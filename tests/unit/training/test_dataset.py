@@ -232,3 +232,20 @@ def test_unencodable_reference_is_an_unavailable_image(tmp_path: Path) -> None:
             images, _loader(tmp_path), tmp_path / "ds", tmp_path / "c", CLASSES, 20, 2, stats
         )
     assert stats.skipped["image unavailable"] == 2
+
+
+@pytest.mark.parametrize(
+    ("long_sides", "box_sides", "expected"),
+    [
+        ([96, 96, 100], [22.0, 30.0, 40.0], 96),  # digits: the images' own size
+        ([512, 512], [8.0, 8.0, 10.0], 640),  # tiny aerial objects: enlarged, capped
+        ([300], [12.0], 416),  # 300 * 16 / 12 = 400 -> a multiple of 32
+        ([40], [], 64),  # no boxes: the image size, at least 64
+        ([], [], 640),
+    ],
+)
+def test_a_scratch_model_trains_at_a_size_chosen_from_the_data(
+    long_sides: list[int], box_sides: list[float], expected: int
+) -> None:
+    stats = ExportStats(long_sides=long_sides, box_short_sides=box_sides)
+    assert stats.scratch_image_size() == expected

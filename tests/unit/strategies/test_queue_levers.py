@@ -1,4 +1,4 @@
-"""The audit slice (unranked random places in the order) and cost-aware (per-second) scores."""
+"""Queue levers: the audit slice, cost-aware (per-second) scores, scale-free near-duplicates."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from strategies import Pool, available_strategies, get_strategy
+from strategies.diversity import median_neighbour_distance
 from strategies.selection import audit_places, fill_places
 
 
@@ -110,3 +111,28 @@ def test_per_second_prefers_the_cheaper_of_two_equally_uncertain_images() -> Non
     assert cost_aware.details["uncertainty"][1] == pytest.approx(0.5 / 6.0)
     hybrid = get_strategy("hybrid", lam=1.0, uncertainty_params={"per_second": True})
     assert hybrid.select(pool, 1).order[0] == 1
+
+
+def test_median_neighbour_distance_is_the_pools_own_scale() -> None:
+    points = np.array([[0.0], [1.0], [3.0], [6.0], [6.0]], dtype=np.float32)
+    # nearest other item: 1, 1, 2, 0, 0 -> median 1
+    assert median_neighbour_distance(points) == pytest.approx(1.0)
+    assert median_neighbour_distance(points * 10) == pytest.approx(10.0)
+    assert median_neighbour_distance(points[:1]) == 0.0
+
+
+def test_dup_relative_keeps_two_near_copies_out_of_one_batch() -> None:
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(12, 3)).astype(np.float32) * 10
+    emb[1] = emb[0] + 0.001  # a near-copy of item 0
+    uncertain = np.array([[0.5, 0.5]])
+    sure = np.array([[0.99, 0.0]])
+    boxes = [uncertain, uncertain] + [sure] * 10  # the queue wants both copies first
+    pool = Pool(boxes, emb)
+    plain = get_strategy("least_confidence").select(pool, 3)
+    assert set(plain.batch[:2].tolist()) == {0, 1}
+    spread = get_strategy("least_confidence", dup_relative=0.25).select(pool, 3)
+    assert len({0, 1} & set(spread.batch.tolist())) == 1
+    assert spread.details["near_duplicate"].sum() == 1
+    with pytest.raises(ValueError, match="dup_relative"):
+        get_strategy("hybrid", dup_relative=-1.0)
