@@ -75,6 +75,11 @@ def _parser() -> argparse.ArgumentParser:
         "--strategies", type=_csv, help=f"comma-separated (default: {','.join(all_strategies())})"
     )
     parser.add_argument("--seeds", type=int, help="number of seeds (0..N-1)")
+    parser.add_argument(
+        "--converged-seeds",
+        type=int,
+        help="how many of the seeds also run the converged recipe (0: none)",
+    )
     parser.add_argument("--pool", type=int, help="pool images per scenario")
     parser.add_argument(
         "--budgets",
@@ -125,6 +130,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[BenchConfig, str]:
         ("n_pool", args.pool),
         ("budgets", args.budgets),
         ("epochs", args.epochs),
+        ("converged_seeds", args.converged_seeds),
         ("jobs", args.jobs),
         ("device", args.device),
     ):
