@@ -20,6 +20,10 @@ Studio, or as attributes of the RectangleLabels tag (extra params win):
     al_per_second   true | false (default): rank by uncertainty per predicted annotator second
                     (the model's boxes priced with analytics.cost); uncertainty strategies and
                     the hybrids' uncertainty part
+    al_uncertainty  entropy (default) | margin | least_confidence | dua | dcus: the hybrids'
+                    uncertainty part; dua weights classes by their AP on the validation split
+                    (the audit slice), so classes the model does worst on, often the rare
+                    ones, count more
     al_near_duplicates  0..1 (default 0, off): tasks closer than this fraction of the pool's
                     median nearest-neighbour embedding distance are near-duplicates: one of
                     them per batch, the others after it
@@ -46,6 +50,7 @@ KEYS = (
     "al_audit",
     "al_per_second",
     "al_near_duplicates",
+    "al_uncertainty",
 )
 DEFAULT_STRATEGY = "hybrid"
 DEFAULT_LAMBDA = 0.5  # hybrid's weight of uncertainty
@@ -113,6 +118,17 @@ def queue_config(
             score_params["per_second"] = True
         elif "al_per_second" in raw:
             raise BadRequest(f"al_per_second does not apply to al_strategy {strategy!r}")
+    if "al_uncertainty" in raw:
+        if strategy not in _NESTED:
+            raise BadRequest(
+                f"al_uncertainty applies only to al_strategy {' or '.join(sorted(_NESTED))}"
+            )
+        uncertainty = str(raw["al_uncertainty"]).strip().lower()
+        if uncertainty not in _DIRECT:
+            raise BadRequest(f"al_uncertainty must be one of {', '.join(sorted(_DIRECT))}")
+        params["uncertainty"] = uncertainty
+        if uncertainty not in _AGGREGATE_DIRECT and "aggregate" in score_params:
+            raise BadRequest(f"al_aggregation does not apply to al_uncertainty {uncertainty!r}")
     if strategy in _NESTED and score_params:
         params["uncertainty_params"] = score_params
     else:

@@ -19,6 +19,13 @@ def test_default_is_the_hybrid_at_lambda_one_half_with_an_audit_slice() -> None:
     assert config.build().audit_share == 0.2
 
 
+def test_the_hybrids_uncertainty_part_can_weight_classes() -> None:
+    config = queue_config({"al_uncertainty": "DUA", "al_per_second": True})
+    assert config.params["uncertainty"] == "dua"
+    assert config.params["uncertainty_params"] == {"per_second": True}
+    assert type(config.build().uncertainty).__name__ == "DUA"
+
+
 def test_near_duplicates_is_a_fraction_of_the_neighbour_distance() -> None:
     assert queue_config({"al_near_duplicates": "0.3"}).params["dup_relative"] == 0.3
     assert "dup_relative" not in queue_config({"al_near_duplicates": 0}).params
@@ -83,6 +90,9 @@ def test_aggregation_reaches_the_right_parameter(extra: dict, params: dict) -> N
         ({"al_clusters": "sometimes"}, "al_clusters must be true or false"),
         ({"al_audit": 2}, "al_audit must be true or false"),
         ({"al_near_duplicates": 2}, "al_near_duplicates must be between 0 and 1"),
+        ({"al_uncertainty": "vibes"}, "al_uncertainty must be one of"),
+        ({"al_strategy": "entropy", "al_uncertainty": "dua"}, "applies only to"),
+        ({"al_uncertainty": "dua", "al_aggregation": "sum"}, "does not apply to al_uncertainty"),
         ({"al_strategy": "kcenter", "al_per_second": True}, "does not apply"),
     ],
 )
