@@ -102,6 +102,7 @@ ENV_NAMES = frozenset(
         "TRAIN_IMAGE_SIZE",
         "TRAIN_JOB_RETRIES",
         "TRAIN_JOB_TIMEOUT",
+        "TRAIN_MIN_EPOCHS",
         "TRAIN_MIN_IMAGES",
         "TRAIN_PATIENCE",
         "TRAIN_POLL_SECONDS",
@@ -166,6 +167,7 @@ class Settings:
     train_patience: int = 20  # TRAIN_PATIENCE: stop once the validation split's fitness has
     # not improved for this many epochs, and keep the best epoch (0: train every epoch, keep
     # the last)
+    train_min_epochs: int = 0  # TRAIN_MIN_EPOCHS: no early stop before this many epochs
     train_time_limit: float = 240.0  # TRAIN_TIME_LIMIT: seconds; no epoch starts after it
     # (0: no limit)
     train_warm_start: bool = True  # TRAIN_WARM_START: fine-tune the live model; false
@@ -259,6 +261,7 @@ class Settings:
             train_subprocess=_bool(env, "TRAIN_SUBPROCESS", d.train_subprocess),
             train_epochs=_int(env, "TRAIN_EPOCHS", d.train_epochs),
             train_patience=_int(env, "TRAIN_PATIENCE", d.train_patience, minimum=0),
+            train_min_epochs=_int(env, "TRAIN_MIN_EPOCHS", d.train_min_epochs, minimum=0),
             train_time_limit=_float(env, "TRAIN_TIME_LIMIT", d.train_time_limit, 0.0, 86400.0 * 7),
             train_warm_start=_bool(env, "TRAIN_WARM_START", d.train_warm_start),
             train_image_size=_size(env, "TRAIN_IMAGE_SIZE"),

@@ -49,6 +49,7 @@ class TrainParams:
     min_images: int
     tolerance: float
     patience: int
+    min_epochs: int
     time_limit: float
     warm_start: bool
 
@@ -56,6 +57,7 @@ class TrainParams:
     OVERRIDES = {  # noqa: RUF012  (a class constant, not a dataclass field)
         "train_epochs": ("epochs", int, 1, 1000),
         "train_patience": ("patience", int, 0, 1000),
+        "train_min_epochs": ("min_epochs", int, 0, 1000),
         "train_time_limit": ("time_limit", float, 0.0, 86400.0),
         "train_warm_start": ("warm_start", bool, False, True),
         "train_image_size": ("image_size", int, 32, 4096),
@@ -76,6 +78,7 @@ class TrainParams:
             "min_images": settings.train_min_images,
             "tolerance": settings.promote_tolerance,
             "patience": settings.train_patience,
+            "min_epochs": settings.train_min_epochs,
             "time_limit": settings.train_time_limit,
             "warm_start": settings.train_warm_start,
         }

@@ -312,6 +312,8 @@ def _fine_tune(
         )
 
     def on_fit_epoch_end(trainer: Any) -> None:
+        if trainer.epoch + 1 < min(params.min_epochs, trainer.epochs):
+            trainer.stop = False  # too early to judge: a tiny dataset's fitness starts flat
         if params.time_limit and time.monotonic() - started >= params.time_limit:
             if not trainer.stop:
                 logger.info(
