@@ -103,8 +103,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--summarise",
         type=Path,
+        nargs="+",
         metavar="JSON",
-        help="only rebuild the outputs from a results.json or partial.json (no training)",
+        help="only rebuild the outputs from results.json or partial.json files (no training); "
+        "runs of different scenarios are merged into one report",
     )
     parser.add_argument(
         "--variant",

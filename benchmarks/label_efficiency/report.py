@@ -234,9 +234,36 @@ def write_outputs(result: dict[str, Any], out_dir: Path) -> None:
         plot_scenario(name, entry, out_dir)
 
 
-def resummarise(path: Path, out_dir: Path) -> dict[str, Any]:
-    """Rebuild every output from a results.json or partial.json (no training)."""
-    raw = json.loads(path.read_text(encoding="utf-8"))
+def merge_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from runs of different scenarios (each run's rows, pools, references and
+    whole-pool edits; its configuration is kept under `merged_from`); ValueError if two runs
+    share a scenario."""
+    if len(runs) == 1:
+        return runs[0]
+    scenarios = [name for run in runs for name in run["config"]["scenarios"]]
+    if len(set(scenarios)) != len(scenarios):
+        raise ValueError(f"runs to merge must cover different scenarios, got {scenarios}")
+    merged = {
+        **runs[0],
+        "mode": " + ".join(run["mode"] for run in runs),
+        "config": {**runs[0]["config"], "scenarios": scenarios},
+        "merged_from": [
+            {"mode": run["mode"], "config": run["config"], "wall_s": run.get("wall_s")}
+            for run in runs
+        ],
+        "complete": all(run.get("complete", False) for run in runs),
+        "wall_s": sum(run.get("wall_s", 0.0) for run in runs),
+    }
+    for key in ("pools", "references", "full_pool"):
+        merged[key] = {name: v for run in runs for name, v in run.get(key, {}).items()}
+    merged["rows"] = [row for run in runs for row in run["rows"]]
+    return merged
+
+
+def resummarise(paths: list[Path], out_dir: Path) -> dict[str, Any]:
+    """Rebuild every output from one or more results.json or partial.json files (no
+    training); runs of different scenarios are merged (`merge_runs`)."""
+    raw = merge_runs([json.loads(path.read_text(encoding="utf-8")) for path in paths])
     result = {**raw, **summarise(raw)}
     if not raw.get("complete", False):
         result["mode"] = f"{raw['mode']} (PARTIAL: {len(raw['rows'])} rows)"

@@ -42,7 +42,7 @@ from benchmarks.label_efficiency.metrics import (
     summarise,
     summary_json,
 )
-from benchmarks.label_efficiency.report import resummarise
+from benchmarks.label_efficiency.report import merge_runs, resummarise
 from benchmarks.label_efficiency.simulation import Annotator, Prediction, shown_boxes
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -350,7 +350,7 @@ def test_quick_run_writes_every_output(tmp_path: Path) -> None:
     for name in ("scenes", "streams", "long_tail"):
         with Image.open(out / f"{name}.png") as image:
             image.verify()
-    again = resummarise(out / "results.json", tmp_path / "again")
+    again = resummarise([out / "results.json"], tmp_path / "again")
     assert json.loads(json.dumps(summary_json(again))) == summary
 
 
@@ -367,3 +367,16 @@ def test_variants_are_queue_arms_with_their_own_extra_params() -> None:
         BenchConfig(variants={"x": {"al_strategy": "entropy"}})
     with pytest.raises(ValueError, match="variant names must differ"):
         BenchConfig(variants={"random": {}})
+
+
+def test_runs_of_different_scenarios_merge_into_one_result() -> None:
+    first = _result([_row("random", 0, 10, 20, 0, 0.5)], {"random": {"drawn": 200}})
+    second = {**_result([], {}), "mode": "full", "wall_s": 5.0}
+    second["config"] = {**second["config"], "scenarios": ["streams"]}
+    second["rows"] = [{**_row("random", 0, 10, 20, 0, 0.4), "scenario": "streams"}]
+    merged = merge_runs([{**first, "mode": "medium", "wall_s": 2.0}, second])
+    assert merged["config"]["scenarios"] == ["scenes", "streams"]
+    assert [r["scenario"] for r in merged["rows"]] == ["scenes", "streams"]
+    assert merged["mode"] == "medium + full" and merged["wall_s"] == 7.0
+    with pytest.raises(ValueError, match="different scenarios"):
+        merge_runs([first, first])
