@@ -5,7 +5,8 @@ backend (gunicorn) with TRAIN_EVERY = size, so Label Studio's webhook for the la
 triggers the run. The clock starts when the last annotation is saved in Label Studio and stops
 when the backend's /metrics shows the promoted version. Every run fine-tunes the same base
 model (yolo11n trained briefly on other shape images, standing in for a pretrained model) with
-the default CPU recipe (TRAIN_EPOCHS 10, TRAIN_BATCH 8, TRAIN_IMAGE_SIZE: the base's size).
+TRAIN_EPOCHS from --epochs (default 10) and the other recipe settings at their defaults
+(early stopping, TRAIN_TIME_LIMIT, TRAIN_BATCH 8, TRAIN_IMAGE_SIZE: the base's size).
 
     python -m benchmarks.retrain_time [--sizes 50 100 200] [--epochs 10]
 """

@@ -29,10 +29,13 @@ def cheapest_threshold(
     truth: Sequence[Sequence[LabeledBox]],
     names: Sequence[str],
     costs: ActionSeconds,
+    default: float,
     grid: Sequence[float] = THRESHOLD_GRID,
 ) -> tuple[float, dict[float, float]]:
-    """The grid threshold whose shown boxes cost the fewest annotator seconds over the images
-    (ties: the highest, which shows the fewest boxes), and the seconds at every threshold.
+    """The grid threshold whose shown boxes cost the fewest annotator seconds over the images,
+    and the seconds at every threshold. Among equally cheap thresholds the one nearest
+    `default` (MODEL_SCORE_THRESHOLD) wins, then the higher: a few validation images where
+    every threshold costs the same must not move the display to an extreme.
 
     Args:
         found: the model's detections per image (every kept box, with its confidence).
@@ -57,7 +60,8 @@ def cheapest_threshold(
             total += costs.image_seconds(edit_counts(match_boxes(shown, boxes)))
         seconds[float(threshold)] = total
     best = min(seconds.values())
-    return max(t for t, s in seconds.items() if s <= best + 1e-9), seconds
+    cheapest = [t for t, s in seconds.items() if s <= best + 1e-9]
+    return min(cheapest, key=lambda t: (abs(t - default), -t)), seconds
 
 
 def calibrate(
@@ -92,7 +96,7 @@ def calibrate(
     found = detector.predict(pictures)
     grid = [t for t in THRESHOLD_GRID if t >= settings.detect_conf_floor]
     threshold, seconds = cheapest_threshold(
-        found, truth, list(detector.names), ActionSeconds(), grid
+        found, truth, list(detector.names), ActionSeconds(), settings.score_threshold, grid
     )
     return {
         "threshold": threshold,

@@ -77,6 +77,16 @@ def _per_seed(ours: list[float | None], theirs: list[float | None]) -> str:
     )
 
 
+def _params(config: dict[str, Any]) -> str:
+    """The extra params and ablation variants a run used, as text ('' for none)."""
+    parts = [f"{k}={v}" for k, v in config.get("extra_params", {}).items()]
+    parts += [
+        f"variant {name}: " + ", ".join(f"{k}={v}" for k, v in params.items())
+        for name, params in config.get("variants", {}).items()
+    ]
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 def markdown_report(result: dict[str, Any]) -> str:
     config = result["config"]
     lines = [
@@ -85,10 +95,16 @@ def markdown_report(result: dict[str, Any]) -> str:
         f"Scenarios {', '.join(config['scenarios'])}; pool {config['n_pool']} images, test "
         f"{config['n_test']}; seeds {config['seeds']}; labeled images per cycle "
         f"{config['budgets']} (the first is the random seed set); product recipe "
-        f"{config['epochs']} epochs per run at {config['image_size']} px (warm start, gate); "
-        f"converged recipe up to {config['converged_max_epochs']} epochs, patience "
-        f"{config['converged_patience']}, for {', '.join(config['converged_strategies'])}. "
-        f"Wall time {result.get('wall_s', 0) / 60:.1f} min.",
+        f"at most {config['epochs']} epochs per run at {config['image_size']} px (warm start, "
+        f"early stopping, time limit, gate, calibrated display threshold){_params(config)}; "
+        + (
+            f"converged recipe up to {config['converged_max_epochs']} epochs, patience "
+            f"{config['converged_patience']}, for {', '.join(config['converged_strategies'])} "
+            f"on the first {config['converged_seeds']} seed(s)"
+            if config.get("converged_seeds", 1)
+            else "no converged recipe"
+        )
+        + f". Wall time {result.get('wall_s', 0) / 60:.1f} min.",
         "",
         "Seconds: the annotator-cost model (`backend/analytics/cost.py`: accept "
         f"{config['costs']['accepted']} s, adjust {config['costs']['adjusted']} s, relabel "
@@ -246,7 +262,13 @@ def merge_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     merged = {
         **runs[0],
         "mode": " + ".join(run["mode"] for run in runs),
-        "config": {**runs[0]["config"], "scenarios": scenarios},
+        "config": {
+            **runs[0]["config"],
+            "scenarios": scenarios,
+            "variants": {
+                k: v for run in runs for k, v in run["config"].get("variants", {}).items()
+            },
+        },
         "merged_from": [
             {"mode": run["mode"], "config": run["config"], "wall_s": run.get("wall_s")}
             for run in runs

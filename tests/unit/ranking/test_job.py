@@ -28,7 +28,7 @@ from backend.labelstudio.predictions import (
     queue_view_data,
 )
 from backend.layout import ModelDir
-from backend.models.detector import Box, ImageDetections
+from backend.models.detector import Box, ImageDetections, ModelSource
 from backend.project_params import save_project_params
 from backend.ranking.errors import RankingBusy, RankingCancelled, RankingConfigError
 from backend.ranking.job import (
@@ -171,6 +171,7 @@ class FakeImages:
 class FakeDetector:
     version = "v1"
     names = NAMES
+    source = ModelSource("v1", None, kind="registry")  # no calibrated threshold
 
     def __init__(self) -> None:
         self.seen: list[str] = []

@@ -26,7 +26,9 @@ TRUTH = [[LabeledBox(0, 0, 10, 10, "a"), LabeledBox(20, 20, 30, 30, "a")]]
 
 def test_an_under_confident_model_is_shown_from_a_low_threshold() -> None:
     right = found((0, 0, 10, 10, 0.12), (20, 20, 30, 30, 0.08))  # both right, both unsure
-    threshold, seconds = cheapest_threshold([right], TRUTH, ["a"], ActionSeconds(), (0.05, 0.25))
+    threshold, seconds = cheapest_threshold(
+        [right], TRUTH, ["a"], ActionSeconds(), 0.25, (0.05, 0.25)
+    )
     assert threshold == 0.05
     costs = ActionSeconds()
     assert seconds == {
@@ -35,20 +37,20 @@ def test_an_under_confident_model_is_shown_from_a_low_threshold() -> None:
     }
 
 
-def test_noise_below_the_right_boxes_raises_the_threshold_ties_go_up() -> None:
+def test_noise_below_the_right_boxes_raises_the_threshold_ties_stay_near_the_default() -> None:
     noisy = found((0, 0, 10, 10, 0.9), (20, 20, 30, 30, 0.8), (50, 50, 60, 60, 0.1))
-    threshold, seconds = cheapest_threshold(
-        [noisy], TRUTH, ["a"], ActionSeconds(), (0.05, 0.25, 0.5)
-    )
-    assert seconds[0.05] > seconds[0.25] == seconds[0.5]
-    assert threshold == 0.5  # as cheap as 0.25, and shows fewer boxes
+    grid = (0.05, 0.25, 0.5, 0.7)
+    threshold, seconds = cheapest_threshold([noisy], TRUTH, ["a"], ActionSeconds(), 0.25, grid)
+    assert seconds[0.05] > seconds[0.25] == seconds[0.5] == seconds[0.7]
+    assert threshold == 0.25  # as cheap as 0.5 and 0.7: no reason to leave the default
+    assert cheapest_threshold([noisy], TRUTH, ["a"], ActionSeconds(), 0.6, grid)[0] == 0.7
 
 
 def test_bad_inputs() -> None:
     with pytest.raises(ValueError, match="1 detections for 2 labeled images"):
-        cheapest_threshold([found()], [[], []], ["a"], ActionSeconds())
+        cheapest_threshold([found()], [[], []], ["a"], ActionSeconds(), 0.25)
     with pytest.raises(ValueError, match="grid is empty"):
-        cheapest_threshold([found()], [[]], ["a"], ActionSeconds(), ())
+        cheapest_threshold([found()], [[]], ["a"], ActionSeconds(), 0.25, ())
 
 
 def test_the_label_config_then_the_version_then_the_default_decide() -> None:
