@@ -15,7 +15,7 @@ import numpy as np
 
 from strategies.checks import check_choice, check_integer, check_number
 from strategies.diversity import DEFAULT_SHORTLIST, kcenter_greedy
-from strategies.pool import FloatArray, Pool
+from strategies.pool import Pool
 from strategies.selection import (
     SCORE_STRATEGIES,
     KCenter,
@@ -26,6 +26,7 @@ from strategies.selection import (
     order_by_score,
     positions,
     rank_scores,
+    tied_positions,
 )
 
 
@@ -125,7 +126,7 @@ class RankMix(Strategy):
     def _rank(self, pool: Pool, batch_size: int) -> Ranking:
         n = pool.n
         u_scores = self.uncertainty.value(pool)
-        u_rank = _tied_positions(u_scores)
+        u_rank = tied_positions(u_scores)
         diversity = KCenter(shortlist=self.shortlist, metric=self.metric)
         d_order, d_scores = diversity.diversity_ranking(pool, batch_size)
         d_rank = positions(d_order)
@@ -133,15 +134,3 @@ class RankMix(Strategy):
         order = np.lexsort((d_rank, u_rank, mixed)).astype(np.int64)
         scores = 1.0 - mixed / max(n - 1, 1)
         return Ranking(order, scores, {"uncertainty": u_scores, "diversity": d_scores})
-
-
-def _tied_positions(scores: FloatArray) -> FloatArray:
-    """(n,) position of each item by descending score, equal scores sharing their mean
-    position: a tie carries no uncertainty preference, so diversity decides it."""
-    order = order_by_score(scores)
-    ordered = np.asarray(scores, dtype=np.float64)[order]
-    starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))
-    sizes = np.diff(np.append(starts, ordered.shape[0]))
-    where = np.empty(ordered.shape[0], dtype=np.float64)
-    where[order] = np.repeat(starts + (sizes - 1) / 2.0, sizes)
-    return where

@@ -91,6 +91,9 @@ class Pool:
             in key order (see `Strategy`).
         seconds: optional (n,) predicted annotator seconds per image, > 0 (the backend's cost
             model applied to the model's boxes); cost-aware strategies divide by it.
+        flip_disagreement: optional (n,) in [0, 1], how much the detections change when the
+            image is mirrored (`strategies.consistency.flip_disagreement`); score strategies
+            with a `flip` weight blend it into their order.
 
     Derived (read-only) attributes, computed once on construction:
         flat_scores: (K, n_classes) float64, every box of every image stacked in image order.
@@ -108,6 +111,7 @@ class Pool:
     class_quality: FloatArray | None = None
     split_keys: FloatArray | None = None
     seconds: FloatArray | None = None
+    flip_disagreement: FloatArray | None = None
     flat_scores: FloatArray = field(init=False, repr=False)
     flat_image: IntArray = field(init=False, repr=False)
     n_classes: int = field(init=False)
@@ -148,6 +152,11 @@ class Pool:
             if (seconds <= 0).any():
                 raise ValueError("seconds must be > 0")
             object.__setattr__(self, "seconds", seconds)
+        if self.flip_disagreement is not None:
+            flip = _per_image(self.flip_disagreement, "flip_disagreement", n)
+            if (flip < 0).any() or (flip > 1).any():
+                raise ValueError("flip_disagreement must lie in [0, 1]")
+            object.__setattr__(self, "flip_disagreement", flip)
 
     @property
     def n(self) -> int:
@@ -177,6 +186,9 @@ class Pool:
             class_quality=self.class_quality,
             split_keys=None if self.split_keys is None else self.split_keys[index],
             seconds=None if self.seconds is None else self.seconds[index],
+            flip_disagreement=(
+                None if self.flip_disagreement is None else self.flip_disagreement[index]
+            ),
         )
 
     @property

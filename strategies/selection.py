@@ -94,6 +94,18 @@ def positions(order: IntArray) -> FloatArray:
     return where
 
 
+def tied_positions(scores: FloatArray) -> FloatArray:
+    """(n,) position of each item by descending score, equal scores sharing their mean
+    position: a tie carries no preference, so whatever is blended with it decides."""
+    order = order_by_score(scores)
+    ordered = np.asarray(scores, dtype=np.float64)[order]
+    starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))
+    sizes = np.diff(np.append(starts, ordered.shape[0]))
+    where = np.empty(ordered.shape[0], dtype=np.float64)
+    where[order] = np.repeat(starts + (sizes - 1) / 2.0, sizes)
+    return where
+
+
 def audit_places(n: int, share: float) -> BoolArray:
     """(n,) True at the order's places that belong to the audit slice: place p when
     floor((p + 1) * share) > floor(p * share), i.e. every (1 / share)-th place, the first at
@@ -287,24 +299,36 @@ class ScoreStrategy(Strategy):
     Args:
         per_second: rank by score per predicted annotator second (`pool.seconds`, when the
             pool has them): what an image teaches against what it costs to label.
+        flip: weight in [0, 1] of flip disagreement (`pool.flip_disagreement`, required when
+            > 0) against the score: the two are blended by rank, (1 - flip) * score rank +
+            flip * disagreement rank, so neither one's scale decides (default 0, off).
         (plus the shared `Strategy` parameters)
     """
 
     detail_name: ClassVar[str] = "uncertainty"
 
-    def __init__(self, *, per_second: bool = False, **common: Any) -> None:
+    def __init__(self, *, per_second: bool = False, flip: float = 0.0, **common: Any) -> None:
         super().__init__(**common)
         if not isinstance(per_second, bool):
             raise ValueError(f"per_second must be true or false, got {per_second!r}")
         self.per_second = per_second
+        self.flip = check_number("flip", flip, low=0.0, high=1.0)
 
     @abstractmethod
     def score(self, pool: Pool) -> FloatArray:
         """(n,) float64 finite per-image scores, higher = label sooner."""
 
     def value(self, pool: Pool) -> FloatArray:
-        """What the order follows: the score, or the score per predicted second."""
+        """What the order follows: the score (blended with flip disagreement when `flip`
+        > 0), or that per predicted second."""
         scores = self.score(pool)
+        if self.flip > 0:
+            if pool.flip_disagreement is None:
+                raise ValueError("flip > 0 needs the pool's flip_disagreement")
+            mixed = (1.0 - self.flip) * tied_positions(scores) + self.flip * tied_positions(
+                pool.flip_disagreement
+            )
+            scores = 1.0 - mixed / max(pool.n - 1, 1)
         if self.per_second and pool.seconds is not None:
             return scores / pool.seconds
         return scores

@@ -19,6 +19,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy.optimize import linear_sum_assignment
 
+from strategies.boxes import box_iou
+
 ACCEPT_IOU = 0.9  # at or above: the box was kept as shown (with the same label)
 MATCH_IOU = 0.5  # below: the shown box and the submitted one are different objects
 
@@ -56,25 +58,7 @@ class BoxEdit:
 
 def iou_matrix(a: Sequence[LabeledBox], b: Sequence[LabeledBox]) -> npt.NDArray[np.float64]:
     """(len(a), len(b)) intersection over union of every pair."""
-    if not a or not b:
-        return np.zeros((len(a), len(b)), dtype=np.float64)
-    first = np.array([(x.x1, x.y1, x.x2, x.y2) for x in a], dtype=np.float64)[:, None, :]
-    second = np.array([(x.x1, x.y1, x.x2, x.y2) for x in b], dtype=np.float64)[None, :, :]
-    width = np.clip(
-        np.minimum(first[..., 2], second[..., 2]) - np.maximum(first[..., 0], second[..., 0]),
-        0,
-        None,
-    )
-    height = np.clip(
-        np.minimum(first[..., 3], second[..., 3]) - np.maximum(first[..., 1], second[..., 1]),
-        0,
-        None,
-    )
-    inter = width * height
-    area_a = (first[..., 2] - first[..., 0]).clip(0) * (first[..., 3] - first[..., 1]).clip(0)
-    area_b = (second[..., 2] - second[..., 0]).clip(0) * (second[..., 3] - second[..., 1]).clip(0)
-    union = area_a + area_b - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    return box_iou([(x.x1, x.y1, x.x2, x.y2) for x in a], [(x.x1, x.y1, x.x2, x.y2) for x in b])
 
 
 def match_boxes(shown: Sequence[LabeledBox], submitted: Sequence[LabeledBox]) -> list[BoxEdit]:

@@ -4,7 +4,9 @@ stores of the model version (`DetectionCache`, `EmbeddingIndex`) or from the det
 Unlabeled tasks need their boxes (uncertainty, pre-annotations) and embeddings, labeled tasks
 their embeddings (diversity keeps away from them). Both stores are per model version and
 survive between rankings, so re-ranking with the same model runs the detector only on new or
-changed tasks; both are saved after every run, also a stopped one.
+changed tasks; both are saved after every run, also a stopped one. When the queue blends in
+flip disagreement (`al_flip`), each image is also detected mirrored and the record keeps the
+disagreement; records cached without it are detected again.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ import numpy as np
 from backend.config import Settings
 from backend.errors import ImageError
 from backend.labelstudio.images import ImageLoader, LoadedImage
-from backend.models.detector import Detector
+from backend.models.detector import Detector, ImageDetections
 from backend.ranking.detection_cache import DetectionCache, ImageRecord
 from backend.ranking.embedding_index import EmbeddingIndex
 from backend.ranking.progress import RankRun
+from strategies.consistency import flip_disagreement
 
 logger = logging.getLogger(__name__)
 
@@ -72,16 +75,22 @@ def detect(
     cache: DetectionCache,
     chunk: int,
     image_field: str,
+    flip: bool = False,
 ) -> Detections:
     """Detections for every task, from the stores or the detector, `chunk` images at a time
     (loaded by LOAD_WORKERS threads one chunk ahead); reports "predict" progress after each
-    chunk. `image_field` names the data field in the error of a task without one."""
+    chunk. `image_field` names the data field in the error of a task without one; `flip`
+    asks for each record's flip disagreement too."""
     records: dict[int, ImageRecord] = {}
     failed: dict[int, str] = {}
     todo: list[TaskImage] = []
     for task_id, ref in tasks:
         cached = cache.get(task_id, ref) if isinstance(ref, str) else None
-        if cached is not None and task_id in index:
+        if (
+            cached is not None
+            and task_id in index
+            and not (flip and np.isnan(cached.flip_disagreement))
+        ):
             records[task_id] = cached
         else:
             todo.append((task_id, ref))
@@ -106,8 +115,18 @@ def detect(
                     else:
                         failed[task[0]] = image
                 found = detector.predict([image.pixels for _, image in ok]) if ok else []
-                for ((task_id, ref), image), detections in zip(ok, found, strict=True):
-                    record = ImageRecord.from_detections(str(ref), image, detections, n_classes)
+                loaded_ok = [image for _, image in ok]
+                disagreement = (
+                    flip_disagreements(detector, loaded_ok, found)
+                    if flip and ok
+                    else [float("nan")] * len(ok)
+                )
+                for ((task_id, ref), image), detections, flipped in zip(
+                    ok, found, disagreement, strict=True
+                ):
+                    record = ImageRecord.from_detections(
+                        str(ref), image, detections, n_classes, flipped
+                    )
                     cache.put(task_id, record)
                     records[task_id] = record
                 if ok:
@@ -146,6 +165,22 @@ def detect(
             next(iter(failed.values())),
         )
     return Detections(records, failed, len(todo) - len(failed))
+
+
+def flip_disagreements(
+    detector: Detector, images: Sequence[LoadedImage], found: Sequence[ImageDetections]
+) -> list[float]:
+    """Each image's flip disagreement: `found` (the detector's answer on `images`) against
+    its answer on the horizontally mirrored images."""
+    n_classes = len(detector.names)
+    mirrored = detector.predict([np.ascontiguousarray(image.pixels[:, ::-1]) for image in images])
+    out = []
+    for image, plain, flipped in zip(images, found, mirrored, strict=True):
+        a = ImageRecord.from_detections("", image, plain, n_classes)
+        b = ImageRecord.from_detections("", image, flipped, n_classes)
+        width = image.pixels.shape[1]
+        out.append(flip_disagreement(a.xyxy, a.class_scores, b.xyxy, b.class_scores, width))
+    return out
 
 
 def _load_image(images: ImageLoader, image_field: str, ref: object) -> LoadedImage | str:

@@ -14,6 +14,8 @@ projects/<id>/ranking/<version>.detections.npz), holding every task's boxes conc
     class_ids     (k,) int64
     conf          (k,) float32
     class_scores  (k, n_classes) float32
+    flip          (t,) float32 flip disagreement per task, NaN where not computed (files
+                  written before it existed lack it: NaN for all)
 """
 
 from __future__ import annotations
@@ -70,14 +72,22 @@ class ImageRecord:
     class_ids: IntArray  # (k,)
     conf: Float32Array  # (k,)
     class_scores: Float32Array  # (k, n_classes)
+    # strategies.consistency.flip_disagreement, NaN until a ranking asks for it
+    flip_disagreement: float = float("nan")
 
     @classmethod
     def from_detections(
-        cls, ref: str, image: LoadedImage, found: ImageDetections, n_classes: int
+        cls,
+        ref: str,
+        image: LoadedImage,
+        found: ImageDetections,
+        n_classes: int,
+        flip_disagreement: float = float("nan"),
     ) -> ImageRecord:
         boxes = found.boxes
         return cls(
             ref=ref,
+            flip_disagreement=flip_disagreement,
             width=int(image.width),
             height=int(image.height),
             xyxy=np.array([[b.x1, b.y1, b.x2, b.y2] for b in boxes], dtype=np.float32).reshape(
@@ -172,6 +182,7 @@ class DetectionCache:
             "class_ids": _stack([r.class_ids for r in records], (0,), np.int64),
             "conf": _stack([r.conf for r in records], (0,), np.float32),
             "class_scores": _stack([r.class_scores for r in records], (0, n_classes), np.float32),
+            "flip": np.array([r.flip_disagreement for r in records], dtype=np.float32),
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         temp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp.npz")
@@ -191,6 +202,8 @@ class DetectionCache:
                 offsets = data["offsets"]
                 xyxy, class_ids = data["xyxy"], data["class_ids"]
                 conf, scores = data["conf"], data["class_scores"]
+                n = data["task_ids"].shape[0]
+                flip = data["flip"] if "flip" in data.files else np.full(n, np.nan)
                 for i, (task_id, ref, size) in enumerate(
                     zip(data["task_ids"], data["refs"], data["sizes"], strict=True)
                 ):
@@ -203,6 +216,7 @@ class DetectionCache:
                         class_ids=class_ids[lo:hi],
                         conf=conf[lo:hi],
                         class_scores=scores[lo:hi],
+                        flip_disagreement=float(flip[i]),
                     )
         except (OSError, KeyError, ValueError) as exc:
             logger.warning("ignoring unreadable detection cache %s: %s", self.path, exc)

@@ -227,6 +227,7 @@ def rank_project(
             cache=cache,
             chunk=max(16, 2 * settings.predict_batch),
             image_field=first.value_key,
+            flip=queue.flip_pass,
         )
         ranked = [t for t in unlabeled if t.id in detections.records]
         timings["predict"] = time.perf_counter() - started - timings["fetch"]
@@ -375,10 +376,12 @@ def select(
 ) -> Selection:
     """The strategy's selection over the ranked tasks, with the labeled ones' embeddings as
     what diversity keeps away from, each task's audit key (`split_key`, the validation
-    split's too) and its predicted annotator seconds with boxes shown from `threshold`."""
+    split's too), its predicted annotator seconds with boxes shown from `threshold` and its
+    flip disagreement when every record has one."""
     if not ranked:
         return empty_selection(strategy.name)
     labeled_ids = [t.id for t in labeled]
+    flip = np.array([records[t.id].flip_disagreement for t in ranked])
     pool = Pool(
         box_scores=[pool_box_scores(records[t.id], mapped_classes) for t in ranked],
         embeddings=index.get([t.id for t in ranked]),
@@ -386,6 +389,7 @@ def select(
         class_ap=class_ap,
         split_keys=np.array([split_key(t.id) for t in ranked]),
         seconds=predicted_seconds([records[t.id] for t in ranked], threshold, ActionSeconds()),
+        flip_disagreement=flip if np.isfinite(flip).all() else None,
     )
     return strategy.select(pool, batch_size)
 

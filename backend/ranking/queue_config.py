@@ -24,6 +24,11 @@ Studio, or as attributes of the RectangleLabels tag (extra params win):
                     uncertainty part; dua weights classes by their AP on the validation split
                     (the audit slice), so classes the model does worst on, often the rare
                     ones, count more
+    al_flip         0..1 (default 0, off): weight of flip disagreement (how much the model's
+                    boxes change when the image is mirrored: localisation and existence
+                    uncertainty, CALD-style) blended by rank with the class uncertainty of the
+                    uncertainty strategies and the hybrids' uncertainty part; the ranking
+                    then runs the detector twice per task
     al_near_duplicates  0..1 (default 0, off): tasks closer than this fraction of the pool's
                     median nearest-neighbour embedding distance are near-duplicates: one of
                     them per batch, the others after it
@@ -51,6 +56,7 @@ KEYS = (
     "al_per_second",
     "al_near_duplicates",
     "al_uncertainty",
+    "al_flip",
 )
 DEFAULT_STRATEGY = "hybrid"
 DEFAULT_LAMBDA = 0.5  # hybrid's weight of uncertainty
@@ -59,6 +65,7 @@ DEFAULT_CLUSTERS = True
 DEFAULT_AUDIT = True
 DEFAULT_PER_SECOND = False
 DEFAULT_NEAR_DUPLICATES = 0.0
+DEFAULT_FLIP = 0.0
 _DIRECT = {"entropy", "margin", "least_confidence", "dua", "dcus"}  # score strategies
 _AGGREGATE_DIRECT = {"entropy", "margin", "least_confidence"}
 _NESTED = {"hybrid", "prefilter"}  # their uncertainty part takes the score options
@@ -72,6 +79,7 @@ class QueueConfig:
     params: Mapping[str, Any] = field(default_factory=lambda: {"lam": DEFAULT_LAMBDA})
     batch_size: int = DEFAULT_BATCH_SIZE
     clusters: bool = DEFAULT_CLUSTERS
+    flip_pass: bool = False  # the strategy uses flip disagreement: detect on mirrors too
 
     def build(self) -> Any:
         """The strategy object (strategies.get_strategy)."""
@@ -118,6 +126,11 @@ def queue_config(
             score_params["per_second"] = True
         elif "al_per_second" in raw:
             raise BadRequest(f"al_per_second does not apply to al_strategy {strategy!r}")
+    flip = _number(raw.get("al_flip", DEFAULT_FLIP), "al_flip", 0.0, 1.0)
+    if flip > 0:
+        if strategy not in _DIRECT | _NESTED:
+            raise BadRequest(f"al_flip does not apply to al_strategy {strategy!r}")
+        score_params["flip"] = flip
     if "al_uncertainty" in raw:
         if strategy not in _NESTED:
             raise BadRequest(
@@ -146,7 +159,7 @@ def queue_config(
         if float(raw["al_batch_size"]) != batch_size:
             raise BadRequest(f"al_batch_size must be an integer, got {raw['al_batch_size']!r}")
     clusters = _flag(raw, "al_clusters", DEFAULT_CLUSTERS)
-    config = QueueConfig(strategy, params, batch_size, clusters)
+    config = QueueConfig(strategy, params, batch_size, clusters, flip_pass=flip > 0)
     try:
         config.build()
     except ValueError as exc:

@@ -49,9 +49,10 @@ from backend.models.detector import Detector, ImageDetections, ModelSource
 from backend.models.offline import prepare_ultralytics, set_torch_threads
 from backend.models.registry import ModelVersion
 from backend.project_params import TrainParams
+from backend.ranking.detect import flip_disagreements
 from backend.ranking.detection_cache import ImageRecord
 from backend.ranking.queue import class_ap_vector, pool_box_scores, predicted_seconds
-from backend.ranking.queue_config import queue_config
+from backend.ranking.queue_config import QueueConfig, queue_config
 from backend.services import build_services
 from backend.training.dataset import ExportStats, LabeledImage
 from backend.training.trainer import RECIPE, evaluate, train_and_register
@@ -84,9 +85,11 @@ def build_pool(
     names: Sequence[str],
     meta: dict[str, Any],
     threshold: float,
+    flip: Sequence[float] | None = None,
 ) -> Pool:
     """A `strategies.Pool` from detector output through the ranker's own per-image steps,
-    so the benchmark scores images exactly as the product does (every class mapped)."""
+    so the benchmark scores images exactly as the product does (every class mapped);
+    `flip`: the unlabeled images' flip disagreements, when the arm blends them in."""
     mapped = np.ones(len(names), dtype=bool)
     records = [
         ImageRecord.from_detections("", image, found, len(names))
@@ -101,6 +104,7 @@ def build_pool(
         class_ap=class_ap_vector(meta, names),
         split_keys=np.array([split_key(task_id) for task_id in task_ids]),
         seconds=predicted_seconds(records, threshold, ActionSeconds()),
+        flip_disagreement=None if flip is None else np.asarray(flip, dtype=np.float64),
     )
 
 
@@ -266,6 +270,7 @@ class Prediction:
     names: list[str]
     found: list[ImageDetections]
     threshold: float
+    flip: list[float] | None = None  # per pool image, when the arm's queue uses it
 
 
 def shown_boxes(found: ImageDetections, names: Sequence[str], threshold: float) -> list[LabeledBox]:
@@ -369,9 +374,14 @@ class SeedRun:
 
     # -- the pieces ------------------------------------------------------------------
     def predict(
-        self, weights: Path, version: str, display_threshold: float | None = None
+        self,
+        weights: Path,
+        version: str,
+        display_threshold: float | None = None,
+        flip: bool = False,
     ) -> Prediction:
-        """The model's detections on every pool image, and what the product shows of them."""
+        """The model's detections on every pool image, and what the product shows of them;
+        with `flip`, each image's flip disagreement too (the ranker's `flip_disagreements`)."""
         source = ModelSource(
             version=version,
             weights=weights,
@@ -379,12 +389,21 @@ class SeedRun:
             display_threshold=display_threshold,
         )
         detector = Detector(source, self.trainer.settings)
-        found = detector.predict([image.pixels for image in self.scenario.images])
+        images = self.scenario.images
+        found = detector.predict([image.pixels for image in images])
         threshold = source.shown_from(None, self.trainer.settings.score_threshold)
-        return Prediction(list(detector.names), found, threshold)
+        disagreement = flip_disagreements(detector, images, found) if flip else None
+        return Prediction(list(detector.names), found, threshold, disagreement)
 
-    def predict_live(self, live: ModelVersion) -> Prediction:
-        return self.predict(live.weights, live.version, live.display_threshold)
+    def predict_live(self, live: ModelVersion, flip: bool = False) -> Prediction:
+        return self.predict(live.weights, live.version, live.display_threshold, flip)
+
+    def queue(self, arm: ProductArm) -> QueueConfig:
+        """The arm's queue settings, as a project with its extra params would have them."""
+        return queue_config(
+            {**self.config.extra_params, **arm.params, "al_strategy": arm.strategy},
+            val_percent=self.trainer.params.val_percent,
+        )
 
     def test(self, weights: Path) -> dict[str, Any]:
         return self.trainer.test(
@@ -412,11 +431,9 @@ class SeedRun:
             prediction.names,
             meta,
             prediction.threshold,
+            None if prediction.flip is None else [prediction.flip[i] for i in unlabeled],
         )
-        queue = queue_config(
-            {**self.config.extra_params, **arm.params, "al_strategy": arm.strategy},
-            val_percent=self.trainer.params.val_percent,
-        )
+        queue = self.queue(arm)
         chosen = get_strategy(queue.strategy, **queue.params, seed=self.seed * 1000 + cycle).select(
             pool, n
         )
@@ -493,7 +510,7 @@ class SeedRun:
         budgets = self.config.budgets
         for cycle in range(1, len(budgets)):
             t0 = time.perf_counter()
-            prediction = self.predict_live(live)
+            prediction = self.predict_live(live, flip=self.queue(arm).flip_pass)
             batch = self.select(
                 arm,
                 prediction,
@@ -542,7 +559,9 @@ class SeedRun:
         for cycle in range(len(budgets)):
             t0 = time.perf_counter()
             if cycle > 0:
-                prediction = self.predict(weights, f"converged-{cycle - 1}")
+                prediction = self.predict(
+                    weights, f"converged-{cycle - 1}", flip=self.queue(arm).flip_pass
+                )
                 batch = self.select(
                     arm, prediction, labeled, budgets[cycle] - budgets[cycle - 1], {}, cycle
                 )
