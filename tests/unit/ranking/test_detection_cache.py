@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,7 @@ def test_detection_cache_round_trip(tmp_path: Path) -> None:
     signature = {"model_version": "v1", "image_size": 160}
     cache = DetectionCache(path, signature)
     cache.put(5, record([0, 2], [0.9, 0.1], ref="/a.jpg"))
-    cache.put(6, record([], [], ref="/b.jpg"))
+    cache.put(6, replace(record([], [], ref="/b.jpg"), flip_disagreement=0.25))
     cache.save()
 
     loaded = DetectionCache(path, signature)
@@ -56,6 +57,7 @@ def test_detection_cache_round_trip(tmp_path: Path) -> None:
     assert (five.width, five.height) == (200, 100)
     six = loaded.get(6, "/b.jpg")
     assert six is not None and six.class_scores.shape == (0, 3)
+    assert six.flip_disagreement == 0.25 and np.isnan(five.flip_disagreement)
     assert loaded.get(5, "/changed.jpg") is None
     assert loaded.get(7, "/a.jpg") is None
     loaded.retain({6})

@@ -342,6 +342,23 @@ def test_ranking_again_reuses_detections_and_writes_nothing(world: World) -> Non
     assert world.ls.writes() == []  # project and tab already right
 
 
+def test_flip_consistency_detects_mirrors_once_and_reorders(world: World) -> None:
+    world.rank()  # detections cached without flip disagreement
+    world.detectors.detector.seen.clear()
+    # The fake finds the same box on an image and on its mirror, so mirrored back it lies
+    # elsewhere: every image disagrees by its box's confidence, and with the full flip
+    # weight the most confident images come first (least confidence alone puts them last).
+    flip = QueueConfig("least_confidence", {"n_clusters": 1, "flip": 1.0}, 2, flip_pass=True)
+
+    summary = world.rank(flip)
+
+    assert summary.top_task_ids == (2, 6)  # b (0.9), e (0.8)
+    assert (summary.n_predicted, summary.n_reused) == (5, 0)  # the cache lacked the figure
+    assert len(world.detectors.detector.seen) == 10  # each image plain and mirrored
+    world.detectors.detector.seen.clear()
+    assert world.rank(flip).n_reused == 5 and world.detectors.detector.seen == []
+
+
 def test_a_cancelled_ranking_writes_nothing_and_keeps_its_detections(world: World) -> None:
     def cancel(report: RankProgress) -> None:
         raise RankingCancelled(f"stopped at {report.stage} {report.done}/{report.total}")

@@ -18,6 +18,7 @@ from backend.labelstudio.images import LoadedImage
 from backend.labelstudio.label_config import parse_label_config
 from backend.labelstudio.predictions import DesiredPrediction, ExistingPrediction
 from backend.models.detector import Detector, ModelSource
+from backend.ranking.detect import flip_disagreements
 from backend.ranking.detection_cache import ImageRecord
 from backend.ranking.queue import (
     QueuedTask,
@@ -313,3 +314,26 @@ def test_plan_writes_is_empty_when_everything_matches() -> None:
     desired = {7: DesiredPrediction(REGION, 0.0, 3)}
     plan = plan_writes(desired, {7: [prediction(70, 7, "v1", 0.0, 3, REGION)]}, "v1")
     assert (plan.create, plan.update, plan.delete, plan.unchanged) == ((), (), (), 1)
+
+
+def test_real_flip_disagreement_is_the_same_seen_from_either_side(
+    trained_weights: Path, tmp_path: Path
+) -> None:
+    settings = Settings(model_dir=tmp_path, image_size=160, predict_batch=4)
+    detector = Detector(ModelSource(version="t", weights=trained_weights), settings)
+    samples = write_images(tmp_path / "images", 4, seed=3)
+    plain = [np.asarray(s.image)[:, :, ::-1].copy() for _, s in samples]
+    blank = np.full_like(plain[0], 128)
+    images = [LoadedImage(px, px.shape[1], px.shape[0]) for px in [*plain, blank]]
+    mirrored = [
+        LoadedImage(np.ascontiguousarray(i.pixels[:, ::-1]), i.width, i.height) for i in images
+    ]
+
+    there = flip_disagreements(detector, images, detector.predict([i.pixels for i in images]))
+    back = flip_disagreements(detector, mirrored, detector.predict([i.pixels for i in mirrored]))
+
+    # swapping the image and its mirror swaps the two sides of one symmetric comparison
+    np.testing.assert_allclose(there, back, atol=1e-5)
+    assert all(0.0 <= d <= 1.0 for d in there)
+    assert there[-1] == 0.0  # a blank image: nothing on either side
+    assert max(there[:-1]) > 0.0  # a model trained on 30 images is not perfectly consistent

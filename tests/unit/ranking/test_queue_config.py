@@ -53,6 +53,15 @@ def test_per_second_reaches_the_uncertainty_part(extra: dict, params: dict) -> N
     config.build()
 
 
+def test_flip_weight_reaches_the_uncertainty_part_and_the_detect_stage() -> None:
+    config = queue_config({"al_flip": "0.5", "al_audit": False})
+    assert config.params == {"lam": 0.5, "uncertainty_params": {"flip": 0.5}}
+    assert config.flip_pass is True
+    assert queue_config({"al_strategy": "dua", "al_flip": 1}).params["flip"] == 1.0
+    assert queue_config({"al_flip": 0}).flip_pass is False
+    config.build()
+
+
 def test_extra_params_override_tag_attributes() -> None:
     config = queue_config(
         {"al_lambda": 0.25}, {"al_strategy": "hybrid", "al_lambda": "0.9", "al_batch_size": "20"}
@@ -94,6 +103,8 @@ def test_aggregation_reaches_the_right_parameter(extra: dict, params: dict) -> N
         ({"al_strategy": "entropy", "al_uncertainty": "dua"}, "applies only to"),
         ({"al_uncertainty": "dua", "al_aggregation": "sum"}, "does not apply to al_uncertainty"),
         ({"al_strategy": "kcenter", "al_per_second": True}, "does not apply"),
+        ({"al_strategy": "random", "al_flip": 0.5}, "al_flip does not apply"),
+        ({"al_flip": 1.5}, "al_flip must be between 0 and 1"),
     ],
 )
 def test_invalid_values_are_clear_errors(extra: dict, message: str) -> None:
