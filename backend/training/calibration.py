@@ -20,8 +20,18 @@ from backend.analytics.matching import LabeledBox, edit_counts, match_boxes
 from backend.config import Settings
 from backend.labelstudio.images import ImageLoader
 from backend.models.detector import Detector, ImageDetections, ModelSource
+from backend.training.dataset import YoloBox
 
 THRESHOLD_GRID: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7)
+
+
+def shown_boxes(found: ImageDetections, names: Sequence[str], threshold: float) -> list[LabeledBox]:
+    """The pre-annotation an annotator sees: the boxes at or above `threshold`, labelled."""
+    return [
+        LabeledBox(b.x1, b.y1, b.x2, b.y2, names[b.class_id])
+        for b in found.boxes
+        if b.conf >= threshold
+    ]
 
 
 def cheapest_threshold(
@@ -42,6 +52,7 @@ def cheapest_threshold(
         truth: the labeled boxes per image, in the same unit as `found`'s boxes.
         names: the model's class names, by class id.
         costs: seconds per edit.
+        default: MODEL_SCORE_THRESHOLD, which ties resolve towards.
         grid: thresholds to try, each at or above the detector's confidence floor.
     """
     if len(found) != len(truth):
@@ -52,11 +63,7 @@ def cheapest_threshold(
     for threshold in grid:
         total = 0.0
         for detections, boxes in zip(found, truth, strict=True):
-            shown = [
-                LabeledBox(b.x1, b.y1, b.x2, b.y2, names[b.class_id])
-                for b in detections.boxes
-                if b.conf >= threshold
-            ]
+            shown = shown_boxes(detections, names, threshold)
             total += costs.image_seconds(edit_counts(match_boxes(shown, boxes)))
         seconds[float(threshold)] = total
     best = min(seconds.values())
@@ -80,12 +87,9 @@ def calibrate(
         label_file = data_dir / "labels" / "val" / f"{path.stem}.txt"
         boxes = []
         for line in label_file.read_text(encoding="utf-8").splitlines():
-            index, cx, cy, w, h = line.split()
-            x, y = float(cx) * picture.width, float(cy) * picture.height
-            half_w, half_h = float(w) * picture.width / 2, float(h) * picture.height / 2
-            boxes.append(
-                LabeledBox(x - half_w, y - half_h, x + half_w, y + half_h, classes[int(index)])
-            )
+            box = YoloBox.parse(line)
+            x1, y1, x2, y2 = box.pixels(picture.width, picture.height)
+            boxes.append(LabeledBox(x1, y1, x2, y2, classes[box.class_index]))
         pictures.append(picture.pixels)
         truth.append(boxes)
     if not any(truth):

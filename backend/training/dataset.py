@@ -53,6 +53,18 @@ class YoloBox:
     def line(self) -> str:
         return f"{self.class_index} {self.cx:.6f} {self.cy:.6f} {self.w:.6f} {self.h:.6f}"
 
+    @classmethod
+    def parse(cls, line: str) -> YoloBox:
+        """The box a `line()` wrote."""
+        index, cx, cy, w, h = line.split()
+        return cls(int(index), float(cx), float(cy), float(w), float(h))
+
+    def pixels(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """x1, y1, x2, y2 in the pixels of an image `width` x `height`."""
+        x, y = self.cx * width, self.cy * height
+        half_w, half_h = self.w * width / 2, self.h * height / 2
+        return x - half_w, y - half_h, x + half_w, y + half_h
+
 
 @dataclass(frozen=True)
 class LabeledImage:

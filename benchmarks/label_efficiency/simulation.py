@@ -54,6 +54,7 @@ from backend.ranking.detection_cache import ImageRecord
 from backend.ranking.queue import class_ap_vector, pool_box_scores, predicted_seconds
 from backend.ranking.queue_config import QueueConfig, queue_config
 from backend.services import build_services
+from backend.training.calibration import shown_boxes
 from backend.training.dataset import ExportStats, LabeledImage
 from backend.training.trainer import RECIPE, evaluate, train_and_register
 from benchmarks.label_efficiency.config import (
@@ -271,15 +272,6 @@ class Prediction:
     found: list[ImageDetections]
     threshold: float
     flip: list[float] | None = None  # per pool image, when the arm's queue uses it
-
-
-def shown_boxes(found: ImageDetections, names: Sequence[str], threshold: float) -> list[LabeledBox]:
-    """The pre-annotation an annotator sees: the boxes at or above MODEL_SCORE_THRESHOLD."""
-    return [
-        LabeledBox(b.x1, b.y1, b.x2, b.y2, names[b.class_id])
-        for b in found.boxes
-        if b.conf >= threshold
-    ]
 
 
 class Annotator:

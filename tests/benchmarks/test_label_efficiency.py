@@ -17,6 +17,7 @@ from PIL import Image
 from backend.analytics.cost import ActionSeconds
 from backend.analytics.matching import LabeledBox
 from backend.models.detector import Box, ImageDetections
+from backend.training.calibration import shown_boxes
 from benchmarks.label_efficiency.cli import _parser, config_from_args
 from benchmarks.label_efficiency.config import (
     LONG_TAIL_WEIGHTS,
@@ -43,7 +44,7 @@ from benchmarks.label_efficiency.metrics import (
     summary_json,
 )
 from benchmarks.label_efficiency.report import merge_runs, resummarise
-from benchmarks.label_efficiency.simulation import Annotator, Prediction, shown_boxes
+from benchmarks.label_efficiency.simulation import Annotator, Prediction
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -66,6 +66,12 @@ def test_boxes_become_normalised_centres() -> None:
     assert not skipped
 
 
+def test_a_label_line_reads_back_as_the_box_in_pixels() -> None:
+    box = YoloBox(1, 0.25, 0.40, 0.30, 0.40)
+    assert YoloBox.parse(box.line()) == box
+    assert box.pixels(200, 100) == pytest.approx((20.0, 20.0, 80.0, 60.0))
+
+
 def test_clipping_unknown_labels_other_controls_and_degenerate_boxes() -> None:
     skipped: Counter[str] = Counter()
     result = [
