@@ -32,7 +32,7 @@ def _csv(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-def _option(text: str) -> tuple[str, Any]:
+def key_value(text: str) -> tuple[str, Any]:
     """KEY=VALUE, the value read as JSON when it is JSON (false, 0.5), else as text."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
@@ -49,7 +49,7 @@ def _variant(text: str) -> tuple[str, dict[str, Any]]:
     name, sep, options = text.partition(":")
     if not sep or not name.strip():
         raise argparse.ArgumentTypeError(f"expected NAME:KEY=VALUE[,...], got {text!r}")
-    return name.strip(), dict(_option(part) for part in options.split(",") if part.strip())
+    return name.strip(), dict(key_value(part) for part in options.split(",") if part.strip())
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -94,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--param",
         action="append",
-        type=_option,
+        type=key_value,
         default=[],
         metavar="KEY=VALUE",
         help="an ML backend extra param for every simulated project (al_* queue or train_* "
