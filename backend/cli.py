@@ -1,8 +1,9 @@
-"""`ls-active-yolo`: the command line (serve, models, train, rank, worker)."""
+"""`ls-active-yolo`: the command line (serve, models, train, rank, worker, analytics)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import threading
@@ -10,8 +11,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 
+from backend.analytics.report import project_report, render
 from backend.config import Settings
 from backend.errors import BackendError
+from backend.jobs.ledger_sync import backfill
 from backend.jobs.scheduler import BackgroundTrainer
 from backend.jobs.worker import run_worker
 from backend.logs import configure_logging
@@ -117,6 +120,24 @@ def _rank(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _analytics(args: argparse.Namespace, settings: Settings) -> int:
+    services = build_services(settings)
+    if args.action == "backfill":
+        summary = backfill(services, args.project)
+        print(
+            f"project {args.project}: {summary.recorded} annotations recorded"
+            + (
+                f", {summary.without_prediction} left out (their prediction is gone)"
+                if summary.without_prediction
+                else ""
+            )
+        )
+        return 0
+    report = project_report(args.project, services.ledger.records(args.project))
+    print(json.dumps(report.as_dict(), indent=2) if args.json else render(report), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ls-active-yolo",
@@ -193,6 +214,27 @@ def build_parser() -> argparse.ArgumentParser:
         "serving process's trainer then only queues them.",
     )
     worker.set_defaults(handler=_worker)
+
+    analytics = commands.add_parser(
+        "analytics",
+        help="what the pre-annotations saved: fill the annotation ledger, print the report",
+        description="The annotation ledger (MODEL_DIR/annotations.sqlite3) records, per "
+        "annotation, which predicted boxes the annotator accepted, adjusted, relabeled or "
+        "deleted and which they drew, with Label Studio's lead_time. The running backend "
+        "fills it from webhooks; `backfill` reads a project's existing annotations from Label "
+        "Studio (LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY); `report` prints the figures per "
+        "model version and annotator.",
+    )
+    analytics_actions = analytics.add_subparsers(dest="action", required=True)
+    for name, text in (
+        ("backfill", "record a project's existing annotations from Label Studio"),
+        ("report", "print a project's figures from the ledger"),
+    ):
+        action = analytics_actions.add_parser(name, help=text, description=text)
+        action.add_argument("--project", type=int, required=True, help="Label Studio project id")
+        if name == "report":
+            action.add_argument("--json", action="store_true", help="JSON instead of tables")
+        action.set_defaults(handler=_analytics)
     return parser
 
 

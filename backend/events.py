@@ -116,6 +116,17 @@ class EventStore:
         the scheduler polls this every few seconds and needs only ids and actions."""
         return self._select("processed_at IS NULL", project_id, with_payload=False)
 
+    def since(self, after_id: int, limit: int) -> list[Event]:
+        """Up to `limit` events (all projects, processed or not) after `after_id`, oldest
+        first, with their payloads: for readers that keep their own place in the log."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, received_at, project_id, action, annotation_ids, payload,"
+                " processed_at FROM events WHERE id > ? ORDER BY id LIMIT ?",
+                (int(after_id), int(limit)),
+            ).fetchall()
+        return [_event(row) for row in rows]
+
     def history(self, project_id: int) -> list[Event]:
         """Every event of a project, processed or not, oldest first."""
         return self._select("1 = 1", project_id, with_payload=True)

@@ -5,6 +5,7 @@ workers): the event store, the model registry, per-project settings, caches and 
 asks this module for a path instead of spelling it, so the layout can be read here whole:
 
     events.sqlite3                       webhook events and training runs (events.py)
+    annotations.sqlite3                  the annotation ledger (analytics/ledger.py)
     trainer.lock                         flock electing the one scheduler (jobs/scheduler.py)
     .ultralytics/                        ultralytics' settings, offline (models/offline.py)
     .health-probe                        /health's write test
@@ -107,6 +108,10 @@ class ModelDir:
     @property
     def events_db(self) -> Path:
         return self.root / "events.sqlite3"
+
+    @property
+    def annotation_ledger(self) -> Path:
+        return self.root / "annotations.sqlite3"
 
     @property
     def trainer_lock(self) -> Path:

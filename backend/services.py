@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from backend.analytics.ledger import AnnotationLedger
 from backend.config import Settings
 from backend.events import EventStore
 from backend.labelstudio.client import LabelStudioClient
@@ -24,6 +25,7 @@ class Services:
     label_studio: LabelStudioClient
     images: ImageLoader
     detectors: DetectorPool  # loads no model until asked
+    ledger: AnnotationLedger
 
 
 def build_services(settings: Settings) -> Services:
@@ -40,4 +42,5 @@ def build_services(settings: Settings) -> Services:
         label_studio=label_studio,
         images=ImageLoader(settings, label_studio),
         detectors=DetectorPool(settings, registry),
+        ledger=AnnotationLedger(settings.paths.annotation_ledger),
     )

@@ -10,17 +10,18 @@ Seconds per action, from published measurements:
   edit-cost models; no single study measured all of them: treat them as estimates and use
   `scaled` for a sensitivity run);
 - a per-image overhead for opening, looking over and submitting a task.
-A project's real figures can replace these: Label Studio records each annotation's
-`lead_time`.
+A project's real figures replace these once it has enough timed annotations: Label Studio
+records each annotation's `lead_time`, and `fit_action_seconds` fits the seconds to them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
+from scipy.optimize import nnls
 
 from backend.analytics.matching import Edit
 
@@ -71,3 +72,55 @@ class ActionSeconds:
             + np.sum(shown_c * self.adjusted + (1.0 - shown_c) * self.deleted)
             + np.sum(hidden_c * self.drawn)
         )
+
+
+MIN_FIT_ANNOTATIONS = 30  # fewer timed annotations keep the published seconds
+_ORDER = (Edit.ACCEPTED, Edit.ADJUSTED, Edit.RELABELED, Edit.DELETED, Edit.DRAWN)
+
+
+@dataclass(frozen=True)
+class FittedSeconds:
+    """A project's seconds per action, and what they rest on."""
+
+    seconds: ActionSeconds
+    annotations: int  # timed annotations the fit used
+    fitted: tuple[str, ...]  # the actions (and "per_image") measured; the rest are published
+
+    @property
+    def published(self) -> bool:
+        """Whether every figure is still the published default."""
+        return not self.fitted
+
+
+def fit_action_seconds(
+    edits: Sequence[Mapping[str, int]],
+    lead_times: Sequence[float],
+    minimum: int = MIN_FIT_ANNOTATIONS,
+    default: ActionSeconds | None = None,
+) -> FittedSeconds:
+    """Seconds per accepted, adjusted, relabeled, deleted and drawn box plus a per-image
+    overhead that best explain the annotations' lead times (non-negative least squares,
+    `scipy.optimize.nnls`). An action no annotation contains keeps its published figure;
+    with fewer than `minimum` annotations every figure does.
+
+    Args:
+        edits: per annotation, Edit value -> count.
+        lead_times: per annotation, the seconds Label Studio measured (> 0).
+    """
+    default = default or ActionSeconds()
+    if len(edits) != len(lead_times):
+        raise ValueError(f"{len(edits)} edit counts for {len(lead_times)} lead times")
+    times = np.asarray(lead_times, dtype=np.float64)
+    if times.size and (not np.isfinite(times).all() or (times <= 0).any()):
+        raise ValueError("lead times must be finite and > 0")
+    if len(edits) < max(minimum, 1):
+        return FittedSeconds(default, len(edits), ())
+    counts = np.array([[float(e.get(a.value, 0)) for a in _ORDER] for e in edits])
+    design = np.column_stack([counts, np.ones(len(edits))])
+    names = [a.value for a in _ORDER] + ["per_image"]
+    seen = [bool(column.any()) for column in design.T]
+    solution, _ = nnls(design[:, seen], times)
+    fitted = tuple(name for name, present in zip(names, seen, strict=True) if present)
+    values = {name: float(getattr(default, name)) for name in names}
+    values.update({name: float(x) for name, x in zip(fitted, solution, strict=True)})
+    return FittedSeconds(ActionSeconds(**values), len(edits), fitted)

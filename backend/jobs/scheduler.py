@@ -1,4 +1,5 @@
-"""The background trainer: turns pending webhook events into training runs.
+"""The background trainer: turns pending webhook events into training runs (and, first on
+each poll, takes new annotations into the annotation ledger: `jobs.ledger_sync`).
 
 Coalescing rules, per project: train when START_TRAINING arrived, when at least TRAIN_EVERY
 distinct annotations changed, or when changes have been pending for TRAIN_QUIET_SECONDS with
@@ -9,6 +10,7 @@ many gunicorn workers there are; if that process dies, the lock passes to anothe
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -26,6 +28,7 @@ from backend.jobs.launchers import (
     RQLauncher,
     retry_not_before,
 )
+from backend.jobs.ledger_sync import sync_events
 from backend.services import Services
 
 logger = logging.getLogger(__name__)
@@ -76,14 +79,24 @@ class TrainingScheduler:
         events: EventStore,
         launcher: Launcher,
         held_back: HeldBack | None = None,
+        before_runs: Callable[[], object] | None = None,
     ) -> None:
         self._settings = settings
         self._events = events
         self._launch = launcher
         self._held_back = held_back
+        self._before_runs = before_runs
 
     def run_once(self, now: float | None = None) -> list[tuple[int, RunState]]:
-        """Start (and wait for) every run that is due now; returns (project, final state)."""
+        """Start (and wait for) every run that is due now; returns (project, final state).
+
+        `before_runs` (the annotation ledger's sync) goes first; its failure is logged and
+        does not hold training up."""
+        if self._before_runs is not None:
+            try:
+                self._before_runs()
+            except Exception:
+                logger.exception("annotation ledger sync failed; retried on the next poll")
         now = time.time() if now is None else now
         pending = self._events.pending()
         done = []
@@ -147,12 +160,15 @@ class BackgroundTrainer:
             if not acquired:
                 return
             self.is_leader = True
+            sync = functools.partial(sync_events, self._services)
             if settings.redis_url is not None:
                 # Runs still "running" may be alive on a worker, so they are not interrupted
                 # here; RQLauncher.held_back settles those whose job is gone.
                 rq_launcher = RQLauncher(settings, events)
                 logger.info("trainer started in process %d, queuing runs", os.getpid())
-                scheduler = TrainingScheduler(settings, events, rq_launcher, rq_launcher.held_back)
+                scheduler = TrainingScheduler(
+                    settings, events, rq_launcher, rq_launcher.held_back, sync
+                )
             else:
                 stale = events.interrupt_stale_runs()
                 if stale:
@@ -163,7 +179,7 @@ class BackgroundTrainer:
                     else InProcessLauncher(self._services)
                 )
                 logger.info("trainer started in process %d", os.getpid())
-                scheduler = TrainingScheduler(settings, events, launcher)
+                scheduler = TrainingScheduler(settings, events, launcher, before_runs=sync)
             scheduler.run_forever(self._stop)
 
     def _wait(self) -> bool:

@@ -29,6 +29,7 @@ from backend.errors import BackendError, ImageError
 from backend.files import atomic_write
 from backend.labelstudio.images import ImageLoader
 from backend.labelstudio.label_config import BoxControl
+from backend.labelstudio.regions import RegionSkipped, region_box
 
 logger = logging.getLogger(__name__)
 
@@ -183,40 +184,27 @@ def task_to_labeled(
 def _region_box(
     region: dict[str, Any], index: dict[str, int], skipped: Counter[str], task_id: object
 ) -> YoloBox | None:
-    value = region.get("value") or {}
-    labels = value.get("rectanglelabels") or []
-    if not labels:
-        skipped["malformed box"] += 1
-        return None
-    if labels[0] not in index:
-        skipped["label not in the config"] += 1
-        logger.warning("task=%s: label %s is not in the label config; box skipped", task_id, labels)
-        return None
     try:
-        x, y, w, h = (float(value[k]) for k in ("x", "y", "width", "height"))
-        if float(value.get("rotation") or 0.0) % 360:
-            # The SDK's converter does the rotation geometry; it imports slowly (~3 s), so
-            # only when a rotated box actually turns up.
-            from label_studio_sdk.converter import Converter  # noqa: PLC0415
-
-            x, y, w, h = Converter.rotated_rectangle(value)
-    except (KeyError, TypeError, ValueError, ZeroDivisionError):
-        skipped["malformed box"] += 1
-        logger.warning("task=%s: malformed rectangle %s; box skipped", task_id, value)
+        box = region_box(region)
+    except RegionSkipped as skip:
+        skipped[skip.reason] += 1
+        if skip.reason == "malformed box":
+            logger.warning("task=%s: malformed rectangle %s; box skipped", task_id, region)
         return None
-    x1, y1 = max(0.0, x), max(0.0, y)
-    x2, y2 = min(100.0, x + w), min(100.0, y + h)
-    if x2 - x1 <= 0.01 or y2 - y1 <= 0.01:
-        skipped["box outside the image"] += 1
+    if box.label not in index:
+        skipped["label not in the config"] += 1
+        logger.warning(
+            "task=%s: label %s is not in the label config; box skipped", task_id, box.label
+        )
         return None
-    if (x1, y1, x2, y2) != (x, y, x + w, y + h):
+    if box.clipped:
         skipped["box clipped to the image"] += 1
     return YoloBox(
-        class_index=index[labels[0]],
-        cx=(x1 + x2) / 200.0,
-        cy=(y1 + y2) / 200.0,
-        w=(x2 - x1) / 100.0,
-        h=(y2 - y1) / 100.0,
+        class_index=index[box.label],
+        cx=(box.x1 + box.x2) / 200.0,
+        cy=(box.y1 + box.y2) / 200.0,
+        w=(box.x2 - box.x1) / 100.0,
+        h=(box.y2 - box.y1) / 100.0,
     )
 
 

@@ -21,7 +21,7 @@ LAYERS = {
     "core": 0,  # config, errors, files, events, layout, project_params, audit, logs
     "models": 1,
     "labelstudio": 1,
-    "analytics": 1,  # pure: what annotators did to pre-annotations, and its cost
+    "analytics": 1,  # what annotators did to pre-annotations, its cost, and the ledger
     "services": 2,  # the composition root: builds models and Label Studio services
     "training": 3,
     "ranking": 3,
@@ -29,8 +29,9 @@ LAYERS = {
     "serving": 4,
     "entry": 5,  # cli, wsgi
 }
-SIDEWAYS = {("labelstudio", "models"), ("serving", "jobs")}  # format turns Boxes into regions;
-# the app starts the background trainer
+SIDEWAYS = {("labelstudio", "models"), ("serving", "jobs"), ("analytics", "labelstudio")}
+# format turns Boxes into regions; the app starts the background trainer; the analytics read
+# annotations' regions
 ENTRY_POINTS = {"cli", "wsgi"}
 # Function-level imports allowed, and why.
 LAZY = {

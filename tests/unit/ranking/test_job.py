@@ -233,6 +233,7 @@ class World:
         self.services = Services(
             settings=self.settings,
             events=None,  # type: ignore[arg-type]
+            ledger=None,  # type: ignore[arg-type]
             registry=self.registry,  # type: ignore[arg-type]
             label_studio=self.ls,  # type: ignore[arg-type]
             images=FakeImages(),  # type: ignore[arg-type]

@@ -1,0 +1,196 @@
+"""The annotation ledger: per annotation, what the annotator did to the prediction it
+started from, and how long it took. SQLite in WAL mode under MODEL_DIR (`layout`), one row
+per Label Studio annotation id, so recording an annotation again (an update, a backfill after
+the webhook) replaces its row instead of counting it twice.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backend.analytics.matching import Edit
+from backend.errors import storage_error
+
+EDITS: tuple[str, ...] = tuple(e.value for e in Edit)
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS annotations (
+    annotation_id INTEGER PRIMARY KEY,
+    project_id INTEGER NOT NULL,
+    task_id INTEGER NOT NULL,
+    annotator TEXT,
+    prediction_id INTEGER,
+    model_version TEXT,
+    {", ".join(f"{edit} INTEGER NOT NULL" for edit in EDITS)},
+    lead_time REAL,
+    queue_position INTEGER,
+    cancelled INTEGER NOT NULL,
+    annotated_at REAL,
+    recorded_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS annotations_project ON annotations (project_id, annotation_id);
+CREATE TABLE IF NOT EXISTS sync_state (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+_COLUMNS = (
+    "annotation_id",
+    "project_id",
+    "task_id",
+    "annotator",
+    "prediction_id",
+    "model_version",
+    *EDITS,
+    "lead_time",
+    "queue_position",
+    "cancelled",
+    "annotated_at",
+    "recorded_at",
+)
+
+
+@dataclass(frozen=True)
+class AnnotationRecord:
+    """One annotation's row. `model_version`/`prediction_id` are None when the annotation
+    did not start from a prediction (every box then counts as drawn); `cancelled` is a
+    skipped task (no boxes, its lead_time still spent)."""
+
+    annotation_id: int
+    project_id: int
+    task_id: int
+    annotator: str | None
+    prediction_id: int | None
+    model_version: str | None
+    edits: Mapping[str, int]  # Edit value -> count, every kind present
+    lead_time: float | None
+    queue_position: int | None = None
+    cancelled: bool = False
+    annotated_at: float | None = None
+    recorded_at: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        if set(self.edits) != set(EDITS) or any(n < 0 for n in self.edits.values()):
+            raise ValueError(f"edits must count each of {', '.join(EDITS)} (>= 0)")
+
+    @property
+    def shown(self) -> int:
+        """Predicted boxes the annotator saw (all but the drawn ones came from them)."""
+        return sum(self.edits[e] for e in EDITS if e != Edit.DRAWN)
+
+    @property
+    def submitted(self) -> int:
+        """Boxes in the annotation."""
+        return sum(self.edits[e] for e in EDITS if e != Edit.DELETED)
+
+
+class AnnotationLedger:
+    """The ledger file; safe across threads and processes (WAL, one writer at a time)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def record(self, records: Iterable[AnnotationRecord]) -> int:
+        """Store records, each replacing an earlier row of its annotation; returns how many.
+
+        Raises StorageError (StorageFull on a full disk) when they cannot be stored."""
+        return self._write(records, (), None)
+
+    def records(self, project_id: int) -> list[AnnotationRecord]:
+        """The project's rows, oldest annotation id first."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM annotations WHERE project_id = ?"
+                " ORDER BY annotation_id",
+                (int(project_id),),
+            ).fetchall()
+        return [_record(row) for row in rows]
+
+    def event_cursor(self) -> int:
+        """The id of the last webhook event the ledger has taken in (0: none)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT value FROM sync_state WHERE name = 'event_cursor'"
+            ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def record_events(
+        self, records: Iterable[AnnotationRecord], forgotten: Iterable[int], cursor: int
+    ) -> int:
+        """Store `records`, drop the `forgotten` (deleted) annotation ids and move the event
+        cursor to `cursor`, in one transaction: after a crash the events are taken in again.
+        Returns how many records were stored."""
+        return self._write(records, forgotten, cursor)
+
+    def _write(
+        self, records: Iterable[AnnotationRecord], forgotten: Iterable[int], cursor: int | None
+    ) -> int:
+        rows = [_row(r) for r in records]
+        marks = ", ".join("?" for _ in _COLUMNS)
+        try:
+            with self._lock, self._db:
+                self._db.executemany(
+                    f"INSERT OR REPLACE INTO annotations ({', '.join(_COLUMNS)}) VALUES ({marks})",
+                    rows,
+                )
+                self._db.executemany(
+                    "DELETE FROM annotations WHERE annotation_id = ?",
+                    [(int(i),) for i in forgotten],
+                )
+                if cursor is not None:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO sync_state (name, value)"
+                        " VALUES ('event_cursor', ?)",
+                        (int(cursor),),
+                    )
+        except (sqlite3.Error, OSError) as exc:
+            raise storage_error(exc, "recording annotations") from exc
+        return len(rows)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _row(record: AnnotationRecord) -> tuple[Any, ...]:
+    return (
+        record.annotation_id,
+        record.project_id,
+        record.task_id,
+        record.annotator,
+        record.prediction_id,
+        record.model_version,
+        *(int(record.edits[e]) for e in EDITS),
+        record.lead_time,
+        record.queue_position,
+        int(record.cancelled),
+        record.annotated_at,
+        record.recorded_at,
+    )
+
+
+def _record(row: tuple[Any, ...]) -> AnnotationRecord:
+    values = dict(zip(_COLUMNS, row, strict=True))
+    return AnnotationRecord(
+        annotation_id=values["annotation_id"],
+        project_id=values["project_id"],
+        task_id=values["task_id"],
+        annotator=values["annotator"],
+        prediction_id=values["prediction_id"],
+        model_version=values["model_version"],
+        edits={e: int(values[e]) for e in EDITS},
+        lead_time=values["lead_time"],
+        queue_position=values["queue_position"],
+        cancelled=bool(values["cancelled"]),
+        annotated_at=values["annotated_at"],
+        recorded_at=values["recorded_at"],
+    )
