@@ -133,7 +133,7 @@ def _analytics(args: argparse.Namespace, settings: Settings) -> int:
             )
         )
         return 0
-    report = project_report(args.project, services.ledger.records(args.project))
+    report = project_report(args.project, services.ledger.table(args.project))
     print(json.dumps(report.as_dict(), indent=2) if args.json else render(report), end="")
     return 0
 

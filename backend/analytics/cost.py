@@ -16,7 +16,7 @@ records each annotation's `lead_time`, and `fit_action_seconds` fits the seconds
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -75,7 +75,6 @@ class ActionSeconds:
 
 
 MIN_FIT_ANNOTATIONS = 30  # fewer timed annotations keep the published seconds
-_ORDER = (Edit.ACCEPTED, Edit.ADJUSTED, Edit.RELABELED, Edit.DELETED, Edit.DRAWN)
 
 
 @dataclass(frozen=True)
@@ -93,8 +92,8 @@ class FittedSeconds:
 
 
 def fit_action_seconds(
-    edits: Sequence[Mapping[str, int]],
-    lead_times: Sequence[float],
+    counts: npt.ArrayLike,
+    lead_times: npt.ArrayLike,
     minimum: int = MIN_FIT_ANNOTATIONS,
     default: ActionSeconds | None = None,
 ) -> FittedSeconds:
@@ -104,23 +103,23 @@ def fit_action_seconds(
     with fewer than `minimum` annotations every figure does.
 
     Args:
-        edits: per annotation, Edit value -> count.
-        lead_times: per annotation, the seconds Label Studio measured (> 0).
+        counts: (n, 5) edits per annotation, columns in `Edit` order.
+        lead_times: (n,) the seconds Label Studio measured per annotation (> 0).
     """
     default = default or ActionSeconds()
-    if len(edits) != len(lead_times):
-        raise ValueError(f"{len(edits)} edit counts for {len(lead_times)} lead times")
-    times = np.asarray(lead_times, dtype=np.float64)
+    edits = np.asarray(counts, dtype=np.float64).reshape(-1, len(Edit))
+    times = np.asarray(lead_times, dtype=np.float64).reshape(-1)
+    if edits.shape[0] != times.shape[0]:
+        raise ValueError(f"{edits.shape[0]} edit counts for {times.shape[0]} lead times")
     if times.size and (not np.isfinite(times).all() or (times <= 0).any()):
         raise ValueError("lead times must be finite and > 0")
-    if len(edits) < max(minimum, 1):
-        return FittedSeconds(default, len(edits), ())
-    counts = np.array([[float(e.get(a.value, 0)) for a in _ORDER] for e in edits])
-    design = np.column_stack([counts, np.ones(len(edits))])
-    names = [a.value for a in _ORDER] + ["per_image"]
+    if times.size < max(minimum, 1):
+        return FittedSeconds(default, int(times.size), ())
+    design = np.column_stack([edits, np.ones(times.size)])
+    names = [edit.value for edit in Edit] + ["per_image"]
     seen = [bool(column.any()) for column in design.T]
     solution, _ = nnls(design[:, seen], times)
     fitted = tuple(name for name, present in zip(names, seen, strict=True) if present)
     values = {name: float(getattr(default, name)) for name in names}
     values.update({name: float(x) for name, x in zip(fitted, solution, strict=True)})
-    return FittedSeconds(ActionSeconds(**values), len(edits), fitted)
+    return FittedSeconds(ActionSeconds(**values), int(times.size), fitted)

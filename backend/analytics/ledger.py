@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from backend.analytics.matching import Edit
 from backend.errors import storage_error
 
@@ -114,6 +117,38 @@ class AnnotationLedger:
                 (int(project_id),),
             ).fetchall()
         return [_record(row) for row in rows]
+
+    def table(self, project_id: int) -> dict[str, npt.NDArray[Any]]:
+        """The columns the report reads, for the project's rows (oldest annotation id first),
+        one numpy array each: annotator and model_version (object, None where unknown), the
+        edit counts, lead_time (NaN where unknown) and cancelled. Fast for 100k rows."""
+        names = ("annotator", "model_version", *EDITS, "lead_time", "cancelled")
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {', '.join(names[:-2])}, COALESCE(lead_time, -1.0), cancelled"
+                " FROM annotations WHERE project_id = ? ORDER BY annotation_id",
+                (int(project_id),),
+            ).fetchall()
+        if not rows:
+            rows_array = np.empty((0, len(names)), dtype=object)
+        else:
+            rows_array = np.array(rows, dtype=object)
+        table: dict[str, npt.NDArray[Any]] = {
+            "annotator": rows_array[:, 0],
+            "model_version": rows_array[:, 1],
+        }
+        for i, edit in enumerate(EDITS, start=2):
+            table[edit] = rows_array[:, i].astype(np.int64)
+        lead = rows_array[:, -2].astype(np.float64)
+        table["lead_time"] = np.where(lead < 0, np.nan, lead)
+        table["cancelled"] = rows_array[:, -1].astype(bool)
+        return table
+
+    def projects(self) -> list[int]:
+        """The projects with rows."""
+        with self._lock:
+            rows = self._db.execute("SELECT DISTINCT project_id FROM annotations").fetchall()
+        return sorted(int(row[0]) for row in rows)
 
     def event_cursor(self) -> int:
         """The id of the last webhook event the ledger has taken in (0: none)."""

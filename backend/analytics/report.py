@@ -1,5 +1,6 @@
-"""What the pre-annotations saved, read from the ledger: per project, per model version of
-the parent prediction and per annotator. Pure: records in, figures and text out.
+"""What the pre-annotations saved, read from the ledger's columns (`AnnotationLedger.table`):
+per project, per model version of the parent prediction and per annotator. Pure: arrays in,
+figures and text out; vectorised, so 100k annotations take well under a second.
 
 - acceptance rate: shown boxes kept as they were, of all shown boxes;
 - precision / recall at IoU 0.5 of the shown boxes against what annotators submitted (kept or
@@ -8,19 +9,24 @@ the parent prediction and per annotator. Pure: records in, figures and text out.
 - seconds saved: for each timed annotation, what drawing its submitted boxes by hand would
   have cost (per-image overhead + boxes x seconds per drawn box, from the project's fitted
   time model) minus its lead_time.
+Skipped (cancelled) annotations count as annotations, not in any other figure.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from backend.analytics.cost import FittedSeconds, fit_action_seconds
-from backend.analytics.ledger import AnnotationRecord
 from backend.analytics.matching import Edit
 
-NO_PREDICTION = "(none)"  # the version label of annotations drawn without a prediction
+NO_PREDICTION = "(none)"  # the version of annotations drawn without a prediction
+UNKNOWN_ANNOTATOR = "(unknown)"
+Table = Mapping[str, npt.NDArray[Any]]  # column name -> (n,) values, as the ledger gives them
 
 
 @dataclass(frozen=True)
@@ -68,42 +74,53 @@ class ProjectReport:
         }
 
 
-def project_report(project_id: int, records: Sequence[AnnotationRecord]) -> ProjectReport:
+def project_report(project_id: int, table: Table) -> ProjectReport:
     """Every figure of a project's ledger rows, priced with its own fitted time model."""
-    timed = [r for r in records if r.lead_time is not None and not r.cancelled]
-    model = fit_action_seconds([r.edits for r in timed], [float(r.lead_time or 0) for r in timed])
+    counts = _counts(table)
+    timed = ~table["cancelled"] & np.isfinite(table["lead_time"])
+    model = fit_action_seconds(counts[timed], table["lead_time"][timed])
+    everything = np.ones(counts.shape[0], dtype=bool)
+    versions = _labels(table["model_version"], NO_PREDICTION)
+    annotators = _labels(table["annotator"], UNKNOWN_ANNOTATOR)
     return ProjectReport(
         project_id=project_id,
         time_model=model,
-        overall=group_figures("all", records, model),
-        by_version=_grouped(records, lambda r: r.model_version or NO_PREDICTION, model),
-        by_annotator=_grouped(records, lambda r: r.annotator or "(unknown)", model),
+        overall=group_figures("all", table, everything, model),
+        by_version=[group_figures(v, table, versions == v, model) for v in np.unique(versions)],
+        by_annotator=[
+            group_figures(a, table, annotators == a, model) for a in np.unique(annotators)
+        ],
     )
 
 
-def group_figures(group: str, records: Sequence[AnnotationRecord], model: FittedSeconds) -> Figures:
-    """The figures of `records` (see the module docstring)."""
-    kept = [r for r in records if not r.cancelled]
-    total = {e.value: sum(r.edits[e.value] for r in kept) for e in Edit}
-    shown = sum(r.shown for r in kept)
-    submitted = sum(r.submitted for r in kept)
+def group_figures(
+    group: str, table: Table, rows: npt.NDArray[np.bool_], model: FittedSeconds
+) -> Figures:
+    """The figures of the annotations where `rows` is True (see the module docstring)."""
+    kept = rows & ~table["cancelled"]
+    counts = _counts(table)[kept]
+    total = dict(zip([e.value for e in Edit], counts.sum(axis=0).tolist(), strict=True))
+    shown = sum(total[e.value] for e in Edit if e != Edit.DRAWN)
+    submitted_each = counts.sum(axis=1) - counts[:, list(Edit).index(Edit.DELETED)]
+    submitted = int(submitted_each.sum())
     hits = total[Edit.ACCEPTED] + total[Edit.ADJUSTED]
-    timed = [r for r in kept if r.lead_time is not None]
+    lead = table["lead_time"][kept]
+    timed = np.isfinite(lead)
     costs = model.seconds
-    saved = [costs.per_image + costs.drawn * r.submitted - (r.lead_time or 0.0) for r in timed]
+    by_hand = costs.per_image + costs.drawn * submitted_each[timed]
     return Figures(
-        group=group,
-        annotations=len(records),
-        cancelled=len(records) - len(kept),
-        shown=shown,
+        group=str(group),
+        annotations=int(rows.sum()),
+        cancelled=int(rows.sum() - kept.sum()),
+        shown=int(shown),
         submitted=submitted,
-        **{e.value: total[e.value] for e in Edit},
+        **{e.value: int(total[e.value]) for e in Edit},
         acceptance_rate=_ratio(total[Edit.ACCEPTED], shown),
         precision=_ratio(hits, shown),
         recall=_ratio(hits, submitted),
-        boxes_per_task=_ratio(submitted, len(kept)),
-        seconds_per_task=_ratio(sum(r.lead_time or 0.0 for r in timed), len(timed)),
-        seconds_saved=sum(saved) if timed else None,
+        boxes_per_task=_ratio(submitted, int(kept.sum())),
+        seconds_per_task=float(lead[timed].mean()) if timed.any() else None,
+        seconds_saved=float((by_hand - lead[timed]).sum()) if timed.any() else None,
     )
 
 
@@ -165,16 +182,14 @@ def _table(rows: Sequence[Figures]) -> str:
     return "\n".join(lines)
 
 
-def _grouped(
-    records: Sequence[AnnotationRecord],
-    key: Callable[[AnnotationRecord], str],
-    model: FittedSeconds,
-) -> list[Figures]:
-    groups: dict[str, list[AnnotationRecord]] = {}
-    for record in records:
-        groups.setdefault(key(record), []).append(record)
-    return [group_figures(name, rows, model) for name, rows in sorted(groups.items())]
+def _counts(table: Table) -> npt.NDArray[np.int64]:
+    """(n, 5) edits per annotation, columns in `Edit` order."""
+    return np.column_stack([table[e.value] for e in Edit]).astype(np.int64).reshape(-1, len(Edit))
+
+
+def _labels(values: npt.NDArray[Any], missing: str) -> npt.NDArray[np.str_]:
+    return np.array([missing if v is None else str(v) for v in values], dtype=str)
 
 
 def _ratio(part: float, whole: float) -> float | None:
-    return part / whole if whole else None
+    return float(part / whole) if whole else None

@@ -117,7 +117,11 @@ def _event_records(
         task_id = annotation.get("task") or task.get("id")
         if not isinstance(task_id, int):
             continue
-        record = _record(services, event.project_id, task_id, annotation, from_names, {})
+        try:
+            record = _record(services, event.project_id, task_id, annotation, from_names, {})
+        except ValueError as exc:  # a payload without an annotation id: nothing to key it by
+            logger.warning("project=%s event=%s: %s", event.project_id, event.id, exc)
+            continue
         if record is None:
             missing += 1
         else:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from backend.analytics.report import project_report
 from backend.errors import BadRequest, ImageError, storage_error
 from backend.labelstudio import format as ls_format
 from backend.labelstudio.images import LoadedImage
@@ -41,6 +42,7 @@ class MLService:
         self.images = services.images
         self.events = services.events
         self.registry = services.registry
+        self.ledger = services.ledger
         self._fetchers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="image-fetch")
         self._hooks_done: set[int] = set()  # projects whose webhook carries our credentials
         self._hooks_lock = threading.Lock()
@@ -320,7 +322,8 @@ class MLService:
     # -- /metrics --------------------------------------------------------------------------
     def metrics(self) -> dict[str, Any]:
         pending = self.events.pending_counts()
-        projects = sorted(set(pending) | set(self.registry.projects()))
+        annotated = self.ledger.projects()
+        projects = sorted(set(pending) | set(self.registry.projects()) | set(annotated))
         per_project = {}
         for pid in projects:
             live = self.registry.live(pid)
@@ -345,6 +348,11 @@ class MLService:
                 "live_version": live.version if live else None,
                 "queued_events": pending.get(pid, 0),
                 "last_training": last,
+                "annotations": (
+                    _without_project(project_report(pid, self.ledger.table(pid)).as_dict())
+                    if pid in annotated
+                    else None
+                ),
             }
         return {"projects": per_project}
 
@@ -361,6 +369,10 @@ class MLService:
             return ls_format.project_id(value)
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
+
+
+def _without_project(report: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in report.items() if k != "project_id"}
 
 
 def _by_image_field(config: ParsedConfig) -> dict[str, list[BoxControl]]:

@@ -136,6 +136,9 @@ def test_annotations_reach_the_ledger_with_their_edits(
         assert {k: (v.edits, v.lead_time) for k, v in again.items()} == {
             k: (v.edits, v.lead_time) for k, v in rows.items()
         }
+        figures = requests.get(f"{server.url}/metrics", timeout=30).json()["projects"]
+        overall = figures[str(project)]["annotations"]["overall"]
+        assert (overall["annotations"], overall["accepted"], overall["drawn"]) == (3, 1, 3)
         report = cli(env, "report", project)
         assert "v-e2e" in report and "(none)" in report
     finally:

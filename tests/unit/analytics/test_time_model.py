@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from backend.analytics.cost import ActionSeconds, fit_action_seconds
-from backend.analytics.ledger import EDITS, AnnotationRecord
+from backend.analytics.ledger import EDITS, AnnotationLedger, AnnotationRecord
 from backend.analytics.report import group_figures, project_report, render
 
 TRUE = ActionSeconds(
@@ -14,19 +16,17 @@ TRUE = ActionSeconds(
 )
 
 
-def synthetic(
-    n: int, seed: int, drop: str | None = None
-) -> tuple[list[dict[str, int]], list[float]]:
+def synthetic(n: int, seed: int, drop: str | None = None) -> tuple[np.ndarray, list[float]]:
     """Annotations with 0-5 edits of each kind and lead times = the true seconds + noise."""
     rng = np.random.default_rng(seed)
-    edits = []
-    for _ in range(n):
-        counts = {e: int(rng.integers(0, 6)) for e in EDITS}
-        if drop:
-            counts[drop] = 0
-        edits.append(counts)
-    times = [TRUE.seconds(e, 1) + float(rng.normal(0.0, 1.0)) for e in edits]
-    return edits, times
+    counts = rng.integers(0, 6, size=(n, len(EDITS)))
+    if drop:
+        counts[:, EDITS.index(drop)] = 0
+    times = [
+        TRUE.seconds(dict(zip(EDITS, row.tolist(), strict=True)), 1) + float(rng.normal(0.0, 1.0))
+        for row in counts
+    ]
+    return counts, times
 
 
 def test_known_seconds_are_recovered_within_ten_percent() -> None:
@@ -50,9 +50,9 @@ def test_too_few_annotations_keep_every_published_figure() -> None:
 
 def test_bad_lead_times_are_errors() -> None:
     with pytest.raises(ValueError, match="finite and > 0"):
-        fit_action_seconds([{"drawn": 1}], [0.0])
+        fit_action_seconds([[0, 0, 0, 0, 1]], [0.0])
     with pytest.raises(ValueError, match="lead times"):
-        fit_action_seconds([{"drawn": 1}], [])
+        fit_action_seconds([[0, 0, 0, 0, 1]], [])
 
 
 def row(
@@ -70,14 +70,16 @@ def row(
     )
 
 
-def test_the_report_counts_rates_and_seconds_saved() -> None:
+def test_the_report_counts_rates_and_seconds_saved(tmp_path: Path) -> None:
     rows = [
         row(1, "v1", "a", 20.0, accepted=3, adjusted=1, deleted=1, drawn=1),
         row(2, "v1", "b", 10.0, accepted=1, relabeled=1),
         row(3, None, "a", 60.0, drawn=2),
         row(4, "v1", "b", None, accepted=2),  # not timed: counted, not priced
     ]
-    report = project_report(1, rows)
+    ledger = AnnotationLedger(tmp_path / "a.sqlite3")
+    ledger.record(rows)
+    report = project_report(1, ledger.table(1))
     assert report.time_model.published  # 3 timed annotations: published seconds
     v1 = next(f for f in report.by_version if f.group == "v1")
     # shown: 3+1+1 + 1+1 + 2 = 9; kept as shown: 3+1+2 = 6; hits (kept or adjusted): 7
@@ -93,4 +95,6 @@ def test_the_report_counts_rates_and_seconds_saved() -> None:
     assert [f.group for f in report.by_annotator] == ["a", "b"]
     text = render(report)
     assert "By model version" in text and "67%" in text
-    assert group_figures("x", [], report.time_model).boxes_per_task is None
+    nothing = np.zeros(4, dtype=bool)
+    assert group_figures("x", ledger.table(1), nothing, report.time_model).boxes_per_task is None
+    assert project_report(2, ledger.table(2)).overall.annotations == 0

@@ -11,6 +11,7 @@ import pytest
 from flask.testing import FlaskClient
 from PIL import Image
 
+from backend.analytics.ledger import AnnotationLedger, AnnotationRecord
 from backend.config import Settings
 from backend.models.detector import DetectorPool
 from backend.serving.app import create_app
@@ -177,6 +178,21 @@ def test_webhook_records_handled_actions_and_ignores_others(client: FlaskClient)
     assert metrics["projects"]["4"]["queued_events"] == 1
     text = client.get("/metrics?format=prometheus").get_data(as_text=True)
     assert 'ls_active_yolo_queued_events{project="4"} 1' in text
+
+
+def test_metrics_carry_each_projects_annotation_figures(
+    client: FlaskClient, settings: Settings
+) -> None:
+    edits = {"accepted": 2, "adjusted": 0, "relabeled": 0, "deleted": 1, "drawn": 1}
+    AnnotationLedger(settings.paths.annotation_ledger).record(
+        [AnnotationRecord(1, 8, 80, "3", 5, "v2", edits, 20.0)]
+    )
+    project = client.get("/metrics").get_json()["projects"]["8"]
+    assert project["live_version"] is None and project["queued_events"] == 0
+    figures = project["annotations"]
+    assert figures["overall"]["acceptance_rate"] == pytest.approx(2 / 3)
+    assert [g["group"] for g in figures["by_version"]] == ["v2"]
+    assert figures["time_model"]["fitted"] == []  # one annotation: published seconds
 
 
 def _basic(user: str, password: str) -> dict[str, str]:
