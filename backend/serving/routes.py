@@ -8,6 +8,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from backend.errors import BadRequest, PayloadTooLarge
+from backend.serving.exposition import prometheus_text
 from backend.serving.service import MLService
 
 bp = Blueprint("ml", __name__)
@@ -67,33 +68,6 @@ def metrics() -> Response:
         request.accept_mimetypes.best_match(["application/json", "text/plain"]) == "text/plain"
     )
     if wants_text:
-        return Response(_prometheus(data), mimetype="text/plain; version=0.0.4")
+        body, content_type = prometheus_text(data)
+        return Response(body, content_type=content_type)
     return jsonify(data)
-
-
-def _prometheus(data: dict[str, Any]) -> str:
-    """The JSON status as Prometheus text (exposition format 0.0.4)."""
-    series: dict[str, tuple[str, list[str]]] = {
-        "queued_events": ("Webhook events not yet consumed by training.", []),
-        "live_model": ("Live model version per project (value is always 1).", []),
-        "last_training_duration_seconds": ("Duration of the latest training run.", []),
-        "last_training_map50": ("Validation mAP50 of the latest trained candidate.", []),
-        "last_training_state": ("State of the latest training run (value is always 1).", []),
-    }
-    for project, info in data["projects"].items():
-        p = f'project="{project}"'
-        series["queued_events"][1].append(f"{{{p}}} {info['queued_events']}")
-        if info["live_version"]:
-            series["live_model"][1].append(f'{{{p},version="{info["live_version"]}"}} 1')
-        last = info.get("last_training")
-        if last:
-            series["last_training_duration_seconds"][1].append(f"{{{p}}} {last['duration_s']:.3f}")
-            series["last_training_state"][1].append(f'{{{p},state="{last["state"]}"}} 1')
-            if last.get("metrics"):
-                series["last_training_map50"][1].append(f"{{{p}}} {last['metrics']['map50']:.6f}")
-    lines = []
-    for name, (help_text, samples) in series.items():
-        metric = f"ls_active_yolo_{name}"
-        lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} gauge"]
-        lines += [metric + sample for sample in samples]
-    return "\n".join(lines) + "\n"

@@ -177,7 +177,8 @@ def test_webhook_records_handled_actions_and_ignores_others(client: FlaskClient)
     metrics = client.get("/metrics").get_json()
     assert metrics["projects"]["4"]["queued_events"] == 1
     text = client.get("/metrics?format=prometheus").get_data(as_text=True)
-    assert 'ls_active_yolo_queued_events{project="4"} 1' in text
+    assert 'ls_active_yolo_queued_events{project="4"} 1.0' in text
+    assert "process_cpu_seconds_total" in text  # prometheus_client's process metrics
 
 
 def test_metrics_carry_each_projects_annotation_figures(
