@@ -19,7 +19,7 @@ def parent_prediction_id(annotation: Mapping[str, Any]) -> int | None:
     value = annotation.get("parent_prediction")
     if isinstance(value, Mapping):  # some payloads nest the prediction
         value = value.get("id")
-    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+    return _int(value)
 
 
 def annotation_record(
@@ -43,9 +43,9 @@ def annotation_record(
     Raises:
         ValueError: the annotation has no integer id.
     """
-    annotation_id = annotation.get("id")
-    if not isinstance(annotation_id, int) or isinstance(annotation_id, bool):
-        raise ValueError(f"annotation without an integer id: {annotation_id!r}")
+    annotation_id = _int(annotation.get("id"))
+    if annotation_id is None:
+        raise ValueError(f"annotation without an integer id: {annotation.get('id')!r}")
     cancelled = bool(annotation.get("was_cancelled"))
     submitted = [] if cancelled else _boxes(annotation.get("result"), from_names)
     shown = [] if prediction is None or cancelled else _boxes(prediction.get("result"), from_names)
