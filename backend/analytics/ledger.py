@@ -79,16 +79,6 @@ class AnnotationRecord:
         if set(self.edits) != set(EDITS) or any(n < 0 for n in self.edits.values()):
             raise ValueError(f"edits must count each of {', '.join(EDITS)} (>= 0)")
 
-    @property
-    def shown(self) -> int:
-        """Predicted boxes the annotator saw (all but the drawn ones came from them)."""
-        return sum(self.edits[e] for e in EDITS if e != Edit.DRAWN)
-
-    @property
-    def submitted(self) -> int:
-        """Boxes in the annotation."""
-        return sum(self.edits[e] for e in EDITS if e != Edit.DELETED)
-
 
 class AnnotationLedger:
     """The ledger file; safe across threads and processes (WAL, one writer at a time)."""

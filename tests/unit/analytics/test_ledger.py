@@ -50,12 +50,6 @@ def test_events_move_the_cursor_with_their_rows(tmp_path: Path) -> None:
     assert [r.annotation_id for r in ledger.records(1)] == [2, 3]
 
 
-def test_shown_and_submitted_follow_the_edits() -> None:
-    edits = {"accepted": 2, "adjusted": 1, "relabeled": 1, "deleted": 3, "drawn": 4}
-    row = record(1, edits=edits)
-    assert (row.shown, row.submitted) == (7, 8)
-
-
 def test_edit_counts_must_be_complete_and_non_negative() -> None:
     with pytest.raises(ValueError, match="each of"):
         record(1, edits={"accepted": 1})

@@ -60,7 +60,7 @@ def test_each_box_becomes_one_edit() -> None:
 
 def test_without_a_prediction_every_box_is_drawn() -> None:
     row = annotation_record(2, 17, annotation(parent_prediction=None), None, {"label"})
-    assert row.edits["drawn"] == 4 and row.shown == 0
+    assert row.edits == {"accepted": 0, "adjusted": 0, "relabeled": 0, "deleted": 0, "drawn": 4}
     assert (row.prediction_id, row.model_version) == (None, None)
 
 
