@@ -76,7 +76,7 @@ class ProjectReport:
 
 def project_report(project_id: int, table: Table) -> ProjectReport:
     """Every figure of a project's ledger rows, priced with its own fitted time model."""
-    counts = _counts(table)
+    counts = edit_matrix(table)
     timed = ~table["cancelled"] & np.isfinite(table["lead_time"])
     model = fit_action_seconds(counts[timed], table["lead_time"][timed])
     everything = np.ones(counts.shape[0], dtype=bool)
@@ -98,16 +98,14 @@ def group_figures(
 ) -> Figures:
     """The figures of the annotations where `rows` is True (see the module docstring)."""
     kept = rows & ~table["cancelled"]
-    counts = _counts(table)[kept]
+    counts = edit_matrix(table)[kept]
     total = dict(zip([e.value for e in Edit], counts.sum(axis=0).tolist(), strict=True))
     shown = sum(total[e.value] for e in Edit if e != Edit.DRAWN)
-    submitted_each = counts.sum(axis=1) - counts[:, list(Edit).index(Edit.DELETED)]
-    submitted = int(submitted_each.sum())
+    submitted = int(_submitted(counts).sum())
     hits = total[Edit.ACCEPTED] + total[Edit.ADJUSTED]
     lead = table["lead_time"][kept]
     timed = np.isfinite(lead)
-    costs = model.seconds
-    by_hand = costs.per_image + costs.drawn * submitted_each[timed]
+    saved = seconds_saved(table, rows, model)
     return Figures(
         group=str(group),
         annotations=int(rows.sum()),
@@ -120,7 +118,7 @@ def group_figures(
         recall=_ratio(hits, submitted),
         boxes_per_task=_ratio(submitted, int(kept.sum())),
         seconds_per_task=float(lead[timed].mean()) if timed.any() else None,
-        seconds_saved=float((by_hand - lead[timed]).sum()) if timed.any() else None,
+        seconds_saved=float(saved.sum()) if saved.size else None,
     )
 
 
@@ -182,9 +180,25 @@ def _table(rows: Sequence[Figures]) -> str:
     return "\n".join(lines)
 
 
-def _counts(table: Table) -> npt.NDArray[np.int64]:
+def edit_matrix(table: Table) -> npt.NDArray[np.int64]:
     """(n, 5) edits per annotation, columns in `Edit` order."""
     return np.column_stack([table[e.value] for e in Edit]).astype(np.int64).reshape(-1, len(Edit))
+
+
+def seconds_saved(
+    table: Table, rows: npt.NDArray[np.bool_], model: FittedSeconds
+) -> npt.NDArray[np.float64]:
+    """Per timed, not skipped annotation among `rows` (in table order): the seconds drawing
+    its submitted boxes by hand would have cost, minus its lead_time."""
+    timed = rows & ~table["cancelled"] & np.isfinite(table["lead_time"])
+    costs = model.seconds
+    by_hand = costs.per_image + costs.drawn * _submitted(edit_matrix(table)[timed])
+    return np.asarray(by_hand - table["lead_time"][timed], dtype=np.float64)
+
+
+def _submitted(counts: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Boxes in each annotation: every edit but a deletion leaves one."""
+    return counts.sum(axis=1) - counts[:, list(Edit).index(Edit.DELETED)]
 
 
 def _labels(values: npt.NDArray[Any], missing: str) -> npt.NDArray[np.str_]:

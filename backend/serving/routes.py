@@ -61,6 +61,12 @@ def webhook() -> tuple[Response, int]:
     return jsonify(answer), 201 if answer["status"] == "recorded" else 200
 
 
+@bp.get("/analytics/<int:project_id>")
+def analytics(project_id: int) -> Response:
+    """What the pre-annotations saved in one project: tables and plots (HTML)."""
+    return Response(_service().analytics_page(project_id), mimetype="text/html")
+
+
 @bp.get("/metrics")
 def metrics() -> Response:
     data = _service().metrics()

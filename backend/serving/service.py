@@ -28,6 +28,7 @@ from backend.ranking.queue_config import KEYS as QUEUE_KEYS
 from backend.ranking.queue_config import queue_config
 from backend.ranking.store import load_ranking, precomputed_prediction
 from backend.services import Services
+from backend.serving.analytics_page import analytics_html
 
 logger = logging.getLogger(__name__)
 
@@ -355,6 +356,11 @@ class MLService:
                 ),
             }
         return {"projects": per_project}
+
+    def analytics_page(self, project_id: int) -> str:
+        """The project's annotation analytics as an HTML page (see `analytics_page`)."""
+        table = self.ledger.table(project_id)
+        return analytics_html(project_report(project_id, table), table)
 
     # -- helpers ---------------------------------------------------------------------------
     @staticmethod

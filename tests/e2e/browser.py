@@ -103,3 +103,31 @@ def count_task_regions(
             browser.close()
     logger.info("Task %d shows %d region entries; screenshot %s", task_id, count, screenshot)
     return count
+
+
+def screenshot_page(
+    url: str,
+    screenshot: Path,
+    *,
+    wait_for: str,
+    chromium: Path = CHROMIUM,
+    timeout_s: float = 60.0,
+) -> str:
+    """Open `url`, wait for the selector `wait_for`, save a full-page screenshot and return
+    the page's visible text."""
+    from playwright.sync_api import sync_playwright
+
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 900})
+            page.set_default_timeout(timeout_s * 1000)
+            page.goto(url)
+            page.wait_for_selector(wait_for)
+            page.screenshot(path=str(screenshot), full_page=True)
+            return str(page.inner_text("body"))
+        finally:
+            browser.close()

@@ -1,7 +1,8 @@
 """The annotation ledger against a real Label Studio: annotations posted through the REST API
 (a stored prediction accepted, moved, relabeled, cut down and added to; a skipped task; boxes
 drawn without a prediction) reach a running backend by webhook and land in its ledger with
-exactly those counts and lead times; `analytics backfill` finds the same."""
+exactly those counts and lead times; `analytics backfill` finds the same, and the analytics
+page shows them in headless Chromium (screenshot: test-output/analytics-page.png)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from devkit.datagen import write_images
 from devkit.demo import BackendServer
 from devkit.local_label_studio import REPO_ROOT, LocalLabelStudio, find_free_port
 from tests.conftest import BOX_CONFIG
+
+from .browser import screenshot_page
 
 
 def rect(x: float, y: float, label: str) -> dict[str, Any]:
@@ -67,7 +70,12 @@ def wait_for_rows(path: Path, project: int, n: int, timeout: float) -> list[Anno
 
 
 def test_annotations_reach_the_ledger_with_their_edits(
-    tmp_path: Path, label_studio: LocalLabelStudio, ls_document_root: Path, trained_weights: Path
+    tmp_path: Path,
+    label_studio: LocalLabelStudio,
+    ls_document_root: Path,
+    trained_weights: Path,
+    chromium: Path,
+    test_output_dir: Path,
 ) -> None:
     files = write_images(ls_document_root / f"analytics-{tmp_path.name}", 3, seed=41)
     project = label_studio.create_project("e2e analytics", BOX_CONFIG)
@@ -147,5 +155,12 @@ def test_annotations_reach_the_ledger_with_their_edits(
         assert (overall["annotations"], overall["accepted"], overall["drawn"]) == (3, 1, 3)
         report = cli(env, "report", project)
         assert "v-e2e" in report and "(none)" in report
+
+        shot = test_output_dir / "analytics-page.png"
+        text = screenshot_page(
+            f"{server.url}/analytics/{project}", shot, wait_for="img", chromium=chromium
+        )
+        assert "By model version" in text and "v-e2e" in text
+        assert shot.stat().st_size > 10_000
     finally:
         server.stop()

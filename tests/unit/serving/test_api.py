@@ -195,6 +195,12 @@ def test_metrics_carry_each_projects_annotation_figures(
     assert [g["group"] for g in figures["by_version"]] == ["v2"]
     assert figures["time_model"]["fitted"] == []  # one annotation: published seconds
 
+    page = client.get("/analytics/8")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    text = page.get_data(as_text=True)
+    assert "By model version" in text and "data:image/png;base64," in text
+    assert "No annotations recorded yet" in client.get("/analytics/9").get_data(as_text=True)
+
 
 def _basic(user: str, password: str) -> dict[str, str]:
     token = base64.b64encode(f"{user}:{password}".encode()).decode()

@@ -50,7 +50,7 @@ from backend.serving.app import create_app
 from tests.conftest import BOX_CONFIG
 
 POST_ROUTES = ("/setup", "/predict", "/webhook")
-GET_ROUTES = ("/", "/health", "/metrics")
+GET_ROUTES = ("/", "/health", "/metrics", "/analytics/1")
 MAX_REQUEST_BYTES = 256 * 1024  # small limits, so the oversize checks stay cheap
 MAX_EVENT_BYTES = 64 * 1024
 

@@ -1,0 +1,119 @@
+"""The annotation analytics page (`GET /analytics/<project>`): the report's tables and two
+plots, as one self-contained HTML document (the plots are PNGs inlined as data URIs, drawn
+with matplotlib's object API: no pyplot state shared between request threads, no fonts
+fetched).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from backend.analytics.report import (
+    NO_PREDICTION,
+    Figures,
+    ProjectReport,
+    Table,
+    render,
+    seconds_saved,
+)
+
+_STYLE = """
+body { font-family: sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; margin-bottom: 1.5em; }
+th, td { padding: 0.25em 0.7em; border-bottom: 1px solid #ddd; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+img { max-width: 100%; }
+"""
+_COLUMNS = (
+    ("group", "group"),
+    ("annotations", "tasks"),
+    ("shown", "boxes shown"),
+    ("accepted", "accepted"),
+    ("adjusted", "adjusted"),
+    ("relabeled", "relabeled"),
+    ("deleted", "deleted"),
+    ("drawn", "drawn"),
+    ("acceptance_rate", "accepted %"),
+    ("precision", "precision"),
+    ("recall", "recall"),
+    ("seconds_per_task", "s / task"),
+    ("seconds_saved", "minutes saved"),
+)
+
+
+def analytics_html(report: ProjectReport, table: Table) -> str:
+    """The page of one project's report; `table` is the ledger columns it was made from."""
+    title = f"Project {report.project_id}: what the pre-annotations saved"
+    summary = html.escape(render(report).split("\n\n")[0])
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
+        f"<pre>{summary}</pre>",
+    ]
+    if report.overall.annotations:
+        plots = _plots(report, table)
+        parts.append(f"<img alt='figures over annotations and versions' src='{plots}'>")
+    else:
+        parts.append("<p>No annotations recorded yet.</p>")
+    for heading, rows in (
+        ("By model version", [report.overall, *report.by_version]),
+        ("By annotator", report.by_annotator),
+    ):
+        parts += [f"<h2>{heading}</h2>", _html_table(rows)]
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _html_table(rows: Sequence[Figures]) -> str:
+    head = "".join(f"<th>{html.escape(title)}</th>" for _, title in _COLUMNS)
+    body = []
+    for figures in rows:
+        cells = "".join(f"<td>{html.escape(_cell(figures, key))}</td>" for key, _ in _COLUMNS)
+        body.append(f"<tr>{cells}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _cell(figures: Figures, key: str) -> str:
+    value = getattr(figures, key)
+    if value is None:
+        return "-"
+    if key == "acceptance_rate":
+        return f"{value:.0%}"
+    if key in ("precision", "recall"):
+        return f"{value:.2f}"
+    if key == "seconds_per_task":
+        return f"{value:.1f}"
+    if key == "seconds_saved":
+        return f"{value / 60.0:.1f}"
+    return str(value)
+
+
+def _plots(report: ProjectReport, table: Table) -> str:
+    """Cumulative minutes saved over annotations, and acceptance and seconds per version."""
+    figure = Figure(figsize=(11, 3.8), dpi=90)
+    saved_ax, version_ax = figure.subplots(1, 2)
+    everything = np.ones(table["cancelled"].shape[0], dtype=bool)
+    saved = seconds_saved(table, everything, report.time_model)
+    saved_ax.plot(np.arange(1, saved.size + 1), np.cumsum(saved) / 60.0, color="#1f77b4")
+    saved_ax.set(
+        title="Minutes saved against drawing every box",
+        xlabel="timed annotations, in order",
+        ylabel="minutes (cumulative)",
+    )
+    versions = [f for f in report.by_version if f.group != NO_PREDICTION]
+    names = [f.group for f in versions]
+    version_ax.bar(names, [100 * (f.acceptance_rate or 0.0) for f in versions], color="#2ca02c")
+    version_ax.set(title="Per model version", ylabel="boxes accepted as shown (%)")
+    seconds_ax = version_ax.twinx()
+    seconds_ax.plot(names, [f.seconds_per_task or 0.0 for f in versions], "o-", color="#d62728")
+    seconds_ax.set_ylabel("seconds per task", color="#d62728")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
