@@ -28,6 +28,9 @@ from typing import Any
 
 import requests
 
+from backend.analytics.cost import ActionSeconds
+from backend.analytics.matching import edit_counts, match_boxes
+from backend.analytics.records import labeled_boxes
 from backend.config import ENV_NAMES, Settings
 from devkit.datagen import CLASSES, SyntheticImage, ls_regions, write_images
 from devkit.demo_model import TINY_RECIPE
@@ -372,16 +375,44 @@ def label_a_few_tasks(demo: Demo) -> None:
     truth = {path: sample for path, sample in demo.images}
     budget = min(wanted, len(demo.tasks) // 2) - len(labeled)  # leave a queue to rank
     todo = [t for t in sorted(demo.tasks) if t not in labeled][: max(0, budget)]
+    shown = {
+        int(p.task): p
+        for p in client.predictions.list(project=demo.project_id)
+        if p.model_version == demo.model_version
+    }
     for task_id in todo:
-        client.annotations.create(id=task_id, result=ls_regions(truth[demo.tasks[task_id]]))
+        regions = ls_regions(truth[demo.tasks[task_id]])
+        body: dict[str, Any] = {"result": regions}
+        prediction = shown.get(task_id)
+        if prediction is not None:  # started from the pre-annotation, as in the editor
+            body["parent_prediction"] = int(prediction.id)
+            body["lead_time"] = simulated_seconds(prediction.result or [], regions)
+        answer = requests.post(
+            f"{demo.ls.url}/api/tasks/{task_id}/annotations/",
+            json=body,
+            headers=demo.ls.auth_headers(),
+            timeout=30,
+        )
+        answer.raise_for_status()
     if todo:
-        demo.say(f"Labelled {len(todo)} tasks from the ground truth (as an annotator would).")
+        demo.say(
+            f"Labelled {len(todo)} tasks from the ground truth, starting from their "
+            "pre-annotations (lead times simulated with the cost model)."
+        )
     if todo and len(labeled) + len(todo) < wanted:  # too few for TRAIN_EVERY: ask, as the
         requests.post(  # "Start Training" button in Label Studio does
             f"{demo.backend.url}/webhook",
             json={"action": "START_TRAINING", "project": {"id": demo.project_id}},
             timeout=10,
         ).raise_for_status()
+
+
+def simulated_seconds(shown: list[dict[str, Any]], submitted: list[dict[str, Any]]) -> float:
+    """The seconds an annotator would spend turning `shown` regions into `submitted` ones,
+    by the published cost model: the demo's stand-in for a real lead_time."""
+    names = {"label"}
+    edits = edit_counts(match_boxes(labeled_boxes(shown, names), labeled_boxes(submitted, names)))
+    return round(ActionSeconds().image_seconds(edits), 1)
 
 
 def wait_for_retrained_queue(demo: Demo, timeout: float = 600.0) -> None:
@@ -445,6 +476,8 @@ What to try
   3. After {every} changed annotations the backend fine-tunes a new model version in the
      background, serves it if it is at least as good (/metrics shows the run and the live
      version), and re-ranks the queue with it.
+  4. What the pre-annotations saved, per model version and annotator:
+     {demo.backend.url}/analytics/{demo.project_id}
 
 Press Ctrl-C to stop Label Studio and the backend.
 """

@@ -119,10 +119,7 @@ class AnnotationLedger:
                 " FROM annotations WHERE project_id = ? ORDER BY annotation_id",
                 (int(project_id),),
             ).fetchall()
-        if not rows:
-            rows_array = np.empty((0, len(names)), dtype=object)
-        else:
-            rows_array = np.array(rows, dtype=object)
+        rows_array = np.array(rows, dtype=object).reshape(-1, len(names))
         table: dict[str, npt.NDArray[Any]] = {
             "annotator": rows_array[:, 0],
             "model_version": rows_array[:, 1],

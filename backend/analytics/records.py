@@ -11,7 +11,7 @@ from typing import Any
 
 from backend.analytics.ledger import AnnotationRecord
 from backend.analytics.matching import LabeledBox, edit_counts, match_boxes
-from backend.labelstudio.regions import RegionBox, result_boxes
+from backend.labelstudio.regions import result_boxes
 
 
 def parent_prediction_id(annotation: Mapping[str, Any]) -> int | None:
@@ -47,8 +47,11 @@ def annotation_record(
     if annotation_id is None:
         raise ValueError(f"annotation without an integer id: {annotation.get('id')!r}")
     cancelled = bool(annotation.get("was_cancelled"))
-    submitted = [] if cancelled else _boxes(annotation.get("result"), from_names)
-    shown = [] if prediction is None or cancelled else _boxes(prediction.get("result"), from_names)
+    submitted, shown = [], []
+    if not cancelled:
+        submitted = labeled_boxes(annotation.get("result"), from_names)
+        if prediction is not None:
+            shown = labeled_boxes(prediction.get("result"), from_names)
     counts = edit_counts(match_boxes(shown, submitted))
     return AnnotationRecord(
         annotation_id=annotation_id,
@@ -65,12 +68,9 @@ def annotation_record(
     )
 
 
-def _boxes(result: object, from_names: Collection[str]) -> list[LabeledBox]:
-    return [_labeled(b) for b in result_boxes(result, from_names)]
-
-
-def _labeled(box: RegionBox) -> LabeledBox:
-    return LabeledBox(box.x1, box.y1, box.x2, box.y2, box.label)
+def labeled_boxes(result: object, from_names: Collection[str]) -> list[LabeledBox]:
+    """A result's boxes (percent) with their labels, as the matching takes them."""
+    return [LabeledBox(b.x1, b.y1, b.x2, b.y2, b.label) for b in result_boxes(result, from_names)]
 
 
 def _annotator(value: object) -> str | None:
