@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.errors import storage_error
+from backend.files import open_database
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -79,13 +80,9 @@ class EventStore:
     """Append-only log of webhook events; safe across threads and processes."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._db = open_database(path, _SCHEMA)
 
     def append(
         self, project_id: int, action: str, annotation_ids: tuple[int, ...], payload: dict[str, Any]

@@ -1,4 +1,5 @@
-"""OS plumbing every process shares: crash-safe writes, file locks, parent-death signals.
+"""OS plumbing every process shares: crash-safe writes, file locks, parent-death signals, the
+SQLite files under MODEL_DIR.
 
 A reader (another gunicorn worker, a training child, a restart after a crash) must see a file
 whole or not at all: `atomic_write` writes to a unique temporary name beside it, flushes it to
@@ -11,6 +12,7 @@ import ctypes
 import fcntl
 import os
 import signal
+import sqlite3
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,6 +20,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def open_database(path: Path, schema: str) -> sqlite3.Connection:
+    """A SQLite file that every process opens (web workers, the trainer, the CLI): WAL, so
+    readers and one writer overlap; waits up to 30 s for a lock; `schema` applied (it must
+    be idempotent: CREATE ... IF NOT EXISTS). Callers serialise their threads' use."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(schema)
+    return db
 
 
 def atomic_write(path: Path, data: bytes) -> Path:

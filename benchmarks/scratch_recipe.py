@@ -29,7 +29,7 @@ import numpy as np
 from backend.config import Settings
 from backend.logs import configure_logging
 from backend.training.trainer import evaluate
-from benchmarks.label_efficiency.cli import key_value
+from benchmarks.label_efficiency.cli import add_param_option
 from benchmarks.label_efficiency.config import BenchConfig
 from benchmarks.label_efficiency.runner import bench_settings
 from benchmarks.label_efficiency.simulation import Scenario, Trainer
@@ -88,6 +88,7 @@ def run(
                     "map50_shown": round(measured["shown"], 3),
                     "wall_s": round(wall, 1),
                     "train_s": details["durations"]["train_s"],
+                    "epochs": details["epochs"],
                 }
             )
             print(json.dumps(rows[-1]), flush=True)
@@ -99,14 +100,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--images", type=int, default=50)
     parser.add_argument("--workdir", type=Path, help="keep data and models here")
-    parser.add_argument(
-        "--param",
-        action="append",
-        type=key_value,
-        default=[],
-        metavar="KEY=VALUE",
-        help="a train_* extra param of the product recipe (repeatable)",
-    )
+    add_param_option(parser, "a train_* extra param of the product recipe (repeatable)")
     args = parser.parse_args()
     configure_logging("WARNING")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="scratch-recipe-"))

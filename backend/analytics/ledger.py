@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from backend.analytics.matching import Edit
 from backend.errors import storage_error
+from backend.files import open_database
 
 EDITS: tuple[str, ...] = tuple(e.value for e in Edit)
 
@@ -84,13 +85,9 @@ class AnnotationLedger:
     """The ledger file; safe across threads and processes (WAL, one writer at a time)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._db = open_database(path, _SCHEMA)
 
     def record(self, records: Iterable[AnnotationRecord]) -> int:
         """Store records, each replacing an earlier row of its annotation; returns how many.

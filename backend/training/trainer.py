@@ -12,7 +12,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from types import MappingProxyType
@@ -176,7 +176,7 @@ def train_and_register(
         )
     else:
         parent_weights, parent = None, f"random-init:{settings.model_yaml}"
-    candidate, size = _fine_tune(
+    candidate, size, epochs = _fine_tune(
         settings, params, parent_weights, data_yaml, run_dir, project_id, run_id, stats
     )
     t2 = time.perf_counter()
@@ -213,6 +213,7 @@ def train_and_register(
         "parent": parent,
         "classes": classes,
         "params": {**asdict(params), "image_size": size},
+        "epochs": epochs,  # run, and the best one kept (1-based; 0: no validation ran)
         "data": stats.as_dict(),
         "metrics": metrics,
         "live_metrics": live_metrics,
@@ -271,6 +272,28 @@ def gate_noise(candidate: float, live: float, val_boxes: int) -> float:
     return math.sqrt(2.0 * mean * (1.0 - mean) / val_boxes)
 
 
+def stop_rule(params: TrainParams, started: float, context: str) -> Callable[[Any], None]:
+    """The end-of-epoch callback that overrides ultralytics' stop decision (it reads
+    `trainer.stop` right after `on_fit_epoch_end`): no early stop before
+    `params.min_epochs` (a tiny dataset's fitness starts flat), and a stop once
+    `params.time_limit` seconds have passed since `started` (time.monotonic)."""
+
+    def on_fit_epoch_end(trainer: Any) -> None:
+        if trainer.epoch + 1 < min(params.min_epochs, trainer.epochs):
+            trainer.stop = False
+        if params.time_limit and time.monotonic() - started >= params.time_limit:
+            if not trainer.stop:
+                logger.info(
+                    "%s time limit %.0fs reached after epoch %d",
+                    context,
+                    params.time_limit,
+                    trainer.epoch + 1,
+                )
+            trainer.stop = True
+
+    return on_fit_epoch_end
+
+
 def _fine_tune(
     settings: Settings,
     params: TrainParams,
@@ -280,10 +303,10 @@ def _fine_tune(
     project_id: int,
     run_id: int,
     stats: ExportStats,
-) -> tuple[Path, int]:
+) -> tuple[Path, int, dict[str, int]]:
     """Train a fresh YOLO instance (never the serving one) from `parent`; returns the
-    weights and the image size they were trained at (TRAIN_IMAGE_SIZE, else the parent's,
-    else one chosen from the data's image and object sizes)."""
+    weights, the image size they were trained at (TRAIN_IMAGE_SIZE, else the parent's, else
+    one chosen from the data's image and object sizes) and the epochs run and kept."""
     from ultralytics import YOLO  # noqa: PLC0415  (after prepare_ultralytics)
 
     model = YOLO(str(parent) if parent is not None else settings.model_yaml, task="detect")
@@ -311,24 +334,12 @@ def _fine_tune(
             eta,
         )
 
-    def on_fit_epoch_end(trainer: Any) -> None:
-        if trainer.epoch + 1 < min(params.min_epochs, trainer.epochs):
-            trainer.stop = False  # too early to judge: a tiny dataset's fitness starts flat
-        if params.time_limit and time.monotonic() - started >= params.time_limit:
-            if not trainer.stop:
-                logger.info(
-                    "project=%s run=%s time limit %.0fs reached after epoch %d",
-                    project_id,
-                    run_id,
-                    params.time_limit,
-                    trainer.epoch + 1,
-                )
-            trainer.stop = True
-
     early_stopping = params.patience > 0
     model.add_callback("on_train_batch_end", on_batch_end)
     model.add_callback("on_train_epoch_end", on_epoch_end)
-    model.add_callback("on_fit_epoch_end", on_fit_epoch_end)
+    model.add_callback(
+        "on_fit_epoch_end", stop_rule(params, started, f"project={project_id} run={run_id}")
+    )
     model.train(
         data=str(data_yaml),
         epochs=params.epochs,
@@ -349,7 +360,9 @@ def _fine_tune(
     weights = folder / "best.pt" if (folder / "best.pt").is_file() else folder / "last.pt"
     if not weights.is_file():
         raise RuntimeError(f"training finished without weights in {folder}")
-    return weights, image_size
+    trained = model.trainer
+    epochs = {"trained": int(trained.epoch) + 1, "best": int(trained.stopper.best_epoch)}
+    return weights, image_size, epochs
 
 
 def _total_loss(loss: Any) -> float:

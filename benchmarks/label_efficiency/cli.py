@@ -44,6 +44,13 @@ def key_value(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def add_param_option(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """`--param KEY=VALUE`, repeatable, into `args.param` as (key, value) pairs."""
+    parser.add_argument(
+        "--param", action="append", type=key_value, default=[], metavar="KEY=VALUE", help=help_text
+    )
+
+
 def _variant(text: str) -> tuple[str, dict[str, Any]]:
     """NAME:KEY=VALUE[,KEY=VALUE...]."""
     name, sep, options = text.partition(":")
@@ -91,13 +98,9 @@ def _parser() -> argparse.ArgumentParser:
         "--jobs", type=int, help="parallel processes (each gets cores / jobs torch threads)"
     )
     parser.add_argument("--device", help="cpu (default) or cuda")
-    parser.add_argument(
-        "--param",
-        action="append",
-        type=key_value,
-        default=[],
-        metavar="KEY=VALUE",
-        help="an ML backend extra param for every simulated project (al_* queue or train_* "
+    add_param_option(
+        parser,
+        "an ML backend extra param for every simulated project (al_* queue or train_* "
         "recipe option, e.g. al_audit=false or train_patience=0); repeatable",
     )
     parser.add_argument(
