@@ -1,17 +1,25 @@
 """A Label Studio annotation -> its ledger record: its boxes against those of the prediction
-it started from (`parent_prediction`), matched one to one (`analytics.matching`). Pure: the
-caller fetches the task, annotation and prediction.
+it started from (`parent_prediction`). Pure: the caller fetches the task, annotation and
+prediction.
+
+The editor keeps a predicted region's id when the annotator leaves the region in (Label
+Studio 1.23, checked in tests/e2e/test_analytics.py), so a submitted region carrying a
+predicted region's id is that region: accepted when its box and label are unchanged,
+relabeled when its label changed, adjusted when only its box did (however far it moved).
+Regions without a shared id (drawn, deleted, or annotations made outside the editor) are
+matched one to one by IoU (`analytics.matching`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from backend.analytics.ledger import AnnotationRecord
-from backend.analytics.matching import LabeledBox, edit_counts, match_boxes
-from backend.labelstudio.regions import result_boxes
+from backend.analytics.matching import Edit, LabeledBox, edit_counts, match_boxes
+from backend.labelstudio.regions import RegionBox, result_boxes
 
 
 def parent_prediction_id(annotation: Mapping[str, Any]) -> int | None:
@@ -47,12 +55,13 @@ def annotation_record(
     if annotation_id is None:
         raise ValueError(f"annotation without an integer id: {annotation.get('id')!r}")
     cancelled = bool(annotation.get("was_cancelled"))
-    submitted, shown = [], []
+    submitted: list[RegionBox] = []
+    shown: list[RegionBox] = []
     if not cancelled:
-        submitted = labeled_boxes(annotation.get("result"), from_names)
+        submitted = result_boxes(annotation.get("result"), from_names)
         if prediction is not None:
-            shown = labeled_boxes(prediction.get("result"), from_names)
-    counts = edit_counts(match_boxes(shown, submitted))
+            shown = result_boxes(prediction.get("result"), from_names)
+    counts = region_edits(shown, submitted)
     return AnnotationRecord(
         annotation_id=annotation_id,
         project_id=int(project_id),
@@ -68,9 +77,46 @@ def annotation_record(
     )
 
 
+def region_edits(shown: Sequence[RegionBox], submitted: Sequence[RegionBox]) -> Counter[Edit]:
+    """The edits from the shown regions to the submitted ones: by region id where the two
+    share one, by IoU for the rest (see the module docstring)."""
+    by_id = {box.region_id: box for box in shown if box.region_id is not None}
+    counts: Counter[Edit] = Counter({edit: 0 for edit in Edit})
+    kept: set[str] = set()
+    unpaired = []
+    for box in submitted:
+        before = by_id.get(box.region_id) if box.region_id is not None else None
+        if before is None or box.region_id in kept:
+            unpaired.append(box)
+            continue
+        kept.add(str(box.region_id))
+        if before.label != box.label:
+            counts[Edit.RELABELED] += 1
+        elif _same_place(before, box):
+            counts[Edit.ACCEPTED] += 1
+        else:
+            counts[Edit.ADJUSTED] += 1
+    rest = [box for box in shown if box.region_id is None or box.region_id not in kept]
+    counts.update(edit_counts(match_boxes(_labeled(rest), _labeled(unpaired))))
+    return counts
+
+
 def labeled_boxes(result: object, from_names: Collection[str]) -> list[LabeledBox]:
     """A result's boxes (percent) with their labels, as the matching takes them."""
-    return [LabeledBox(b.x1, b.y1, b.x2, b.y2, b.label) for b in result_boxes(result, from_names)]
+    return _labeled(result_boxes(result, from_names))
+
+
+def _labeled(boxes: Sequence[RegionBox]) -> list[LabeledBox]:
+    return [LabeledBox(b.x1, b.y1, b.x2, b.y2, b.label) for b in boxes]
+
+
+SAME_PLACE_PERCENT = 0.01  # closer than this (0.1 px on a 1000 px image) is not a move
+
+
+def _same_place(a: RegionBox, b: RegionBox) -> bool:
+    """The same rectangle, up to the editor's rounding."""
+    corners = zip((a.x1, a.y1, a.x2, a.y2), (b.x1, b.y1, b.x2, b.y2), strict=True)
+    return all(abs(p - q) < SAME_PLACE_PERCENT for p, q in corners)
 
 
 def _annotator(value: object) -> str | None:

@@ -25,13 +25,16 @@ class RegionSkipped(ValueError):
 
 @dataclass(frozen=True)
 class RegionBox:
-    """One rectangle in percent of the image, with its first label."""
+    """One rectangle in percent of the image, with its first label and the region's id (the
+    editor keeps a predicted region's id in the annotation: Label Studio 1.23, checked in
+    tests/e2e/test_analytics.py)."""
 
     x1: float
     y1: float
     x2: float
     y2: float
     label: str
+    region_id: str | None
     clipped: bool  # part of the drawn rectangle lay outside the image
 
 
@@ -60,7 +63,16 @@ def region_box(region: Mapping[str, Any]) -> RegionBox:
     x2, y2 = min(100.0, x + w), min(100.0, y + h)
     if x2 - x1 <= MIN_SIDE_PERCENT or y2 - y1 <= MIN_SIDE_PERCENT:
         raise RegionSkipped("box outside the image")
-    return RegionBox(x1, y1, x2, y2, labels[0], clipped=(x1, y1, x2, y2) != (x, y, x + w, y + h))
+    region_id = region.get("id")
+    return RegionBox(
+        x1,
+        y1,
+        x2,
+        y2,
+        labels[0],
+        None if region_id is None else str(region_id),
+        clipped=(x1, y1, x2, y2) != (x, y, x + w, y + h),
+    )
 
 
 def result_boxes(result: object, from_names: Collection[str]) -> list[RegionBox]:

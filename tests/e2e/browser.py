@@ -131,3 +131,50 @@ def screenshot_page(
             return str(page.inner_text("body"))
         finally:
             browser.close()
+
+
+def submit_task_unchanged(
+    base_url: str,
+    username: str,
+    password: str,
+    project_id: int,
+    task_id: int,
+    regions: int,
+    screenshot: Path,
+    *,
+    chromium: Path = CHROMIUM,
+    timeout_s: float = 60.0,
+) -> None:
+    """Log in, open a task whose prediction shows `regions` boxes, and press Submit without
+    touching anything: the annotation an annotator who accepts every box creates."""
+    from playwright.sync_api import sync_playwright
+
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.set_default_timeout(timeout_s * 1000)
+            page.goto(f"{base_url}/user/login/")
+            page.fill("input[name=email]", username)
+            page.fill("input[name=password]", password)
+            page.click("button[type=submit]")
+            page.wait_for_url(lambda url: "/user/login" not in url)
+            page.goto(f"{base_url}/projects/{project_id}/data?task={task_id}")
+            page.wait_for_function(_IMAGE_SHOWN)
+            page.wait_for_function(_ENTRIES_AT_LEAST, arg=regions)
+            page.wait_for_timeout(1500)  # a moment "spent" on the task: a lead_time above 0
+            page.screenshot(path=str(screenshot), full_page=True)
+            with page.expect_response(
+                lambda answer: (
+                    f"/api/tasks/{task_id}/annotations" in answer.url
+                    and answer.request.method == "POST"
+                )
+            ) as posted:
+                page.get_by_role("button", name="Submit").first.click()
+            if posted.value.status != 201:
+                raise BrowserError(f"Submit answered HTTP {posted.value.status}")
+        finally:
+            browser.close()

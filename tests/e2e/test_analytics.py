@@ -1,8 +1,9 @@
 """The annotation ledger against a real Label Studio: annotations posted through the REST API
 (a stored prediction accepted, moved, relabeled, cut down and added to; a skipped task; boxes
-drawn without a prediction) reach a running backend by webhook and land in its ledger with
-exactly those counts and lead times; `analytics backfill` finds the same, and the analytics
-page shows them in headless Chromium (screenshot: test-output/analytics-page.png)."""
+drawn without a prediction) and one submitted untouched from the editor in headless Chromium
+reach a running backend by webhook and land in its ledger with exactly those counts and lead
+times; `analytics backfill` finds the same, and the analytics page shows them (screenshot:
+test-output/analytics-page.png)."""
 
 from __future__ import annotations
 
@@ -22,11 +23,12 @@ from devkit.demo import BackendServer
 from devkit.local_label_studio import REPO_ROOT, LocalLabelStudio, find_free_port
 from tests.conftest import BOX_CONFIG
 
-from .browser import screenshot_page
+from .browser import screenshot_page, submit_task_unchanged
 
 
-def rect(x: float, y: float, label: str) -> dict[str, Any]:
+def rect(x: float, y: float, label: str, region_id: str | None = None) -> dict[str, Any]:
     return {
+        **({"id": region_id} if region_id else {}),
         "from_name": "label",
         "to_name": "image",
         "type": "rectanglelabels",
@@ -77,7 +79,7 @@ def test_annotations_reach_the_ledger_with_their_edits(
     chromium: Path,
     test_output_dir: Path,
 ) -> None:
-    files = write_images(ls_document_root / f"analytics-{tmp_path.name}", 3, seed=41)
+    files = write_images(ls_document_root / f"analytics-{tmp_path.name}", 4, seed=41)
     project = label_studio.create_project("e2e analytics", BOX_CONFIG)
     tasks = label_studio.import_images(project, [p for p, _ in files])
     env = {
@@ -123,8 +125,42 @@ def test_annotations_reach_the_ledger_with_their_edits(
             {"result": [rect(20, 20, "Circle"), rect(50, 50, "Square")], "lead_time": 51.0},
         )
 
+        # An annotator who opens the task in the editor and submits its boxes untouched.
+        editor_shown = [rect(15, 15, "Square", "pa"), rect(55, 55, "Circle", "pb")]
+        editor_prediction = post(
+            label_studio,
+            "/api/predictions/",
+            {"task": tasks[3], "result": editor_shown, "model_version": "v-e2e", "score": 0.4},
+        )
+        submit_task_unchanged(
+            label_studio.url,
+            label_studio.username,
+            label_studio.password,
+            project,
+            tasks[3],
+            2,
+            test_output_dir / "analytics-editor-submit.png",
+            chromium=chromium,
+        )
+        from_editor = requests.get(
+            f"{label_studio.url}/api/tasks/{tasks[3]}/annotations/",
+            headers=label_studio.auth_headers(),
+            timeout=30,
+        ).json()[0]
+        assert from_editor["parent_prediction"] == editor_prediction["id"]
+        assert from_editor["lead_time"] > 0
+        # Label Studio 1.23 keeps an untouched predicted region's id in the annotation:
+        assert sorted(r["id"] for r in from_editor["result"]) == ["pa", "pb"]
+
         ledger_path = ModelDir(tmp_path / "models").annotation_ledger
-        rows = {r.annotation_id: r for r in wait_for_rows(ledger_path, project, 3, 60.0)}
+        rows = {r.annotation_id: r for r in wait_for_rows(ledger_path, project, 4, 60.0)}
+        assert rows[from_editor["id"]].edits == {
+            "accepted": 2,
+            "adjusted": 0,
+            "relabeled": 0,
+            "deleted": 0,
+            "drawn": 0,
+        }
 
         assert rows[first["id"]].edits == {
             "accepted": 1,
@@ -145,14 +181,14 @@ def test_annotations_reach_the_ledger_with_their_edits(
         }
 
         backfill = cli(env, "backfill", project)
-        assert f"project {project}: 3 annotations recorded" in backfill
+        assert f"project {project}: 4 annotations recorded" in backfill
         again = {r.annotation_id: r for r in AnnotationLedger(ledger_path).records(project)}
         assert {k: (v.edits, v.lead_time) for k, v in again.items()} == {
             k: (v.edits, v.lead_time) for k, v in rows.items()
         }
         figures = requests.get(f"{server.url}/metrics", timeout=30).json()["projects"]
         overall = figures[str(project)]["annotations"]["overall"]
-        assert (overall["annotations"], overall["accepted"], overall["drawn"]) == (3, 1, 3)
+        assert (overall["annotations"], overall["accepted"], overall["drawn"]) == (4, 3, 3)
         report = cli(env, "report", project)
         assert "v-e2e" in report and "(none)" in report
 

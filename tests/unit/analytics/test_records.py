@@ -58,6 +58,18 @@ def test_each_box_becomes_one_edit() -> None:
     assert row.annotated_at == 1796119200.0
 
 
+def test_a_shared_region_id_decides_before_iou() -> None:
+    # the editor keeps a predicted region's id: a far move is still that box, adjusted, and a
+    # nudge that keeps IoU above 0.9 is a move too; without ids IoU decides
+    moved = annotation(result=[region(60, 60, "Car", "a"), region(40.2, 10, "Car", "b")])
+    row = annotation_record(2, 17, moved, PREDICTION, {"label"})
+    assert row.edits == {"accepted": 0, "adjusted": 2, "relabeled": 0, "deleted": 2, "drawn": 0}
+    unnamed = {**PREDICTION, "result": [r | {"id": None} for r in PREDICTION["result"]]}
+    same = annotation(result=[region(10, 10, "Car", "x"), region(40.2, 10, "Car", "y")])
+    row = annotation_record(2, 17, same, unnamed, {"label"})
+    assert row.edits == {"accepted": 2, "adjusted": 0, "relabeled": 0, "deleted": 2, "drawn": 0}
+
+
 def test_without_a_prediction_every_box_is_drawn() -> None:
     row = annotation_record(2, 17, annotation(parent_prediction=None), None, {"label"})
     assert row.edits == {"accepted": 0, "adjusted": 0, "relabeled": 0, "deleted": 0, "drawn": 4}

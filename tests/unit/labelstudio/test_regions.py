@@ -15,7 +15,7 @@ def rect(**value: object) -> dict:
 def test_a_plain_box() -> None:
     box = region_box(rect())
     assert (box.x1, box.y1, box.x2, box.y2, box.label) == (10, 20, 40, 60, "Car")
-    assert box.clipped is False
+    assert (box.region_id, box.clipped) == ("r1", False)
 
 
 def test_a_box_over_the_edge_is_clipped_and_a_rotated_one_is_its_envelope() -> None:
