@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +46,39 @@ def find_chromium() -> Path | None:
     return Path(found) if found else None
 
 
+@contextmanager
+def _page(chromium: Path, timeout_s: float, screenshot: Path) -> Iterator[Any]:
+    """A page of a fresh headless Chromium, closed afterwards; `screenshot`'s folder made."""
+    # Imported here so the e2e tests that need no browser still run without Playwright.
+    from playwright.sync_api import sync_playwright
+
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.set_default_timeout(timeout_s * 1000)
+            yield page
+        finally:
+            browser.close()
+
+
+def _open_task(
+    page: Any, base_url: str, username: str, password: str, project: int, task: int
+) -> None:
+    """Log into Label Studio and open a task in the labeling editor, its image decoded."""
+    page.goto(f"{base_url}/user/login/")
+    page.fill("input[name=email]", username)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    page.wait_for_url(lambda url: "/user/login" not in url)
+    logger.debug("Logged into %s as %s", base_url, username)
+    page.goto(f"{base_url}/projects/{project}/data?task={task}")
+    page.wait_for_function(_IMAGE_SHOWN)
+
+
 def count_task_regions(
     base_url: str,
     username: str,
@@ -62,47 +98,27 @@ def count_task_regions(
     A full-page screenshot is written to ``screenshot`` in every case, failures included, so a
     failed run leaves something to look at.
     """
-    # Imported here so the e2e tests that need no browser still run without Playwright.
     from playwright.sync_api import Error as PlaywrightError
-    from playwright.sync_api import sync_playwright
 
-    timeout_ms = timeout_s * 1000
-    screenshot.parent.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True
-        )
+    with _page(chromium, timeout_s, screenshot) as page:
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.set_default_timeout(timeout_ms)
-            try:
-                page.goto(f"{base_url}/user/login/")
-                page.fill("input[name=email]", username)
-                page.fill("input[name=password]", password)
-                page.click("button[type=submit]")
-                page.wait_for_url(lambda url: "/user/login" not in url)
-                logger.debug("Logged into %s as %s", base_url, username)
-
-                page.goto(f"{base_url}/projects/{project_id}/data?task={task_id}")
-                page.wait_for_function(_IMAGE_SHOWN)
-                page.wait_for_selector(".lsf-outliner")
-                if expected_regions:
-                    page.wait_for_function(_ENTRIES_AT_LEAST, arg=expected_regions)
-                count = page.locator(REGION_ENTRY).count()
-            except PlaywrightError as error:
-                raise BrowserError(
-                    f"task {task_id} of project {project_id} did not show in the editor at "
-                    f"{page.url} (screenshot {screenshot}): {error.message.splitlines()[0]}"
-                ) from error
-            finally:
-                try:
-                    page.screenshot(path=str(screenshot), full_page=True)
-                except PlaywrightError as error:
-                    logger.warning("No screenshot of task %d: %s", task_id, error.message)
+            _open_task(page, base_url, username, password, project_id, task_id)
+            page.wait_for_selector(".lsf-outliner")
+            if expected_regions:
+                page.wait_for_function(_ENTRIES_AT_LEAST, arg=expected_regions)
+            count = page.locator(REGION_ENTRY).count()
+        except PlaywrightError as error:
+            raise BrowserError(
+                f"task {task_id} of project {project_id} did not show in the editor at "
+                f"{page.url} (screenshot {screenshot}): {error.message.splitlines()[0]}"
+            ) from error
         finally:
-            browser.close()
+            try:
+                page.screenshot(path=str(screenshot), full_page=True)
+            except PlaywrightError as error:
+                logger.warning("No screenshot of task %d: %s", task_id, error.message)
     logger.info("Task %d shows %d region entries; screenshot %s", task_id, count, screenshot)
-    return count
+    return int(count)
 
 
 def screenshot_page(
@@ -115,22 +131,11 @@ def screenshot_page(
 ) -> str:
     """Open `url`, wait for the selector `wait_for`, save a full-page screenshot and return
     the page's visible text."""
-    from playwright.sync_api import sync_playwright
-
-    screenshot.parent.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            page = browser.new_page(viewport={"width": 1300, "height": 900})
-            page.set_default_timeout(timeout_s * 1000)
-            page.goto(url)
-            page.wait_for_selector(wait_for)
-            page.screenshot(path=str(screenshot), full_page=True)
-            return str(page.inner_text("body"))
-        finally:
-            browser.close()
+    with _page(chromium, timeout_s, screenshot) as page:
+        page.goto(url)
+        page.wait_for_selector(wait_for)
+        page.screenshot(path=str(screenshot), full_page=True)
+        return str(page.inner_text("body"))
 
 
 def submit_task_unchanged(
@@ -146,35 +151,19 @@ def submit_task_unchanged(
     timeout_s: float = 60.0,
 ) -> None:
     """Log in, open a task whose prediction shows `regions` boxes, and press Submit without
-    touching anything: the annotation an annotator who accepts every box creates."""
-    from playwright.sync_api import sync_playwright
-
-    screenshot.parent.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.set_default_timeout(timeout_s * 1000)
-            page.goto(f"{base_url}/user/login/")
-            page.fill("input[name=email]", username)
-            page.fill("input[name=password]", password)
-            page.click("button[type=submit]")
-            page.wait_for_url(lambda url: "/user/login" not in url)
-            page.goto(f"{base_url}/projects/{project_id}/data?task={task_id}")
-            page.wait_for_function(_IMAGE_SHOWN)
-            page.wait_for_function(_ENTRIES_AT_LEAST, arg=regions)
-            page.wait_for_timeout(1500)  # a moment "spent" on the task: a lead_time above 0
-            page.screenshot(path=str(screenshot), full_page=True)
-            with page.expect_response(
-                lambda answer: (
-                    f"/api/tasks/{task_id}/annotations" in answer.url
-                    and answer.request.method == "POST"
-                )
-            ) as posted:
-                page.get_by_role("button", name="Submit").first.click()
-            if posted.value.status != 201:
-                raise BrowserError(f"Submit answered HTTP {posted.value.status}")
-        finally:
-            browser.close()
+    touching anything: the annotation an annotator who accepts every box creates (the
+    screenshot shows the editor just before)."""
+    with _page(chromium, timeout_s, screenshot) as page:
+        _open_task(page, base_url, username, password, project_id, task_id)
+        page.wait_for_function(_ENTRIES_AT_LEAST, arg=regions)
+        page.wait_for_timeout(1500)  # a moment "spent" on the task: a lead_time above 0
+        page.screenshot(path=str(screenshot), full_page=True)
+        with page.expect_response(
+            lambda answer: (
+                f"/api/tasks/{task_id}/annotations" in answer.url
+                and answer.request.method == "POST"
+            )
+        ) as posted:
+            page.get_by_role("button", name="Submit").first.click()
+        if posted.value.status != 201:
+            raise BrowserError(f"Submit answered HTTP {posted.value.status}")
