@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 
-from backend.analytics.report import project_report, render
+from backend.analytics.report import read_report, render
 from backend.config import Settings
 from backend.errors import BackendError
 from backend.jobs.ledger_sync import backfill
@@ -133,7 +133,7 @@ def _analytics(args: argparse.Namespace, settings: Settings) -> int:
             )
         )
         return 0
-    report = project_report(args.project, services.ledger.table(args.project))
+    report = read_report(services.ledger, args.project)
     print(json.dumps(report.as_dict(), indent=2) if args.json else render(report), end="")
     return 0
 

@@ -10,7 +10,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,14 @@ CREATE TABLE IF NOT EXISTS annotations (
     recorded_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS annotations_project ON annotations (project_id, annotation_id);
+CREATE TABLE IF NOT EXISTS boxes (
+    annotation_id INTEGER NOT NULL,
+    side TEXT NOT NULL,
+    label TEXT NOT NULL,
+    score REAL,
+    hit INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS boxes_annotation ON boxes (annotation_id);
 CREATE TABLE IF NOT EXISTS sync_state (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 _COLUMNS = (
@@ -55,6 +63,21 @@ _COLUMNS = (
     "annotated_at",
     "recorded_at",
 )
+
+
+SHOWN, SUBMITTED = "shown", "submitted"
+
+
+@dataclass(frozen=True)
+class LedgerBox:
+    """One box of an annotation's comparison: a shown (predicted) box with its confidence and
+    whether the annotator kept it, or a submitted box (what a precision-recall curve counts
+    as the truth)."""
+
+    side: str  # SHOWN or SUBMITTED
+    label: str
+    score: float | None = None  # shown boxes: the prediction's confidence, if it had one
+    hit: bool = False  # shown boxes: kept with its label (accepted or adjusted)
 
 
 @dataclass(frozen=True)
@@ -75,6 +98,7 @@ class AnnotationRecord:
     cancelled: bool = False
     annotated_at: float | None = None
     recorded_at: float = field(default_factory=time.time)
+    boxes: tuple[LedgerBox, ...] = ()
 
     def __post_init__(self) -> None:
         if set(self.edits) != set(EDITS) or any(n < 0 for n in self.edits.values()):
@@ -103,7 +127,35 @@ class AnnotationLedger:
                 " ORDER BY annotation_id",
                 (int(project_id),),
             ).fetchall()
-        return [_record(row) for row in rows]
+            box_rows = self._db.execute(
+                "SELECT b.annotation_id, b.side, b.label, b.score, b.hit FROM boxes b"
+                " JOIN annotations a USING (annotation_id) WHERE a.project_id = ?"
+                " ORDER BY b.rowid",
+                (int(project_id),),
+            ).fetchall()
+        boxes: dict[int, list[LedgerBox]] = {}
+        for annotation_id, side, label, score, hit in box_rows:
+            boxes.setdefault(annotation_id, []).append(LedgerBox(side, label, score, bool(hit)))
+        return [replace(_record(row), boxes=tuple(boxes.get(row[0], ()))) for row in rows]
+
+    def box_table(self, project_id: int) -> dict[str, npt.NDArray[Any]]:
+        """The project's boxes as columns: model_version of their annotation's prediction
+        (object, None where none), side, label, score (NaN where none) and hit."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT a.model_version, b.side, b.label, COALESCE(b.score, 'nan'), b.hit"
+                " FROM boxes b JOIN annotations a USING (annotation_id)"
+                " WHERE a.project_id = ? AND a.cancelled = 0",
+                (int(project_id),),
+            ).fetchall()
+        columns = np.array(rows, dtype=object).reshape(-1, 5)
+        return {
+            "model_version": columns[:, 0],
+            "side": columns[:, 1].astype(str),
+            "label": columns[:, 2].astype(str),
+            "score": columns[:, 3].astype(np.float64),
+            "hit": columns[:, 4].astype(bool),
+        }
 
     def table(self, project_id: int) -> dict[str, npt.NDArray[Any]]:
         """The columns the report reads, for the project's rows (oldest annotation id first),
@@ -153,7 +205,8 @@ class AnnotationLedger:
     def _write(
         self, records: Iterable[AnnotationRecord], forgotten: Iterable[int], cursor: int | None
     ) -> int:
-        rows = [_row(r) for r in records]
+        written = list(records)
+        rows = [_row(r) for r in written]
         marks = ", ".join("?" for _ in _COLUMNS)
         try:
             with self._lock, self._db:
@@ -161,9 +214,20 @@ class AnnotationLedger:
                     f"INSERT OR REPLACE INTO annotations ({', '.join(_COLUMNS)}) VALUES ({marks})",
                     rows,
                 )
+                gone = [(r.annotation_id,) for r in written] + [(int(i),) for i in forgotten]
+                self._db.executemany("DELETE FROM boxes WHERE annotation_id = ?", gone)
                 self._db.executemany(
                     "DELETE FROM annotations WHERE annotation_id = ?",
                     [(int(i),) for i in forgotten],
+                )
+                self._db.executemany(
+                    "INSERT INTO boxes (annotation_id, side, label, score, hit)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    [
+                        (r.annotation_id, b.side, b.label, b.score, int(b.hit))
+                        for r in written
+                        for b in r.boxes
+                    ],
                 )
                 if cursor is not None:
                     self._db.execute(

@@ -17,8 +17,8 @@ from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from backend.analytics.ledger import AnnotationRecord
-from backend.analytics.matching import Edit, LabeledBox, edit_counts, match_boxes
+from backend.analytics.ledger import SHOWN, SUBMITTED, AnnotationRecord, LedgerBox
+from backend.analytics.matching import Edit, LabeledBox, match_boxes
 from backend.labelstudio.regions import RegionBox, result_boxes
 
 
@@ -61,7 +61,11 @@ def annotation_record(
         submitted = result_boxes(annotation.get("result"), from_names)
         if prediction is not None:
             shown = result_boxes(prediction.get("result"), from_names)
-    counts = region_edits(shown, submitted)
+    counts, fates = region_edits(shown, submitted)
+    boxes = tuple(
+        LedgerBox(SHOWN, box.label, box.score, fate in (Edit.ACCEPTED, Edit.ADJUSTED))
+        for box, fate in zip(shown, fates, strict=True)
+    ) + tuple(LedgerBox(SUBMITTED, box.label) for box in submitted)
     return AnnotationRecord(
         annotation_id=annotation_id,
         project_id=int(project_id),
@@ -74,31 +78,40 @@ def annotation_record(
         queue_position=queue_position,
         cancelled=cancelled,
         annotated_at=_timestamp(annotation.get("updated_at") or annotation.get("created_at")),
+        boxes=boxes,
     )
 
 
-def region_edits(shown: Sequence[RegionBox], submitted: Sequence[RegionBox]) -> Counter[Edit]:
-    """The edits from the shown regions to the submitted ones: by region id where the two
-    share one, by IoU for the rest (see the module docstring)."""
-    by_id = {box.region_id: box for box in shown if box.region_id is not None}
+def region_edits(
+    shown: Sequence[RegionBox], submitted: Sequence[RegionBox]
+) -> tuple[Counter[Edit], list[Edit]]:
+    """The edits from the shown regions to the submitted ones, by region id where the two
+    share one and by IoU for the rest (see the module docstring), and what became of each
+    shown region (accepted, adjusted, relabeled or deleted), in `shown`'s order."""
+    fates: list[Edit | None] = [None] * len(shown)
+    by_id = {box.region_id: i for i, box in enumerate(shown) if box.region_id is not None}
     counts: Counter[Edit] = Counter({edit: 0 for edit in Edit})
-    kept: set[str] = set()
     unpaired = []
     for box in submitted:
-        before = by_id.get(box.region_id) if box.region_id is not None else None
-        if before is None or box.region_id in kept:
+        i = by_id.get(box.region_id) if box.region_id is not None else None
+        if i is None or fates[i] is not None:
             unpaired.append(box)
             continue
-        kept.add(str(box.region_id))
+        before = shown[i]
         if before.label != box.label:
-            counts[Edit.RELABELED] += 1
+            fate = Edit.RELABELED
         elif _same_place(before, box):
-            counts[Edit.ACCEPTED] += 1
+            fate = Edit.ACCEPTED
         else:
-            counts[Edit.ADJUSTED] += 1
-    rest = [box for box in shown if box.region_id is None or box.region_id not in kept]
-    counts.update(edit_counts(match_boxes(_labeled(rest), _labeled(unpaired))))
-    return counts
+            fate = Edit.ADJUSTED
+        fates[i] = fate
+        counts[fate] += 1
+    rest = [i for i, fate in enumerate(fates) if fate is None]
+    for edit in match_boxes(_labeled([shown[i] for i in rest]), _labeled(unpaired)):
+        counts[edit.edit] += 1
+        if edit.shown is not None:
+            fates[rest[edit.shown]] = edit.edit
+    return counts, [fate or Edit.DELETED for fate in fates]
 
 
 def labeled_boxes(result: object, from_names: Collection[str]) -> list[LabeledBox]:

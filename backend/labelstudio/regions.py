@@ -36,6 +36,7 @@ class RegionBox:
     label: str
     region_id: str | None
     clipped: bool  # part of the drawn rectangle lay outside the image
+    score: float | None = None  # a predicted region's confidence, when it has one
 
 
 def region_box(region: Mapping[str, Any]) -> RegionBox:
@@ -63,7 +64,7 @@ def region_box(region: Mapping[str, Any]) -> RegionBox:
     x2, y2 = min(100.0, x + w), min(100.0, y + h)
     if x2 - x1 <= MIN_SIDE_PERCENT or y2 - y1 <= MIN_SIDE_PERCENT:
         raise RegionSkipped("box outside the image")
-    region_id = region.get("id")
+    region_id, score = region.get("id"), region.get("score")
     return RegionBox(
         x1,
         y1,
@@ -72,6 +73,7 @@ def region_box(region: Mapping[str, Any]) -> RegionBox:
         labels[0],
         None if region_id is None else str(region_id),
         clipped=(x1, y1, x2, y2) != (x, y, x + w, y + h),
+        score=None if isinstance(score, bool) or not isinstance(score, int | float) else score,
     )
 
 

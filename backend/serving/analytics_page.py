@@ -14,14 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from backend.analytics.report import (
-    NO_PREDICTION,
-    Figures,
-    ProjectReport,
-    Table,
-    render,
-    seconds_saved,
-)
+from backend.analytics.report import NO_PREDICTION, Figures, ProjectReport, render
 
 _STYLE = """
 body { font-family: sans-serif; margin: 2em; color: #222; }
@@ -42,13 +35,14 @@ _COLUMNS = (
     ("acceptance_rate", "accepted %"),
     ("precision", "precision"),
     ("recall", "recall"),
+    ("map50", "mAP@0.5"),
     ("seconds_per_task", "s / task"),
     ("seconds_saved", "minutes saved"),
 )
 
 
-def analytics_html(report: ProjectReport, table: Table) -> str:
-    """The page of one project's report; `table` is the ledger columns it was made from."""
+def analytics_html(report: ProjectReport) -> str:
+    """The page of one project's report."""
     title = f"Project {report.project_id}: what the pre-annotations saved"
     summary = html.escape(render(report).split("\n\n")[0])
     parts = [
@@ -57,7 +51,7 @@ def analytics_html(report: ProjectReport, table: Table) -> str:
         f"<pre>{summary}</pre>",
     ]
     if report.overall.annotations:
-        plots = _plots(report, table)
+        plots = _plots(report)
         parts.append(f"<img alt='figures over annotations and versions' src='{plots}'>")
     else:
         parts.append("<p>No annotations recorded yet.</p>")
@@ -85,7 +79,7 @@ def _cell(figures: Figures, key: str) -> str:
         return "-"
     if key == "acceptance_rate":
         return f"{value:.0%}"
-    if key in ("precision", "recall"):
+    if key in ("precision", "recall", "map50"):
         return f"{value:.2f}"
     if key == "seconds_per_task":
         return f"{value:.1f}"
@@ -94,12 +88,11 @@ def _cell(figures: Figures, key: str) -> str:
     return str(value)
 
 
-def _plots(report: ProjectReport, table: Table) -> str:
+def _plots(report: ProjectReport) -> str:
     """Cumulative minutes saved over annotations, and acceptance and seconds per version."""
     figure = Figure(figsize=(11, 3.8), dpi=90)
     saved_ax, version_ax = figure.subplots(1, 2)
-    everything = np.ones(table["cancelled"].shape[0], dtype=bool)
-    saved = seconds_saved(table, everything, report.time_model)
+    saved = report.saved_by_annotation
     saved_ax.plot(np.arange(1, saved.size + 1), np.cumsum(saved) / 60.0, color="#1f77b4")
     saved_ax.set(
         title="Minutes saved against drawing every box",

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from backend.analytics.report import project_report
+from backend.analytics.report import read_report
 from backend.errors import BadRequest, ImageError, storage_error
 from backend.labelstudio import format as ls_format
 from backend.labelstudio.images import LoadedImage
@@ -350,7 +350,7 @@ class MLService:
                 "queued_events": pending.get(pid, 0),
                 "last_training": last,
                 "annotations": (
-                    _without_project(project_report(pid, self.ledger.table(pid)).as_dict())
+                    _without_project(read_report(self.ledger, pid).as_dict())
                     if pid in annotated
                     else None
                 ),
@@ -359,8 +359,7 @@ class MLService:
 
     def analytics_page(self, project_id: int) -> str:
         """The project's annotation analytics as an HTML page (see `analytics_page`)."""
-        table = self.ledger.table(project_id)
-        return analytics_html(project_report(project_id, table), table)
+        return analytics_html(read_report(self.ledger, project_id))
 
     # -- helpers ---------------------------------------------------------------------------
     @staticmethod

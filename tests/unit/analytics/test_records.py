@@ -56,6 +56,15 @@ def test_each_box_becomes_one_edit() -> None:
     assert (row.annotator, row.prediction_id, row.model_version) == ("4", 55, "v3")
     assert (row.lead_time, row.queue_position, row.cancelled) == (31.5, 3, False)
     assert row.annotated_at == 1796119200.0
+    # what a precision-recall curve needs: each shown box kept or not, each submitted label
+    shown = [(b.label, b.hit) for b in row.boxes if b.side == "shown"]
+    assert shown == [("Car", True), ("Car", True), ("Car", False), ("Car", False)]
+    assert sorted(b.label for b in row.boxes if b.side == "submitted") == [
+        "Car",
+        "Car",
+        "Person",
+        "Truck",
+    ]
 
 
 def test_a_shared_region_id_decides_before_iou() -> None:

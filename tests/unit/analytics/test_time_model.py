@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from backend.analytics.cost import ActionSeconds, fit_action_seconds
-from backend.analytics.ledger import EDITS, AnnotationLedger, AnnotationRecord
-from backend.analytics.report import group_figures, project_report, render
+from backend.analytics.ledger import EDITS, AnnotationLedger, AnnotationRecord, LedgerBox
+from backend.analytics.report import average_precision, group_figures, read_report, render
 
 TRUE = ActionSeconds(
     accepted=2.0, adjusted=6.0, relabeled=4.0, deleted=1.5, drawn=18.0, per_image=5.0
@@ -79,7 +80,7 @@ def test_the_report_counts_rates_and_seconds_saved(tmp_path: Path) -> None:
     ]
     ledger = AnnotationLedger(tmp_path / "a.sqlite3")
     ledger.record(rows)
-    report = project_report(1, ledger.table(1))
+    report = read_report(ledger, 1)
     assert report.time_model.published  # 3 timed annotations: published seconds
     v1 = next(f for f in report.by_version if f.group == "v1")
     # shown: 3+1+1 + 1+1 + 2 = 9; kept as shown: 3+1+2 = 6; hits (kept or adjusted): 7
@@ -97,4 +98,34 @@ def test_the_report_counts_rates_and_seconds_saved(tmp_path: Path) -> None:
     assert "By model version" in text and "67%" in text
     nothing = np.zeros(4, dtype=bool)
     assert group_figures("x", ledger.table(1), nothing, report.time_model).boxes_per_task is None
-    assert project_report(2, ledger.table(2)).overall.annotations == 0
+    assert read_report(ledger, 2).overall.annotations == 0
+
+
+def test_average_precision_counts_missed_objects() -> None:
+    # ranked: hit, miss, hit; 3 objects: precision 1 to recall 1/3, then 2/3 to recall 2/3
+    ap = average_precision(np.array([0.9, 0.8, 0.7]), np.array([True, False, True]), 3)
+    assert ap == pytest.approx(1 / 3 + (1 / 3) * (2 / 3))
+    unscored = average_precision(np.array([np.nan, 0.5]), np.array([False, True]), 1)
+    assert unscored == pytest.approx(1.0)  # a box without a score ranks last
+    assert average_precision(np.zeros(0), np.zeros(0, dtype=bool), 2) == 0.0
+    with pytest.raises(ValueError, match="at least one object"):
+        average_precision(np.zeros(0), np.zeros(0, dtype=bool), 0)
+
+
+def test_map50_per_version_from_the_ledgers_boxes(tmp_path: Path) -> None:
+    shown_kept = LedgerBox("shown", "Car", 0.9, True)
+    shown_wrong = LedgerBox("shown", "Car", 0.95, False)
+    truth = LedgerBox("submitted", "Car")
+    person = LedgerBox("submitted", "Person")
+    rows = [
+        replace(row(1, "v1", "a", 5.0, accepted=1), boxes=(shown_kept, truth)),
+        replace(row(2, "v2", "a", 5.0, deleted=1, drawn=2), boxes=(shown_wrong, truth, person)),
+    ]
+    ledger = AnnotationLedger(tmp_path / "a.sqlite3")
+    ledger.record(rows)
+    assert ledger.records(1)[1].boxes == (shown_wrong, truth, person)
+    report = read_report(ledger, 1)
+    v1, v2 = report.by_version
+    assert (v1.map50, v2.map50) == (1.0, 0.0)
+    # together, Car: the wrong box ranks first (precision 1/2 at recall 1/2), Person: 0
+    assert report.overall.map50 == pytest.approx((0.25 + 0.0) / 2)
