@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from backend.analytics.cost import FittedSeconds, fit_action_seconds
-from backend.analytics.ledger import SHOWN, SUBMITTED, AnnotationLedger
+from backend.analytics.ledger import AnnotationLedger
 from backend.analytics.matching import Edit
 
 NO_PREDICTION = "(none)"  # the version of annotations drawn without a prediction
@@ -90,14 +90,15 @@ def project_report(project_id: int, table: Table, boxes: Table) -> ProjectReport
     model = fit_action_seconds(counts[timed], table["lead_time"][timed])
     everything = np.ones(counts.shape[0], dtype=bool)
     versions = _labels(table["model_version"], NO_PREDICTION)
-    box_versions = _labels(boxes["model_version"], NO_PREDICTION)
     annotators = _labels(table["annotator"], UNKNOWN_ANNOTATOR)
     return ProjectReport(
         project_id=project_id,
         time_model=model,
         overall=group_figures("all", table, everything, model, map50(boxes)),
         by_version=[
-            group_figures(v, table, versions == v, model, map50(boxes, box_versions == v))
+            group_figures(
+                v, table, versions == v, model, map50(boxes, "" if v == NO_PREDICTION else v)
+            )
             for v in np.unique(versions)
         ],
         by_annotator=[
@@ -206,40 +207,48 @@ def _table(rows: Sequence[Figures]) -> str:
     return "\n".join(lines)
 
 
-def map50(boxes: Table, rows: npt.NDArray[np.bool_] | None = None) -> float | None:
-    """mAP@0.5 of the shown boxes against the submitted ones (where `rows` is True): the mean
-    over the submitted labels of `average_precision`; None without submitted boxes."""
-    keep = np.ones(boxes["label"].shape[0], dtype=bool) if rows is None else rows
-    shown = keep & (boxes["side"] == SHOWN)
-    truth = keep & (boxes["side"] == SUBMITTED)
-    labels = np.unique(boxes["label"][truth])
-    if not labels.size:
+def map50(boxes: Table, version: str | None = None) -> float | None:
+    """mAP@0.5 of the shown boxes against the submitted ones (`AnnotationLedger.box_table`),
+    of one model version ("" for annotations without a prediction) or of all: the mean over
+    the submitted labels of `average_precision`; None without submitted boxes."""
+    shown = np.ones(boxes["label"].shape[0], dtype=bool)
+    truth = np.ones(boxes["truth_label"].shape[0], dtype=bool)
+    if version is not None:
+        shown &= boxes["model_version"] == version
+        truth &= boxes["truth_version"] == version
+    positives: dict[str, int] = {}
+    for label, count in zip(boxes["truth_label"][truth], boxes["truth_count"][truth], strict=True):
+        positives[str(label)] = positives.get(str(label), 0) + int(count)
+    if not positives:
         return None
-    scores = [
-        average_precision(
-            boxes["score"][shown & (boxes["label"] == label)],
-            boxes["hit"][shown & (boxes["label"] == label)],
-            int((truth & (boxes["label"] == label)).sum()),
+    scores = []
+    for label, n in sorted(positives.items()):
+        mine = shown & (boxes["label"] == label)
+        scores.append(
+            average_precision(boxes["score"][mine], boxes["hits"][mine], boxes["boxes"][mine], n)
         )
-        for label in labels
-    ]
     return float(np.mean(scores))
 
 
 def average_precision(
-    scores: npt.NDArray[np.float64], hits: npt.NDArray[np.bool_], positives: int
+    scores: npt.NDArray[np.float64],
+    hits: npt.NDArray[np.int64],
+    boxes: npt.NDArray[np.int64],
+    positives: int,
 ) -> float:
-    """All-point interpolated average precision of boxes ranked by descending score (a box
-    without a score ranks last): `hits` are the true positives, `positives` every object to
-    find, the ones no box found included. Hand-written (a few lines): ultralytics'
-    `ap_per_class` needs its settings set up on import, and scikit-learn's
-    `average_precision_score` cannot count objects that no box found."""
+    """All-point interpolated average precision of shown boxes grouped by confidence: at
+    each distinct `scores` value (descending; NaN, no score, last) `boxes` boxes of which
+    `hits` were kept; `positives` counts every object to find, the ones no box found
+    included. Boxes of equal confidence enter the curve together, as at one threshold.
+    Hand-written (a few lines): ultralytics' `ap_per_class` needs its settings set up on
+    import, and scikit-learn's `average_precision_score` cannot count missed objects."""
     if positives <= 0:
         raise ValueError("average precision needs at least one object to find")
     order = np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")
-    found = np.cumsum(hits[order].astype(np.float64))
+    found = np.cumsum(np.asarray(hits, dtype=np.float64)[order])
+    seen = np.cumsum(np.asarray(boxes, dtype=np.float64)[order])
     recall = np.concatenate(([0.0], found / positives, [1.0]))
-    precision = np.concatenate(([1.0], found / np.arange(1, found.size + 1), [0.0]))
+    precision = np.concatenate(([1.0], found / np.maximum(seen, 1.0), [0.0]))
     precision = np.flip(np.maximum.accumulate(np.flip(precision)))
     steps = np.flatnonzero(recall[1:] != recall[:-1])
     return float(np.sum((recall[steps + 1] - recall[steps]) * precision[steps + 1]))

@@ -102,14 +102,18 @@ def test_the_report_counts_rates_and_seconds_saved(tmp_path: Path) -> None:
 
 
 def test_average_precision_counts_missed_objects() -> None:
+    one = np.ones(3, dtype=np.int64)
     # ranked: hit, miss, hit; 3 objects: precision 1 to recall 1/3, then 2/3 to recall 2/3
-    ap = average_precision(np.array([0.9, 0.8, 0.7]), np.array([True, False, True]), 3)
+    ap = average_precision(np.array([0.9, 0.8, 0.7]), np.array([1, 0, 1]), one, 3)
     assert ap == pytest.approx(1 / 3 + (1 / 3) * (2 / 3))
-    unscored = average_precision(np.array([np.nan, 0.5]), np.array([False, True]), 1)
+    # equal confidence enters together: 2 boxes at 0.9, 1 kept: precision 1/2 at recall 1/2
+    assert average_precision(np.array([0.9]), np.array([1]), np.array([2]), 2) == 0.25
+    unscored = average_precision(np.array([np.nan, 0.5]), np.array([0, 1]), one[:2], 1)
     assert unscored == pytest.approx(1.0)  # a box without a score ranks last
-    assert average_precision(np.zeros(0), np.zeros(0, dtype=bool), 2) == 0.0
+    empty = np.zeros(0, dtype=np.int64)
+    assert average_precision(np.zeros(0), empty, empty, 2) == 0.0
     with pytest.raises(ValueError, match="at least one object"):
-        average_precision(np.zeros(0), np.zeros(0, dtype=bool), 0)
+        average_precision(np.zeros(0), empty, empty, 0)
 
 
 def test_map50_per_version_from_the_ledgers_boxes(tmp_path: Path) -> None:
