@@ -16,16 +16,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-from label_studio_sdk.core.api_error import ApiError
-
 from backend.analytics.ledger import AnnotationRecord
 from backend.analytics.records import annotation_record, parent_prediction_id
 from backend.errors import LabelConfigError
 from backend.events import Event
 from backend.labelstudio.client import LabelStudioClient
 from backend.labelstudio.label_config import parse_label_config
-from backend.labelstudio.predictions import LabelStudioApiError, ProjectNotFound, read_project
+from backend.labelstudio.predictions import ProjectNotFound, read_prediction, read_project
 from backend.ranking.store import load_ranking
 from backend.services import Services
 from backend.training.dataset import fetch_annotated_tasks
@@ -132,8 +129,7 @@ def _event_records(
 def box_controls(ls: LabelStudioClient, project_id: int) -> set[str]:
     """The RectangleLabels controls over the project's first image field (training's)."""
     config = parse_label_config(str(read_project(ls, project_id).label_config or ""))
-    first = config.controls[0].value_key
-    return {c.from_name for c in config.controls if c.value_key == first}
+    return {c.from_name for c in config.primary_controls}
 
 
 def _record(
@@ -147,7 +143,7 @@ def _record(
     parent = parent_prediction_id(annotation)
     prediction = None
     if parent is not None:
-        prediction = known.get(parent) or _prediction(services.label_studio, parent)
+        prediction = known.get(parent) or read_prediction(services.label_studio, project_id, parent)
         if prediction is None:
             logger.warning(
                 "project=%s task=%s annotation=%s: its prediction %s is gone; not recorded",
@@ -165,23 +161,6 @@ def _record(
         from_names,
         _queue_position(services, project_id, task_id, prediction),
     )
-
-
-def _prediction(ls: LabelStudioClient, prediction_id: int) -> dict[str, Any] | None:
-    """The prediction from Label Studio, None when it no longer exists."""
-    try:
-        found = ls.sdk.predictions.get(id=prediction_id)
-    except ApiError as exc:
-        if exc.status_code == 404:
-            return None
-        raise LabelStudioApiError(
-            f"reading prediction {prediction_id} failed: HTTP {exc.status_code}"
-        ) from None
-    except httpx.HTTPError as exc:
-        raise LabelStudioApiError(
-            f"reading prediction {prediction_id} failed: {type(exc).__name__}"
-        ) from None
-    return found.model_dump() if hasattr(found, "model_dump") else dict(found)
 
 
 def _queue_position(

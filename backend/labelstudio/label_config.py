@@ -48,6 +48,13 @@ class ParsedConfig:
     controls: tuple[BoxControl, ...]
 
     @property
+    def primary_controls(self) -> tuple[BoxControl, ...]:
+        """The controls over the first control's image field: training, ranking and the
+        annotation analytics read boxes of that image only."""
+        field_key = self.controls[0].value_key
+        return tuple(c for c in self.controls if c.value_key == field_key)
+
+    @property
     def labels(self) -> tuple[str, ...]:
         """All labels over all controls, first occurrence order, no repeats."""
         return tuple(dict.fromkeys(label for c in self.controls for label in c.labels))

@@ -132,6 +132,24 @@ def read_project(ls: LabelStudioClient, project_id: int) -> Any:
     )
 
 
+def read_prediction(
+    ls: LabelStudioClient, project_id: int, prediction_id: int
+) -> dict[str, Any] | None:
+    """One prediction's JSON, or None when Label Studio no longer has it."""
+    sdk = ls.sdk
+
+    def get() -> Any:
+        try:
+            return sdk.predictions.get(id=prediction_id)
+        except ApiError as exc:
+            if exc.status_code == 404:
+                return None
+            raise
+
+    found = _call(f"reading prediction {prediction_id}", get, project_id=project_id)
+    return None if found is None else _as_dict(found)
+
+
 def list_tasks(ls: LabelStudioClient, project_id: int) -> list[dict[str, Any]]:
     """Every task of the project with its data, annotation count and predictions, paginated."""
     sdk = ls.sdk

@@ -41,7 +41,7 @@ from backend.config import Settings
 from backend.files import exclusive_lock
 from backend.labelstudio.client import LabelStudioClient
 from backend.labelstudio.images import ImageLoader
-from backend.labelstudio.label_config import BoxControl, parse_label_config
+from backend.labelstudio.label_config import BoxControl, ParsedConfig, parse_label_config
 from backend.labelstudio.predictions import (
     DesiredPrediction,
     ExistingPrediction,
@@ -197,9 +197,7 @@ def rank_project(
     with ranking_lock(settings.paths, project_id):
         started = time.perf_counter()
         project = read_project(label_studio, project_id)
-        controls = primary_controls(
-            parse_label_config(str(project.label_config or "")).controls, project_id
-        )
+        controls = primary_controls(parse_label_config(str(project.label_config or "")), project_id)
         first = controls[0]
         detector = detectors.get(detectors.source_for(project_id, first.labels, first.model_path))
         run = RankRun(project_id, detector.version, progress)
@@ -323,16 +321,16 @@ def ranking_lock(paths: ModelDir, project_id: int) -> Iterator[None]:
         yield
 
 
-def primary_controls(controls: Sequence[BoxControl], project_id: int) -> list[BoxControl]:
-    """The controls over the first control's image field: they share one detection."""
-    field_key = controls[0].value_key
-    chosen = [c for c in controls if c.value_key == field_key]
-    if len(chosen) < len(controls):
+def primary_controls(config: ParsedConfig, project_id: int) -> list[BoxControl]:
+    """The controls over the first control's image field (they share one detection), with a
+    warning when the config has controls over other fields."""
+    chosen = list(config.primary_controls)
+    if len(chosen) < len(config.controls):
         logger.warning(
             "project=%s ranking uses image field %r only; controls over other image "
             "fields get no pre-annotation from the ranking",
             project_id,
-            field_key,
+            chosen[0].value_key,
         )
     return chosen
 

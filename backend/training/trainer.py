@@ -112,7 +112,7 @@ def export_labeled(
     order), and what was skipped. Boxes come from the controls over the first image field."""
     project = ls.sdk.projects.get(id=project_id)
     config = parse_label_config(project.label_config or "")
-    controls = [c for c in config.controls if c.value_key == config.controls[0].value_key]
+    controls = config.primary_controls
     classes = list(dict.fromkeys(label for c in controls for label in c.labels))
     stats = ExportStats()
     labeled = []

@@ -437,7 +437,7 @@ def test_primary_controls_share_the_first_image_field() -> None:
         '<RectangleLabels name="three" toName="a"><Label value="Circle"/></RectangleLabels>'
         "</View>"
     )
-    assert [c.from_name for c in primary_controls(config.controls, 1)] == ["one", "three"]
+    assert [c.from_name for c in primary_controls(config, 1)] == ["one", "three"]
 
 
 # ---------------------------------------------------------------------------- the guards
