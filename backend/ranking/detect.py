@@ -14,16 +14,16 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from backend.config import Settings
 from backend.errors import ImageError
 from backend.labelstudio.images import ImageLoader, LoadedImage
-from backend.models.detector import Detector, ImageDetections
+from backend.models.detector import Detector
 from backend.ranking.detection_cache import DetectionCache, ImageRecord
 from backend.ranking.embedding_index import EmbeddingIndex
 from backend.ranking.progress import RankRun
@@ -75,12 +75,13 @@ def detect(
     cache: DetectionCache,
     chunk: int,
     image_field: str,
-    flip: bool = False,
+    flip_tasks: Collection[int] = frozenset(),
 ) -> Detections:
     """Detections for every task, from the stores or the detector, `chunk` images at a time
     (loaded by LOAD_WORKERS threads one chunk ahead); reports "predict" progress after each
-    chunk. `image_field` names the data field in the error of a task without one; `flip`
-    asks for each record's flip disagreement too."""
+    chunk. `image_field` names the data field in the error of a task without one; the tasks
+    of `flip_tasks` (those the queue ranks, when it blends flip disagreement in) need their
+    record's flip disagreement too."""
     records: dict[int, ImageRecord] = {}
     failed: dict[int, str] = {}
     todo: list[TaskImage] = []
@@ -89,7 +90,7 @@ def detect(
         if (
             cached is not None
             and task_id in index
-            and not (flip and np.isnan(cached.flip_disagreement))
+            and not (task_id in flip_tasks and np.isnan(cached.flip_disagreement))
         ):
             records[task_id] = cached
         else:
@@ -115,18 +116,17 @@ def detect(
                     else:
                         failed[task[0]] = image
                 found = detector.predict([image.pixels for _, image in ok]) if ok else []
-                loaded_ok = [image for _, image in ok]
-                disagreement = (
-                    flip_disagreements(detector, loaded_ok, found)
-                    if flip and ok
-                    else [float("nan")] * len(ok)
-                )
-                for ((task_id, ref), image), detections, flipped in zip(
-                    ok, found, disagreement, strict=True
-                ):
-                    record = ImageRecord.from_detections(
-                        str(ref), image, detections, n_classes, flipped
-                    )
+                fresh = {
+                    task_id: ImageRecord.from_detections(str(ref), image, detections, n_classes)
+                    for ((task_id, ref), image), detections in zip(ok, found, strict=True)
+                }
+                mirrored = [(task, image) for task, image in ok if task[0] in flip_tasks]
+                if mirrored:
+                    plain = [fresh[task_id] for (task_id, _), _ in mirrored]
+                    figures = flip_disagreements(detector, [i for _, i in mirrored], plain)
+                    for ((task_id, _), _), figure in zip(mirrored, figures, strict=True):
+                        fresh[task_id] = replace(fresh[task_id], flip_disagreement=figure)
+                for task_id, record in fresh.items():
                     cache.put(task_id, record)
                     records[task_id] = record
                 if ok:
@@ -168,15 +168,14 @@ def detect(
 
 
 def flip_disagreements(
-    detector: Detector, images: Sequence[LoadedImage], found: Sequence[ImageDetections]
+    detector: Detector, images: Sequence[LoadedImage], plain: Sequence[ImageRecord]
 ) -> list[float]:
-    """Each image's flip disagreement: `found` (the detector's answer on `images`) against
+    """Each image's flip disagreement: `plain` (the detector's answer on `images`) against
     its answer on the horizontally mirrored images."""
     n_classes = len(detector.names)
     mirrored = detector.predict([np.ascontiguousarray(image.pixels[:, ::-1]) for image in images])
     out = []
-    for image, plain, flipped in zip(images, found, mirrored, strict=True):
-        a = ImageRecord.from_detections("", image, plain, n_classes)
+    for image, a, flipped in zip(images, plain, mirrored, strict=True):
         b = ImageRecord.from_detections("", image, flipped, n_classes)
         width = image.pixels.shape[1]
         out.append(flip_disagreement(a.xyxy, a.class_scores, b.xyxy, b.class_scores, width))

@@ -77,17 +77,11 @@ class ImageRecord:
 
     @classmethod
     def from_detections(
-        cls,
-        ref: str,
-        image: LoadedImage,
-        found: ImageDetections,
-        n_classes: int,
-        flip_disagreement: float = float("nan"),
+        cls, ref: str, image: LoadedImage, found: ImageDetections, n_classes: int
     ) -> ImageRecord:
         boxes = found.boxes
         return cls(
             ref=ref,
-            flip_disagreement=flip_disagreement,
             width=int(image.width),
             height=int(image.height),
             xyxy=np.array([[b.x1, b.y1, b.x2, b.y2] for b in boxes], dtype=np.float32).reshape(

@@ -225,7 +225,7 @@ def rank_project(
             cache=cache,
             chunk=max(16, 2 * settings.predict_batch),
             image_field=first.value_key,
-            flip=queue.flip_pass,
+            flip_tasks={t.id for t in unlabeled} if queue.flip_pass else frozenset(),
         )
         ranked = [t for t in unlabeled if t.id in detections.records]
         timings["predict"] = time.perf_counter() - started - timings["fetch"]

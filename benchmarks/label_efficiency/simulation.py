@@ -384,7 +384,14 @@ class SeedRun:
         images = self.scenario.images
         found = detector.predict([image.pixels for image in images])
         threshold = source.shown_from(None, self.trainer.settings.score_threshold)
-        disagreement = flip_disagreements(detector, images, found) if flip else None
+        disagreement = None
+        if flip:
+            n_classes = len(detector.names)
+            plain = [
+                ImageRecord.from_detections("", image, detections, n_classes)
+                for image, detections in zip(images, found, strict=True)
+            ]
+            disagreement = flip_disagreements(detector, images, plain)
         return Prediction(list(detector.names), found, threshold, disagreement)
 
     def predict_live(self, live: ModelVersion, flip: bool = False) -> Prediction:

@@ -329,8 +329,16 @@ def test_real_flip_disagreement_is_the_same_seen_from_either_side(
         LoadedImage(np.ascontiguousarray(i.pixels[:, ::-1]), i.width, i.height) for i in images
     ]
 
-    there = flip_disagreements(detector, images, detector.predict([i.pixels for i in images]))
-    back = flip_disagreements(detector, mirrored, detector.predict([i.pixels for i in mirrored]))
+    def records(loaded: list[LoadedImage]) -> list[ImageRecord]:
+        found = detector.predict([i.pixels for i in loaded])
+        n_classes = len(detector.names)
+        return [
+            ImageRecord.from_detections("", i, f, n_classes)
+            for i, f in zip(loaded, found, strict=True)
+        ]
+
+    there = flip_disagreements(detector, images, records(images))
+    back = flip_disagreements(detector, mirrored, records(mirrored))
 
     # swapping the image and its mirror swaps the two sides of one symmetric comparison
     np.testing.assert_allclose(there, back, atol=1e-5)
