@@ -177,19 +177,21 @@ class AnnotationLedger:
 
     def table(self, project_id: int) -> dict[str, npt.NDArray[Any]]:
         """The columns the report reads, for the project's rows (oldest annotation id first),
-        one numpy array each: annotator and model_version (object, None where unknown), the
-        edit counts, lead_time (NaN where unknown) and cancelled. Fast for 100k rows."""
+        one numpy array each: annotator and model_version ("" where unknown or none, as in
+        `box_table`), the edit counts, lead_time (NaN where unknown) and cancelled. Fast for
+        100k rows."""
         names = ("annotator", "model_version", *EDITS, "lead_time", "cancelled")
         with self._lock:
             rows = self._db.execute(
-                f"SELECT {', '.join(names[:-2])}, COALESCE(lead_time, -1.0), cancelled"
+                "SELECT COALESCE(annotator, ''), COALESCE(model_version, ''),"
+                f" {', '.join(EDITS)}, COALESCE(lead_time, -1.0), cancelled"
                 " FROM annotations WHERE project_id = ? ORDER BY annotation_id",
                 (int(project_id),),
             ).fetchall()
         rows_array = np.array(rows, dtype=object).reshape(-1, len(names))
         table: dict[str, npt.NDArray[Any]] = {
-            "annotator": rows_array[:, 0],
-            "model_version": rows_array[:, 1],
+            "annotator": rows_array[:, 0].astype(str),
+            "model_version": rows_array[:, 1].astype(str),
         }
         for i, edit in enumerate(EDITS, start=2):
             table[edit] = rows_array[:, i].astype(np.int64)

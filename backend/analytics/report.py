@@ -17,7 +17,7 @@ Skipped (cancelled) annotations count as annotations, not in any other figure.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -63,9 +63,7 @@ class ProjectReport:
     by_version: list[Figures]
     by_annotator: list[Figures]
     # seconds saved per timed annotation, in annotation order (the page's curve)
-    saved_by_annotation: npt.NDArray[np.float64] = field(
-        default_factory=lambda: np.zeros(0), repr=False
-    )
+    saved_by_annotation: npt.NDArray[np.float64]
 
     def as_dict(self) -> dict[str, Any]:
         model = self.time_model
@@ -89,20 +87,18 @@ def project_report(project_id: int, table: Table, boxes: Table) -> ProjectReport
     timed = ~table["cancelled"] & np.isfinite(table["lead_time"])
     model = fit_action_seconds(counts[timed], table["lead_time"][timed])
     everything = np.ones(counts.shape[0], dtype=bool)
-    versions = _labels(table["model_version"], NO_PREDICTION)
-    annotators = _labels(table["annotator"], UNKNOWN_ANNOTATOR)
+    versions, annotators = table["model_version"], table["annotator"]
     return ProjectReport(
         project_id=project_id,
         time_model=model,
         overall=group_figures("all", table, everything, model, map50(boxes)),
         by_version=[
-            group_figures(
-                v, table, versions == v, model, map50(boxes, "" if v == NO_PREDICTION else v)
-            )
+            group_figures(v or NO_PREDICTION, table, versions == v, model, map50(boxes, str(v)))
             for v in np.unique(versions)
         ],
         by_annotator=[
-            group_figures(a, table, annotators == a, model) for a in np.unique(annotators)
+            group_figures(a or UNKNOWN_ANNOTATOR, table, annotators == a, model)
+            for a in np.unique(annotators)
         ],
         saved_by_annotation=seconds_saved(table, everything, model),
     )
@@ -273,10 +269,6 @@ def seconds_saved(
 def _submitted(counts: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     """Boxes in each annotation: every edit but a deletion leaves one."""
     return counts.sum(axis=1) - counts[:, list(Edit).index(Edit.DELETED)]
-
-
-def _labels(values: npt.NDArray[Any], missing: str) -> npt.NDArray[np.str_]:
-    return np.array([missing if v is None else str(v) for v in values], dtype=str)
 
 
 def _ratio(part: float, whole: float) -> float | None:
