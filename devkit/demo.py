@@ -29,9 +29,9 @@ from typing import Any
 import requests
 
 from backend.analytics.cost import ActionSeconds
-from backend.analytics.matching import edit_counts, match_boxes
-from backend.analytics.records import labeled_boxes
+from backend.analytics.records import region_edits
 from backend.config import ENV_NAMES, Settings
+from backend.labelstudio.regions import result_boxes
 from devkit.datagen import CLASSES, SyntheticImage, ls_regions, write_images
 from devkit.demo_model import TINY_RECIPE
 from devkit.local_label_studio import (
@@ -411,7 +411,7 @@ def simulated_seconds(shown: list[dict[str, Any]], submitted: list[dict[str, Any
     """The seconds an annotator would spend turning `shown` regions into `submitted` ones,
     by the published cost model: the demo's stand-in for a real lead_time."""
     names = {"label"}
-    edits = edit_counts(match_boxes(labeled_boxes(shown, names), labeled_boxes(submitted, names)))
+    edits, _ = region_edits(result_boxes(shown, names), result_boxes(submitted, names))
     return round(ActionSeconds().image_seconds(edits), 1)
 
 

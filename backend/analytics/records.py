@@ -114,11 +114,6 @@ def region_edits(
     return counts, [fate or Edit.DELETED for fate in fates]
 
 
-def labeled_boxes(result: object, from_names: Collection[str]) -> list[LabeledBox]:
-    """A result's boxes (percent) with their labels, as the matching takes them."""
-    return _labeled(result_boxes(result, from_names))
-
-
 def _labeled(boxes: Sequence[RegionBox]) -> list[LabeledBox]:
     return [LabeledBox(b.x1, b.y1, b.x2, b.y2, b.label) for b in boxes]
 
