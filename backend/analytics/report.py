@@ -65,6 +65,13 @@ class ProjectReport:
     # seconds saved per timed annotation, in annotation order (the page's curve)
     saved_by_annotation: npt.NDArray[np.float64]
 
+    def sections(self) -> list[tuple[str, list[Figures]]]:
+        """The tables people read, titled: by model version (with the total), by annotator."""
+        return [
+            ("By model version", [self.overall, *self.by_version]),
+            ("By annotator", self.by_annotator),
+        ]
+
     def as_dict(self) -> dict[str, Any]:
         model = self.time_model
         return {
@@ -158,15 +165,12 @@ def render(report: ProjectReport) -> str:
         f"Seconds per action: {seconds} ({basis})",
         "",
     ]
-    for title, rows in (
-        ("By model version", [report.overall, *report.by_version]),
-        ("By annotator", report.by_annotator),
-    ):
+    for title, rows in report.sections():
         lines += [title, _table(rows), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
-_COLUMNS = (
+COLUMNS = (  # figure, column title, format
     ("group", "group", "{}"),
     ("annotations", "tasks", "{}"),
     ("shown", "shown", "{}"),
@@ -185,21 +189,29 @@ _COLUMNS = (
 )
 
 
-def _table(rows: Sequence[Figures]) -> str:
-    def cell(figures: Figures, key: str, form: str) -> str:
-        value = getattr(figures, key)
-        if value is None:
-            return "-"
-        return form.format(value / 60.0 if key == "seconds_saved" else value)
+def cells(rows: Sequence[Figures]) -> list[list[str]]:
+    """A table of `rows`: the column titles, then one line of formatted figures per group
+    ("-" where a figure is not measured; seconds saved in minutes)."""
+    body = [[title for _, title, _ in COLUMNS]]
+    for figures in rows:
+        line = []
+        for key, _, form in COLUMNS:
+            value = getattr(figures, key)
+            if key == "seconds_saved" and value is not None:
+                value /= 60.0
+            line.append("-" if value is None else form.format(value))
+        body.append(line)
+    return body
 
-    body = [[title for _, title, _ in _COLUMNS]]
-    body += [[cell(f, key, form) for key, _, form in _COLUMNS] for f in rows]
-    widths = [max(len(row[i]) for row in body) for i in range(len(_COLUMNS))]
+
+def _table(rows: Sequence[Figures]) -> str:
+    body = cells(rows)
+    widths = [max(len(row[i]) for row in body) for i in range(len(COLUMNS))]
     lines = []
     for row in body:
         pairs = zip(row[1:], widths[1:], strict=True)
-        cells = [row[0].ljust(widths[0])] + [text.rjust(width) for text, width in pairs]
-        lines.append("  ".join(cells))
+        padded = [row[0].ljust(widths[0])] + [text.rjust(width) for text, width in pairs]
+        lines.append("  ".join(padded))
     return "\n".join(lines)
 
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from backend.analytics.report import NO_PREDICTION, Figures, ProjectReport, render
+from backend.analytics.report import NO_PREDICTION, Figures, ProjectReport, cells, render
 
 _STYLE = """
 body { font-family: sans-serif; margin: 2em; color: #222; }
@@ -23,22 +23,6 @@ th, td { padding: 0.25em 0.7em; border-bottom: 1px solid #ddd; text-align: right
 th:first-child, td:first-child { text-align: left; }
 img { max-width: 100%; }
 """
-_COLUMNS = (
-    ("group", "group"),
-    ("annotations", "tasks"),
-    ("shown", "boxes shown"),
-    ("accepted", "accepted"),
-    ("adjusted", "adjusted"),
-    ("relabeled", "relabeled"),
-    ("deleted", "deleted"),
-    ("drawn", "drawn"),
-    ("acceptance_rate", "accepted %"),
-    ("precision", "precision"),
-    ("recall", "recall"),
-    ("map50", "mAP@0.5"),
-    ("seconds_per_task", "s / task"),
-    ("seconds_saved", "minutes saved"),
-)
 
 
 def analytics_html(report: ProjectReport) -> str:
@@ -55,37 +39,17 @@ def analytics_html(report: ProjectReport) -> str:
         parts.append(f"<img alt='figures over annotations and versions' src='{plots}'>")
     else:
         parts.append("<p>No annotations recorded yet.</p>")
-    for heading, rows in (
-        ("By model version", [report.overall, *report.by_version]),
-        ("By annotator", report.by_annotator),
-    ):
+    for heading, rows in report.sections():
         parts += [f"<h2>{heading}</h2>", _html_table(rows)]
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
 def _html_table(rows: Sequence[Figures]) -> str:
-    head = "".join(f"<th>{html.escape(title)}</th>" for _, title in _COLUMNS)
-    body = []
-    for figures in rows:
-        cells = "".join(f"<td>{html.escape(_cell(figures, key))}</td>" for key, _ in _COLUMNS)
-        body.append(f"<tr>{cells}</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
-
-
-def _cell(figures: Figures, key: str) -> str:
-    value = getattr(figures, key)
-    if value is None:
-        return "-"
-    if key == "acceptance_rate":
-        return f"{value:.0%}"
-    if key in ("precision", "recall", "map50"):
-        return f"{value:.2f}"
-    if key == "seconds_per_task":
-        return f"{value:.1f}"
-    if key == "seconds_saved":
-        return f"{value / 60.0:.1f}"
-    return str(value)
+    head, *body = cells(rows)
+    lines = ["".join(f"<th>{html.escape(text)}</th>" for text in head)]
+    lines += ["".join(f"<td>{html.escape(text)}</td>" for text in line) for line in body]
+    return "<table>" + "".join(f"<tr>{line}</tr>" for line in lines) + "</table>"
 
 
 def _plots(report: ProjectReport) -> str:
