@@ -54,6 +54,29 @@ def test_storm_of_events_yields_one_run(tmp_path: Path) -> None:
     assert scheduler.run_once() == []  # nothing left
 
 
+def test_a_failing_ledger_sync_does_not_hold_training_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(model_dir=tmp_path, train_every=1, train_quiet_seconds=3600)
+    events = EventStore(tmp_path / "events.sqlite3")
+    events.append(1, "ANNOTATION_CREATED", (1,), {})
+    calls: list[str] = []
+
+    def sync() -> None:
+        calls.append("sync")
+        raise ConnectionError("Label Studio is down")
+
+    def launcher(project_id: int, run_id: int) -> str:
+        calls.append("train")
+        events.finish_run(run_id, "promoted", {}, version="v1")
+        return "promoted"
+
+    with caplog.at_level(logging.ERROR):
+        result = TrainingScheduler(settings, events, launcher, before_runs=sync).run_once()
+    assert result == [(1, "promoted")] and calls == ["sync", "train"]
+    assert "annotation ledger sync failed" in caplog.text
+
+
 def test_events_arriving_during_a_run_stay_pending(tmp_path: Path) -> None:
     settings = Settings(model_dir=tmp_path, train_every=1, train_quiet_seconds=3600)
     events = EventStore(tmp_path / "events.sqlite3")
