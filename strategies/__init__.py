@@ -9,6 +9,7 @@ from strategies.diversity import (
     near_duplicate_groups,
     near_duplicate_pairs,
 )
+from strategies.duplicates import aligned_correlation, duplicate_groups, grey_thumbnails
 from strategies.hybrids import RankMix, UncertaintyThenKCenter
 from strategies.pool import Pool, Selection
 from strategies.registry import available_strategies, get_strategy, strategy_params
@@ -23,6 +24,7 @@ from strategies.selection import (
     ScoreStrategy,
     Strategy,
 )
+from strategies.typical import TypiClust, typicality
 from strategies.uncertainty import (
     aggregate,
     binary_entropy,
@@ -51,8 +53,10 @@ __all__ = [
     "ScoreStrategy",
     "Selection",
     "Strategy",
+    "TypiClust",
     "UncertaintyThenKCenter",
     "aggregate",
+    "aligned_correlation",
     "available_strategies",
     "binary_entropy",
     "box_uncertainty",
@@ -60,9 +64,11 @@ __all__ = [
     "dcus_weights",
     "demote_near_duplicates",
     "dua_image_scores",
+    "duplicate_groups",
     "dua_weights",
     "entropy",
     "get_strategy",
+    "grey_thumbnails",
     "image_uncertainty",
     "kcenter_greedy",
     "kcenter_ranking",
@@ -72,4 +78,5 @@ __all__ = [
     "near_duplicate_groups",
     "near_duplicate_pairs",
     "strategy_params",
+    "typicality",
 ]

@@ -280,6 +280,7 @@ def kmeans_clusters(
     niter: int = 20,
     metric: Metric = "l2",
     max_points_per_centroid: int = 256,
+    nredo: int = 1,
 ) -> IntArray:
     """Cluster ids from seeded FAISS k-means.
 
@@ -294,6 +295,8 @@ def kmeans_clusters(
         niter: k-means iterations.
         metric: "l2" or "cosine" (spherical k-means on unit rows).
         max_points_per_centroid: training subsample size per centroid.
+        nredo: k-means runs from different starts; the one of least inertia is kept (more
+            runs: less risk of one cluster split in two while two others share a centroid).
 
     Returns:
         (n,) int64 cluster ids.
@@ -316,6 +319,7 @@ def kmeans_clusters(
         spherical=metric == "cosine",
         min_points_per_centroid=1,
         max_points_per_centroid=max_points_per_centroid,
+        nredo=nredo,
     )
     kmeans.train(xs)
     _, assign = kmeans.index.search(xs, 1)
@@ -379,7 +383,16 @@ def near_duplicate_groups(x: Float32Array, threshold: float, *, metric: Metric =
         (n,) int64; each group's id is its smallest member index (singletons: their own index).
     """
     pairs = near_duplicate_pairs(x, threshold, metric=metric)
-    parent = np.arange(x.shape[0], dtype=np.int64)
+    return connected_groups(x.shape[0], pairs)
+
+
+def connected_groups(n: int, pairs: IntArray) -> IntArray:
+    """Group id per item from (P, 2) linked pairs: connected components (single linkage).
+
+    Returns:
+        (n,) int64; each group's id is its smallest member index (singletons: their own index).
+    """
+    parent = np.arange(n, dtype=np.int64)
 
     def root(i: int) -> int:
         while parent[i] != i:
@@ -391,7 +404,7 @@ def near_duplicate_groups(x: Float32Array, threshold: float, *, metric: Metric =
         ri, rj = root(int(i)), root(int(j))
         if ri != rj:
             parent[max(ri, rj)] = min(ri, rj)
-    return np.array([root(i) for i in range(x.shape[0])], dtype=np.int64)
+    return np.array([root(i) for i in range(n)], dtype=np.int64)
 
 
 def demote_near_duplicates(

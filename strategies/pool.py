@@ -94,6 +94,11 @@ class Pool:
         flip_disagreement: optional (n,) in [0, 1], how much the detections change when the
             image is mirrored (`strategies.consistency.flip_disagreement`); score strategies
             with a `flip` weight blend it into their order.
+        duplicate_groups: optional (n,) int64 near-duplicate group per image
+            (`strategies.duplicates.duplicate_groups`, equal ids: near-duplicates); every
+            strategy then keeps the first image of each group and moves the others to the end.
+        labeled_groups: optional group ids (same numbering) that hold a labeled image: their
+            unlabeled members all go to the end.
 
     Derived (read-only) attributes, computed once on construction:
         flat_scores: (K, n_classes) float64, every box of every image stacked in image order.
@@ -112,6 +117,8 @@ class Pool:
     split_keys: FloatArray | None = None
     seconds: FloatArray | None = None
     flip_disagreement: FloatArray | None = None
+    duplicate_groups: IntArray | None = None
+    labeled_groups: IntArray | None = None
     flat_scores: FloatArray = field(init=False, repr=False)
     flat_image: IntArray = field(init=False, repr=False)
     n_classes: int = field(init=False)
@@ -157,6 +164,15 @@ class Pool:
             if (flip < 0).any() or (flip > 1).any():
                 raise ValueError("flip_disagreement must lie in [0, 1]")
             object.__setattr__(self, "flip_disagreement", flip)
+        for name, shape in (("duplicate_groups", (n,)), ("labeled_groups", None)):
+            value = getattr(self, name)
+            if value is not None:
+                ids = np.asarray(value)
+                if not np.issubdtype(ids.dtype, np.integer) or ids.ndim != 1:
+                    raise ValueError(f"{name} must be a 1-D integer array")
+                if shape is not None and ids.shape != shape:
+                    raise ValueError(f"{name} must have shape {shape}, got {ids.shape}")
+                object.__setattr__(self, name, ids.astype(np.int64))
 
     @property
     def n(self) -> int:
@@ -189,6 +205,10 @@ class Pool:
             flip_disagreement=(
                 None if self.flip_disagreement is None else self.flip_disagreement[index]
             ),
+            duplicate_groups=(
+                None if self.duplicate_groups is None else self.duplicate_groups[index]
+            ),
+            labeled_groups=self.labeled_groups,
         )
 
     @property

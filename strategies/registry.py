@@ -20,6 +20,7 @@ from strategies.selection import (
     accepted_params,
     build_strategy,
 )
+from strategies.typical import TypiClust
 
 _CLASSES: tuple[type[Strategy], ...] = (
     RandomStrategy,
@@ -27,6 +28,7 @@ _CLASSES: tuple[type[Strategy], ...] = (
     KCenter,
     UncertaintyThenKCenter,
     RankMix,
+    TypiClust,
 )
 _REGISTRY: Mapping[str, type[Strategy]] = MappingProxyType({cls.name: cls for cls in _CLASSES})
 

@@ -30,6 +30,7 @@ from strategies.diversity import (
     kmeans_clusters,
     median_neighbour_distance,
 )
+from strategies.duplicates import demote_duplicate_groups
 from strategies.pool import BoolArray, FloatArray, IntArray, Pool, Selection
 from strategies.uncertainty import (
     AGGREGATIONS,
@@ -131,6 +132,16 @@ def fill_places(is_place: BoolArray, placed: IntArray, others: IntArray) -> IntA
     return order
 
 
+def _below_the_rest(scores: FloatArray, demoted: BoolArray) -> FloatArray:
+    """`scores` with the demoted items shifted below every other item (order kept)."""
+    scores = scores.copy()
+    if demoted.any() and not demoted.all():
+        floor = float(scores[~demoted].min())
+        shift = float(scores[demoted].max()) - floor + 1.0
+        scores[demoted] -= shift
+    return scores
+
+
 def has_ties(scores: FloatArray) -> bool:
     """Whether any two items score the same."""
     return bool(np.unique(np.asarray(scores, dtype=np.float64)).shape[0] < len(scores))
@@ -223,8 +234,17 @@ class Strategy(ABC):
                 pool.embeddings, metric=self.metric
             )
         if threshold is not None:
-            order, scores, demoted = self._demote(pool, order, scores, b, threshold)
+            order, demoted = demote_near_duplicates(
+                order, pool.embeddings, threshold, labeled=pool.labeled, keep=b, metric=self.metric
+            )
+            scores = _below_the_rest(scores, demoted)
             details["near_duplicate"] = demoted.astype(np.float64)
+        if pool.duplicate_groups is not None:
+            order, grouped = demote_duplicate_groups(
+                order, pool.duplicate_groups, pool.labeled_groups
+            )
+            scores = _below_the_rest(scores, grouped)
+            details["duplicate_group"] = grouped.astype(np.float64)
         # Guarantee scores[order] is non-increasing (only float rounding can break it).
         scores[order] = np.minimum.accumulate(scores[order])
         return order, scores, details
@@ -269,25 +289,6 @@ class Strategy(ABC):
         if isinstance(self.seed, np.random.Generator):
             return int(self.seed.integers(0, 2**31 - 1))
         return self.seed
-
-    def _demote(
-        self, pool: Pool, order: IntArray, scores: FloatArray, batch_size: int, threshold: float
-    ) -> tuple[IntArray, FloatArray, BoolArray]:
-        """Demote near-duplicates; demoted items get scores below every other item."""
-        new_order, demoted = demote_near_duplicates(
-            order,
-            pool.embeddings,
-            threshold,
-            labeled=pool.labeled,
-            keep=batch_size,
-            metric=self.metric,
-        )
-        scores = scores.copy()
-        if demoted.any() and not demoted.all():
-            floor = float(scores[~demoted].min())
-            shift = float(scores[demoted].max()) - floor + 1.0
-            scores[demoted] -= shift
-        return new_order, scores, demoted
 
 
 class ScoreStrategy(Strategy):

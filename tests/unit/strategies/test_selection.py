@@ -54,6 +54,7 @@ def test_registry_names() -> None:
         "margin",
         "prefilter",
         "random",
+        "typiclust",
     )
     assert isinstance(get_strategy("hybrid", lam=0.5), RankMix)
     assert get_strategy("hybrid").lam == 0.5  # type: ignore[attr-defined]
