@@ -69,6 +69,7 @@ ENV_NAMES = frozenset(
         "BASIC_AUTH_USER",
         "DETECT_CONF_FLOOR",
         "DEVICE",
+        "ENCODER_TRAIN_SECONDS",
         "HOST",
         "IMAGE_FETCH_TIMEOUT",
         "IMAGE_ROOT",
@@ -178,6 +179,8 @@ class Settings:
     train_val_percent: int = 20  # TRAIN_VAL_PERCENT: share of tasks held out for the gate
     train_min_images: int = 4  # TRAIN_MIN_IMAGES: fewer annotated images: no training
     promote_tolerance: float = 0.0  # PROMOTE_TOLERANCE: mAP50 drop always allowed (see gate_noise)
+    encoder_train_seconds: float = 120.0  # ENCODER_TRAIN_SECONDS: time budget of the project
+    # encoder (cold-start picks, near-duplicate groups) when a ranking needs a new one; 0: off
     # -- scale-out (backend/distributed.py): with REDIS_URL, runs are RQ jobs for `worker`s --
     redis_url: str | None = field(default=None, repr=False)  # REDIS_URL (may hold a password)
     train_queue: str = "ls-active-yolo-training"  # TRAIN_QUEUE: the RQ queue of training jobs
@@ -263,6 +266,9 @@ class Settings:
             train_patience=_int(env, "TRAIN_PATIENCE", d.train_patience, minimum=0),
             train_min_epochs=_int(env, "TRAIN_MIN_EPOCHS", d.train_min_epochs, minimum=0),
             train_time_limit=_float(env, "TRAIN_TIME_LIMIT", d.train_time_limit, 0.0, 86400.0 * 7),
+            encoder_train_seconds=_float(
+                env, "ENCODER_TRAIN_SECONDS", d.encoder_train_seconds, 0.0, 86400.0
+            ),
             train_warm_start=_bool(env, "TRAIN_WARM_START", d.train_warm_start),
             train_image_size=_size(env, "TRAIN_IMAGE_SIZE"),
             train_batch=_int(env, "TRAIN_BATCH", d.train_batch),

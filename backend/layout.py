@@ -19,6 +19,9 @@ asks this module for a path instead of spelling it, so the layout can be read he
     projects/<id>/image-cache/           downloaded training images
     projects/<id>/ranking/               the stored queue, detection caches and .lock (ranking/)
     projects/<id>/embeddings/            FAISS indexes per model version (ranking/)
+    projects/<id>/encoder/               the self-supervised image encoder's versions
+                                         (<eN>.pt + <eN>.json), their FAISS indexes
+                                         (<eN>.faiss) and the tasks' thumbnails (encoder/)
 """
 
 from __future__ import annotations
@@ -97,6 +100,14 @@ class ProjectPaths:
     @property
     def embeddings(self) -> Path:
         return self.root / "embeddings"
+
+    @property
+    def encoder(self) -> Path:
+        return self.root / "encoder"
+
+    @property
+    def thumbnails(self) -> Path:
+        return self.encoder / "thumbnails.npz"
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ LAYERS = {
     "models": 1,
     "labelstudio": 1,
     "analytics": 1,  # what annotators did to pre-annotations, its cost, and the ledger
+    "encoder": 1,  # the self-supervised image encoder learned from a project's own images
     "services": 2,  # the composition root: builds models and Label Studio services
     "training": 3,
     "ranking": 3,
