@@ -21,14 +21,34 @@ from strategies.pool import BoolArray, Float32Array, IntArray, check_embeddings
 
 DEFAULT_NEIGHBOURS = 10  # candidates per image
 DEFAULT_MAX_SHIFT = 3  # pixels, each way, on the grey thumbnails
+DETAIL_WINDOW = 9  # pixels: lighting smoother than this is not what tells pictures apart
 _CHUNK = 1024  # pairs per vectorised correlation step
 
 
 def grey_thumbnails(thumbs: npt.NDArray[np.uint8]) -> Float32Array:
-    """(n, S, S, 3) uint8 RGB -> (n, S, S) float32 grey in [0, 1]."""
+    """(n, S, S, 3) uint8 RGB -> (n, S, S) float32: the grey picture's detail, i.e. less its
+    local mean over DETAIL_WINDOW px. Without it, two different pictures under the same
+    smooth lighting gradient correlate as well as two shots of one scene (measured on the
+    test shapes: 0.95)."""
     if thumbs.ndim != 4 or thumbs.shape[3] != 3:
         raise ValueError(f"thumbnails must be (n, S, S, 3), got shape {thumbs.shape}")
-    return (thumbs.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)) / 255.0
+    grey = (thumbs.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)) / 255.0
+    return (grey - _local_mean(grey, DETAIL_WINDOW)).astype(np.float32)
+
+
+def _local_mean(images: Float32Array, window: int) -> Float32Array:
+    """Box-filtered (n, S, S) images (edges replicated), via summed-area tables."""
+    half = window // 2
+    padded = np.pad(images, ((0, 0), (half + 1, half), (half + 1, half)), mode="edge")
+    table = padded.astype(np.float64).cumsum(axis=1).cumsum(axis=2)
+    size = images.shape[1]
+    total = (
+        table[:, window:, window:]
+        - table[:, :-window, window:]
+        - table[:, window:, :-window]
+        + table[:, :-window, :-window]
+    )
+    return (total[:, :size, :size] / (window * window)).astype(np.float32)
 
 
 def candidate_pairs(embeddings: Float32Array, neighbours: int = DEFAULT_NEIGHBOURS) -> IntArray:

@@ -40,6 +40,8 @@ from backend.labelstudio.client import LabelStudioClient
 logger = logging.getLogger(__name__)
 
 QUEUE_VIEW_TITLE = "Active learning queue"
+DUPLICATES_VIEW_TITLE = "Near-duplicates"
+NEAR_DUPLICATE_FIELD = "near_duplicate_of"  # task data: the id of the task it nearly copies
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
 QUEUE_ORDERING = ("tasks:predictions_score",)
 PAGE_SIZE = 100
@@ -261,13 +263,47 @@ def queue_view_data() -> dict[str, Any]:
     }
 
 
+def duplicates_view_data() -> dict[str, Any]:
+    """The Data Manager tab of the unlabeled tasks moved behind a near-duplicate (their
+    `near_duplicate_of` field is set), grouped by the task they copy: where a project manager
+    sees them and can select them all at once."""
+    return {
+        "title": DUPLICATES_VIEW_TITLE,
+        "ordering": [f"tasks:data.{NEAR_DUPLICATE_FIELD}"],
+        "filters": {
+            "conjunction": "and",
+            "items": [
+                {
+                    "filter": f"filter:tasks:data.{NEAR_DUPLICATE_FIELD}",
+                    "operator": "empty",
+                    "type": "Number",
+                    "value": False,
+                },
+                {
+                    "filter": "filter:tasks:total_annotations",
+                    "operator": "equal",
+                    "type": "Number",
+                    "value": 0,
+                },
+            ],
+        },
+    }
+
+
 def ensure_queue_view(
     ls: LabelStudioClient, project_id: int, *, model_version: str = ""
 ) -> int | None:
-    """Create or update the "Active learning queue" Data Manager tab; returns its id.
+    """Create or update the "Active learning queue" Data Manager tab; returns its id."""
+    return ensure_view(ls, project_id, queue_view_data(), model_version=model_version)
+
+
+def ensure_view(
+    ls: LabelStudioClient, project_id: int, data: Mapping[str, Any], *, model_version: str = ""
+) -> int | None:
+    """Create or update the Data Manager tab titled `data["title"]`; returns its id.
     (`model_version` only names the ranking in error logs.)"""
     sdk = ls.sdk
-    data = queue_view_data()
+    title = data["title"]
     views = _call(
         "listing Data Manager tabs",
         functools.partial(sdk.views.list, project=project_id),
@@ -276,25 +312,55 @@ def ensure_queue_view(
     )
     for view in views:
         current = view.data if isinstance(view.data, dict) else {}
-        if current.get("title") != QUEUE_VIEW_TITLE:
+        if current.get("title") != title:
             continue
         wanted = {**current, **data}
         if wanted != current:
             _call(
-                "updating the queue tab",
+                f"updating the {title!r} tab",
                 functools.partial(sdk.views.update, str(view.id), data=wanted, project=project_id),
                 project_id=project_id,
                 model_version=model_version,
             )
         return int(view.id) if view.id is not None else None
     created = _call(
-        "creating the queue tab",
-        functools.partial(sdk.views.create, project=project_id, data=data),
+        f"creating the {title!r} tab",
+        functools.partial(sdk.views.create, project=project_id, data=dict(data)),
         project_id=project_id,
         model_version=model_version,
     )
-    logger.info("project=%s created Data Manager tab %r", project_id, QUEUE_VIEW_TITLE)
+    logger.info("project=%s created Data Manager tab %r", project_id, title)
     return int(created.id) if created.id is not None else None
+
+
+def mark_near_duplicates(
+    ls: LabelStudioClient,
+    project_id: int,
+    task_data: Mapping[int, Mapping[str, Any]],
+    marks: Mapping[int, int],
+    *,
+    model_version: str = "",
+) -> int:
+    """Set each task's `near_duplicate_of` data field to its mark (the task it nearly copies)
+    and remove the field from the tasks of `task_data` without one; only tasks whose field
+    changes are written. Returns how many were."""
+    sdk = ls.sdk
+    jobs: list[tuple[str, Callable[[], object]]] = []
+    for task_id, data in task_data.items():
+        want = marks.get(task_id)
+        if data.get(NEAR_DUPLICATE_FIELD) == want:
+            continue
+        new = {k: v for k, v in data.items() if k != NEAR_DUPLICATE_FIELD}
+        if want is not None:
+            new[NEAR_DUPLICATE_FIELD] = want
+        jobs.append(
+            (
+                f"marking task {task_id}'s near-duplicate",
+                functools.partial(sdk.tasks.update, str(task_id), data=new),
+            )
+        )
+    _run_writes(jobs, project_id, model_version, None)
+    return len(jobs)
 
 
 # --------------------------------------------------------------------------------- helpers

@@ -9,14 +9,19 @@ returned (frozen records); only the stores on disk carry state from one run to t
    (`backend.labelstudio.predictions`);
 2. detect: the live model over the tasks it has no current detections for, reusing what
    earlier runs of the same model version stored (`detect`);
-3. select: a `strategies.Pool` of the ranked tasks (the class-score vectors of all kept boxes
-   of the classes the label config maps) and the strategy's selection;
+3. encode and select: every task's thumbnail through the project encoder (trained in the
+   ranking when the project has none or has grown; `encoder_stage`), its near-duplicate
+   groups, then a `strategies.Pool` of the ranked tasks (the class-score vectors of all kept
+   boxes of the classes the label config maps) and the strategy's selection (before the
+   first promoted model: typical picks on the encoder's embeddings, `cold_start`);
 4. order: the queue Label Studio will serve and one prediction per unlabeled task: `result`
    (the pre-annotation), `score`, `cluster` (unless `clusters=False`), `model_version`
    (`queue`, where the maths is explained);
 5. plan and write: the diff against the predictions Label Studio holds (`queue.plan_writes`),
    applied by `backend.labelstudio.predictions`, which also sets the project's `model_version`
-   and `sampling = "Uncertainty sampling"` and keeps the "Active learning queue" tab;
+   and `sampling = "Uncertainty sampling"` and keeps the "Active learning queue" tab; the
+   tasks behind a near-duplicate get `near_duplicate_of` in their data and a
+   "Near-duplicates" tab;
 6. store: the ranked predictions under MODEL_DIR, so `/predict` can answer from them
    (`store.precomputed_prediction`).
 One ranking per project runs at a time (a file lock in the project's ranking folder).
@@ -46,8 +51,11 @@ from backend.labelstudio.predictions import (
     DesiredPrediction,
     ExistingPrediction,
     apply_plan,
+    duplicates_view_data,
     ensure_queue_view,
+    ensure_view,
     list_tasks,
+    mark_near_duplicates,
     read_project,
     set_queue_sampling,
     task_predictions,
@@ -59,6 +67,7 @@ from backend.project_params import TrainParams, load_project_params
 from backend.ranking.detect import Detections, detect, open_stores
 from backend.ranking.detection_cache import ImageRecord
 from backend.ranking.embedding_index import EmbeddingIndex
+from backend.ranking.encoder_stage import EncodedTasks, encode_tasks
 from backend.ranking.errors import RankingBusy, RankingConfigError
 from backend.ranking.progress import ProgressCallback, RankRun
 from backend.ranking.queue import (
@@ -67,6 +76,7 @@ from backend.ranking.queue import (
     cluster_offset,
     empty_selection,
     mapped_class_mask,
+    near_duplicate_marks,
     plan_writes,
     pool_box_scores,
     predicted_seconds,
@@ -110,6 +120,8 @@ class RankSummary:
     top_task_ids: tuple[int, ...]  # the first `batch_size` tasks of the queue, in order
     timings: Mapping[str, float] = field(default_factory=dict)  # seconds per stage + total
     ranking_path: Path | None = None
+    encoder_version: str | None = None  # the project encoder the ranking used, if any
+    near_duplicates: int = 0  # ranked tasks moved behind a near-duplicate (and marked)
 
     @property
     def tasks_per_s(self) -> float:
@@ -127,6 +139,7 @@ class RankTask:
     ref: object  # the image reference in task data (validated when loaded)
     labeled: bool
     predictions: tuple[ExistingPrediction, ...]
+    data: Mapping[str, Any]  # the task's data as Label Studio holds it
 
 
 # ------------------------------------------------------------------------- entry points
@@ -231,16 +244,26 @@ def rank_project(
         timings["predict"] = time.perf_counter() - started - timings["fetch"]
 
         tick = time.perf_counter()
+        encoded = encode_tasks(settings, project_id, [(t.id, t.ref) for t in tasks], images)
+        timings["encode"] = time.perf_counter() - tick
+        if cold_start(queue, registry, project_id, encoded, ranked):
+            assert encoded is not None  # cold_start checked it
+            strategy, embeddings = queue.build_cold_start(), encoded.index
+        else:
+            embeddings = index
+
+        tick = time.perf_counter()
         selection = select(
             strategy,
             queue.batch_size,
             ranked,
-            [t for t in labeled if t.id in detections.records],
+            [t for t in labeled if t.id in detections.records and t.id in embeddings],
             detections.records,
-            index,
+            embeddings,
             mapped_class_mask(detector.names, controls),
             live_class_ap(registry, run, detector.names),
             detector.source.shown_from(first.score_threshold, settings.score_threshold),
+            encoded,
         )
         existing = {t.id: t.predictions for t in tasks}
         ranked_ids = [t.id for t in ranked]
@@ -249,6 +272,11 @@ def rank_project(
             ranked_ids,
             first_cluster=cluster_offset(existing, ranked_ids, run.model_version),
             clusters=queue.clusters,
+        )
+        marks = (
+            {}
+            if encoded is None
+            else near_duplicate_marks(queued, encoded.groups, [t.id for t in labeled])
         )
         desired = queue_predictions(
             queued,
@@ -273,6 +301,17 @@ def rank_project(
         )
         set_queue_sampling(label_studio, project_id, project, run.model_version)
         view_id = ensure_queue_view(label_studio, project_id, model_version=run.model_version)
+        if encoded is not None:
+            mark_near_duplicates(
+                label_studio,
+                project_id,
+                {t.id: t.data for t in unlabeled},
+                marks,
+                model_version=run.model_version,
+            )
+            if marks:
+                data = duplicates_view_data()
+                ensure_view(label_studio, project_id, data, model_version=run.model_version)
         timings["write"] = time.perf_counter() - tick
 
         path = store_ranking(settings.model_dir, run, strategy.name, queued, desired, detections)
@@ -295,6 +334,8 @@ def rank_project(
             top_task_ids=queue_head(queued, queue.batch_size),
             timings=timings,
             ranking_path=path,
+            encoder_version=None if encoded is None else encoded.version,
+            near_duplicates=len(marks),
         )
         _log_summary(summary)
         return summary
@@ -348,6 +389,26 @@ def parse_task(raw: Mapping[str, Any], image_field: str) -> RankTask:
         ref=data.get(image_field) if data else None,
         labeled=int(raw.get("total_annotations") or 0) > 0,
         predictions=task_predictions(raw),
+        data=data or {},
+    )
+
+
+def cold_start(
+    queue: QueueConfig,
+    registry: ModelRegistry,
+    project_id: int,
+    encoded: EncodedTasks | None,
+    ranked: Sequence[RankTask],
+) -> bool:
+    """Whether the ranking picks by the project encoder (`QueueConfig.build_cold_start`):
+    before the project's first promoted model, when the encoder covers every ranked task and
+    the project did not ask for a random queue."""
+    return (
+        encoded is not None
+        and queue.strategy != "random"
+        and registry.live(project_id) is None
+        and bool(ranked)
+        and bool(encoded.index.contains([t.id for t in ranked]).all())
     )
 
 
@@ -371,11 +432,13 @@ def select(
     mapped_classes: np.ndarray,
     class_ap: np.ndarray | None,
     threshold: float,
+    encoded: EncodedTasks | None = None,
 ) -> Selection:
     """The strategy's selection over the ranked tasks, with the labeled ones' embeddings as
     what diversity keeps away from, each task's audit key (`split_key`, the validation
-    split's too), its predicted annotator seconds with boxes shown from `threshold` and its
-    flip disagreement when every record has one."""
+    split's too), its predicted annotator seconds with boxes shown from `threshold`, its
+    flip disagreement when every record has one, and the near-duplicate groups of
+    `encoded` (the first task of each is kept, the others go behind)."""
     if not ranked:
         return empty_selection(strategy.name)
     labeled_ids = [t.id for t in labeled]
@@ -388,8 +451,14 @@ def select(
         split_keys=np.array([split_key(t.id) for t in ranked]),
         seconds=predicted_seconds([records[t.id] for t in ranked], threshold, ActionSeconds()),
         flip_disagreement=flip if np.isfinite(flip).all() else None,
+        duplicate_groups=None if encoded is None else _groups(encoded, ranked),
+        labeled_groups=None if encoded is None else _groups(encoded, labeled),
     )
     return strategy.select(pool, batch_size)
+
+
+def _groups(encoded: EncodedTasks, tasks: Sequence[RankTask]) -> npt.NDArray[np.int64]:
+    return np.array([encoded.group_of(t.id) for t in tasks], dtype=np.int64)
 
 
 def store_ranking(

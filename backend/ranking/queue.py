@@ -227,6 +227,23 @@ def queue_tasks(
     )
 
 
+def near_duplicate_marks(
+    queued: Sequence[QueuedTask], groups: Mapping[int, int], labeled: Sequence[int]
+) -> dict[int, int]:
+    """For each queued task behind a near-duplicate, the task it copies: its group's labeled
+    task with the smallest id, else the group's first task in the queue. `groups` maps a
+    task id to its near-duplicate group (a task not in it is its own group)."""
+    first: dict[int, int] = {}
+    for task_id in sorted(labeled):
+        first.setdefault(groups.get(task_id, task_id), task_id)
+    marks: dict[int, int] = {}
+    for q in sorted(queued, key=lambda q: q.position):
+        head = first.setdefault(groups.get(q.task_id, q.task_id), q.task_id)
+        if head != q.task_id:
+            marks[q.task_id] = head
+    return marks
+
+
 def queue_head(queued: Sequence[QueuedTask], n: int) -> tuple[int, ...]:
     """The task ids of the first `n` places of the queue, first served first."""
     return tuple(q.task_id for q in sorted(queued, key=lambda q: q.position)[:n])

@@ -4,7 +4,10 @@ Project managers set these per project in the ML backend's extra params (JSON) i
 Studio, or as attributes of the RectangleLabels tag (extra params win):
 
     al_strategy     hybrid (default) | entropy | margin | least_confidence | kcenter | prefilter
-                    | dua | dcus | random
+                    | dua | dcus | typiclust | random. Until the project's first promoted
+                    model, every strategy but random ranks by typiclust on the project
+                    encoder's embeddings (ENCODER_TRAIN_SECONDS > 0): a model that has learned
+                    nothing has no uncertainty worth ranking by
     al_lambda       0..1, hybrid only: weight of uncertainty against diversity (default 0.5)
     al_aggregation  max | mean | sum: box scores -> image score (uncertainty strategies)
     al_batch_size   tasks ordered by the full strategy each ranking (default 100); the rest of
@@ -59,6 +62,7 @@ KEYS = (
     "al_flip",
 )
 DEFAULT_STRATEGY = "hybrid"
+COLD_START_STRATEGY = "typiclust"  # before the first promoted model, on the project encoder
 DEFAULT_LAMBDA = 0.5  # hybrid's weight of uncertainty
 DEFAULT_BATCH_SIZE = 100
 DEFAULT_CLUSTERS = True
@@ -84,6 +88,12 @@ class QueueConfig:
     def build(self) -> Any:
         """The strategy object (strategies.get_strategy)."""
         return get_strategy(self.strategy, **dict(self.params))
+
+    def build_cold_start(self) -> Any:
+        """The strategy of a ranking before the project's first promoted model: typical
+        cluster centres on the project encoder's embeddings, with this queue's audit slice."""
+        audit = {k: v for k, v in self.params.items() if k == "audit_share"}
+        return get_strategy(COLD_START_STRATEGY, **audit)
 
 
 def queue_config(

@@ -274,7 +274,7 @@ def test_a_ranking_writes_the_queue_and_stores_it(world: World) -> None:
         "least_confidence",
         77,
     )
-    assert list(summary.timings) == ["fetch", "predict", "select", "write", "total"]
+    assert list(summary.timings) == ["fetch", "predict", "encode", "select", "write", "total"]
     assert summary.ranking_path == ModelDir(world.settings.model_dir).project(9).ranking / "v1.json"
     assert sorted(world.detectors.detector.seen) == ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"]
     assert world.ls.writes() == sorted(
