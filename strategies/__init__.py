@@ -9,7 +9,7 @@ from strategies.diversity import (
     near_duplicate_groups,
     near_duplicate_pairs,
 )
-from strategies.duplicates import aligned_correlation, duplicate_groups, grey_thumbnails
+from strategies.duplicates import aligned_correlation, detail, duplicate_groups, grey_thumbnails
 from strategies.hybrids import RankMix, UncertaintyThenKCenter
 from strategies.pool import Pool, Selection
 from strategies.registry import available_strategies, get_strategy, strategy_params
@@ -62,6 +62,7 @@ __all__ = [
     "box_uncertainty",
     "dcus_image_scores",
     "dcus_weights",
+    "detail",
     "demote_near_duplicates",
     "dua_image_scores",
     "duplicate_groups",

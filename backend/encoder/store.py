@@ -23,7 +23,7 @@ import torch
 
 from backend.encoder.contrastive import Encoder, U8Array, reshot, train_encoder
 from backend.files import atomic_write
-from strategies import aligned_correlation, grey_thumbnails
+from strategies import aligned_correlation, detail, grey_thumbnails
 
 logger = logging.getLogger(__name__)
 
@@ -43,24 +43,29 @@ class EncoderVersion:
     meta: dict[str, Any]
 
     @property
-    def duplicate_threshold(self) -> float:
-        return float(self.meta["duplicate_threshold"])
+    def duplicate_thresholds(self) -> tuple[float, float]:
+        """(whole picture, detail): see `strategies.duplicates.duplicate_groups`."""
+        whole, fine = self.meta["duplicate_thresholds"]
+        return float(whole), float(fine)
 
     def index_path(self, folder: Path) -> Path:
         return folder / f"{self.name}.faiss"
 
 
-def duplicate_threshold(thumbs: U8Array, seed: int = 0) -> float:
-    """The aligned correlation above which two thumbnails are near-duplicates, calibrated on
-    known ones: re-shot copies (`reshot`) of up to 256 of the project's own images. Their 1st
-    percentile, less DUPLICATE_MARGIN (measured on the benchmark's scenes: copies >= 0.95,
-    different scenes among nearest neighbours <= 0.89)."""
+def duplicate_thresholds(thumbs: U8Array, seed: int = 0) -> tuple[float, float]:
+    """The aligned correlations (whole grey picture, its detail) above which two thumbnails
+    are near-duplicates, calibrated on known ones: re-shot copies (`reshot`) of up to 256 of
+    the project's own images. Each is their 1st percentile, less DUPLICATE_MARGIN."""
     rng = np.random.default_rng(seed)
     sample = thumbs[rng.permutation(len(thumbs))[:_CALIBRATION_SAMPLE]]
     greys = grey_thumbnails(np.concatenate([sample, reshot(sample, seed)]))
     n = len(sample)
     pairs = np.stack([np.arange(n), np.arange(n, 2 * n)], axis=1).astype(np.int64)
-    return float(np.quantile(aligned_correlation(greys, pairs), 0.01)) - DUPLICATE_MARGIN
+    whole, fine = (
+        float(np.quantile(aligned_correlation(view, pairs), 0.01)) - DUPLICATE_MARGIN
+        for view in (greys, detail(greys))
+    )
+    return whole, fine
 
 
 def live_encoder(folder: Path) -> EncoderVersion | None:
@@ -97,11 +102,11 @@ def train_version(
     name = f"e{number}"
     encoder, report = train_encoder(thumbs, seconds=seconds, seed=seed)
     started = time.perf_counter()
-    threshold = duplicate_threshold(thumbs, seed)
+    thresholds = duplicate_thresholds(thumbs, seed)
     meta = {
         **asdict(report),
         "version": name,
-        "duplicate_threshold": threshold,
+        "duplicate_thresholds": list(thresholds),
         "calibration_seconds": time.perf_counter() - started,
         "created_at": time.time(),
     }
@@ -114,13 +119,13 @@ def train_version(
             old.unlink(missing_ok=True)
     logger.info(
         "encoder %s trained on %d images in %.0fs (%d steps, loss %.2f -> %.2f); "
-        "near-duplicate threshold %.3f",
+        "near-duplicate thresholds %.3f, %.3f",
         name,
         report.images,
         report.seconds,
         report.steps,
         report.loss_first,
         report.loss_last,
-        threshold,
+        *thresholds,
     )
     return EncoderVersion(name, encoder, meta)

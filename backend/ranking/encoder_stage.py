@@ -38,8 +38,6 @@ class EncodedTasks:
     version: str
     index: EmbeddingIndex  # the encoder's embeddings by task id
     groups: Mapping[int, int]  # task id -> near-duplicate group (its smallest task id)
-    trained: bool  # the encoder was trained in this ranking
-    seconds: float
 
     def group_of(self, task_id: int) -> int:
         """The task's group; a task without a thumbnail is its own group."""
@@ -76,13 +74,8 @@ def encode_tasks(
     if missing.any():
         index.upsert(ids[missing], embed(version.encoder, stacked[missing]))
     index.save()
-    groups = duplicate_groups(index.get(ids), grey_thumbnails(stacked), version.duplicate_threshold)
-    encoded = EncodedTasks(
-        version=version.name,
-        index=index,
-        groups={int(t): int(ids[g]) for t, g in zip(ids, groups, strict=True)},
-        trained=trained,
-        seconds=time.perf_counter() - started,
+    groups = duplicate_groups(
+        index.get(ids), grey_thumbnails(stacked), version.duplicate_thresholds
     )
     logger.info(
         "project=%s encoder %s: %d images, %d in near-duplicate groups, %.1fs",
@@ -90,9 +83,13 @@ def encode_tasks(
         version.name,
         len(ids),
         int((np.bincount(groups)[groups] > 1).sum()),
-        encoded.seconds,
+        time.perf_counter() - started,
     )
-    return encoded
+    return EncodedTasks(
+        version=version.name,
+        index=index,
+        groups={int(t): int(ids[g]) for t, g in zip(ids, groups, strict=True)},
+    )
 
 
 def task_thumbnails(

@@ -17,10 +17,10 @@ from backend.encoder.contrastive import (
     to_tensor,
     train_encoder,
 )
-from backend.encoder.store import duplicate_threshold, is_stale, live_encoder, train_version
+from backend.encoder.store import duplicate_thresholds, is_stale, live_encoder, train_version
 from backend.encoder.thumbnails import ThumbnailCache, thumbnail
 from devkit.datagen import make_image
-from strategies import aligned_correlation, grey_thumbnails
+from strategies import aligned_correlation, detail, grey_thumbnails
 
 
 @pytest.fixture(scope="module")
@@ -67,15 +67,20 @@ def test_training_stops_at_the_epoch_cap(thumbs: np.ndarray) -> None:
     assert report.epochs == pytest.approx(100)
 
 
-def test_the_threshold_separates_copies_from_other_pictures(thumbs: np.ndarray) -> None:
-    threshold = duplicate_threshold(thumbs)
+def test_the_thresholds_separate_copies_from_other_pictures(thumbs: np.ndarray) -> None:
+    thresholds = duplicate_thresholds(thumbs)
     copies = reshot(thumbs, seed=9)
     greys = grey_thumbnails(np.concatenate([thumbs, copies]))
     n = len(thumbs)
     same = np.stack([np.arange(n), np.arange(n, 2 * n)], axis=1)
     other = np.stack([np.arange(n), np.roll(np.arange(n), 1)], axis=1)
-    assert (aligned_correlation(greys, same) >= threshold).mean() >= 0.95
-    assert (aligned_correlation(greys, other) < threshold).all()
+    passes = [
+        (aligned_correlation(view, pairs) >= threshold)
+        for pairs in (same, other)
+        for view, threshold in zip((greys, detail(greys)), thresholds, strict=True)
+    ]
+    assert (passes[0] & passes[1]).mean() >= 0.95
+    assert not (passes[2] & passes[3]).any()
 
 
 def test_versions_are_stored_replaced_and_refreshed(tmp_path: Path, thumbs: np.ndarray) -> None:
@@ -84,7 +89,7 @@ def test_versions_are_stored_replaced_and_refreshed(tmp_path: Path, thumbs: np.n
     loaded = live_encoder(tmp_path)
     assert loaded is not None and loaded.name == first.name == "e1"
     np.testing.assert_allclose(embed(loaded.encoder, thumbs), embed(first.encoder, thumbs))
-    assert loaded.duplicate_threshold == first.duplicate_threshold
+    assert loaded.duplicate_thresholds == first.duplicate_thresholds
     assert not is_stale(loaded, 15) and is_stale(loaded, 16)
     first.index_path(tmp_path).write_bytes(b"old index")
     second = train_version(tmp_path, thumbs, seconds=1)

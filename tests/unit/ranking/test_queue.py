@@ -26,6 +26,7 @@ from backend.ranking.queue import (
     cluster_offset,
     empty_selection,
     mapped_class_mask,
+    near_duplicate_marks,
     plan_writes,
     pool_box_scores,
     queue_head,
@@ -345,3 +346,13 @@ def test_real_flip_disagreement_is_the_same_seen_from_either_side(
     assert all(0.0 <= d <= 1.0 for d in there)
     assert there[-1] == 0.0  # a blank image: nothing on either side
     assert max(there[:-1]) > 0.0  # a model trained on 30 images is not perfectly consistent
+
+
+def test_near_duplicates_are_marked_with_the_task_they_copy() -> None:
+    def queued(task_id: int, position: int) -> QueuedTask:
+        return QueuedTask(task_id, position, position / 5, None, position, 1.0 - position / 5)
+
+    queue = [queued(20, 3), queued(21, 0), queued(22, 4), queued(23, 1), queued(24, 2)]
+    groups = {20: 21, 21: 21, 22: 5, 23: 23}  # 24 has no group entry: its own group
+    assert near_duplicate_marks(queue, groups, labeled=[5, 6]) == {20: 21, 22: 5}
+    assert near_duplicate_marks(queue, {}, labeled=[]) == {}

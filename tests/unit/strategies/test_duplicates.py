@@ -6,7 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from strategies import Pool, aligned_correlation, duplicate_groups, get_strategy, grey_thumbnails
+from strategies import (
+    Pool,
+    aligned_correlation,
+    detail,
+    duplicate_groups,
+    get_strategy,
+    grey_thumbnails,
+)
 from strategies.duplicates import candidate_pairs, demote_duplicate_groups
 
 
@@ -17,10 +24,16 @@ def scenes(n: int, seed: int = 0, size: int = 32) -> np.ndarray:
     return np.kron(coarse, np.ones((8, 8))).astype(np.float32)
 
 
-def test_grey_thumbnails_weigh_the_channels() -> None:
-    thumbs = np.zeros((1, 4, 4, 3), dtype=np.uint8)
-    thumbs[..., 1] = 255
-    assert grey_thumbnails(thumbs)[0, 0, 0] == pytest.approx(0.587)
+def test_grey_thumbnails_and_their_detail() -> None:
+    green = np.zeros((1, 32, 32, 3), dtype=np.uint8)
+    green[..., 1] = 255
+    assert grey_thumbnails(green)[0, 0, 0] == pytest.approx(0.587)
+    ramp = np.tile(np.linspace(0, 1, 32, dtype=np.float32), (1, 32, 1))  # lighting only
+    assert np.abs(detail(ramp)[:, 8:-8, 8:-8]).max() < 0.02
+    spot = np.zeros((1, 32, 32), dtype=np.float32)
+    spot[0, 14:18, 14:18] = 1.0  # a small square
+    assert detail(spot)[0, 15, 15] == pytest.approx(1 - 16 / 81, abs=1e-5)
+    assert detail(spot)[0, 0, 0] == 0.0
     with pytest.raises(ValueError, match="thumbnails"):
         grey_thumbnails(np.zeros((1, 4, 4), dtype=np.uint8))
 
@@ -49,10 +62,10 @@ def test_groups_join_verified_copies_only() -> None:
     greys = np.concatenate([pictures, np.stack(copies)])
     # Embeddings that cannot tell anything apart: every pair is a candidate.
     embeddings = np.zeros((8, 4), dtype=np.float32)
-    groups = duplicate_groups(embeddings, greys, threshold=0.95, neighbours=7)
+    groups = duplicate_groups(embeddings, greys, (0.95, 0.95), neighbours=7)
     assert groups.tolist() == [0, 1, 2, 3, 4, 5, 0, 3]
     with pytest.raises(ValueError, match="greys"):
-        duplicate_groups(embeddings, greys[:3], threshold=0.95)
+        duplicate_groups(embeddings, greys[:3], (0.95, 0.95))
 
 
 def test_demotion_keeps_the_first_of_each_group() -> None:

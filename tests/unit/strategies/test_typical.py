@@ -11,7 +11,7 @@ from strategies import Pool, TypiClust, get_strategy, typicality
 def blobs(sizes: list[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     centres = np.arange(len(sizes), dtype=np.float32)[:, None] * np.array([[20.0, 0.0]])
-    x = np.concatenate([c + rng.normal(size=(k, 2)) for c, k in zip(centres, sizes)])
+    x = np.concatenate([c + rng.normal(size=(k, 2)) for c, k in zip(centres, sizes, strict=True)])
     labels = np.repeat(np.arange(len(sizes)), sizes)
     return x.astype(np.float32), labels
 
