@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks.label_efficiency", description=DESCRIPTION
     )
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="smoke test, under 2 minutes (CI)")
+    size.add_argument("--quick", action="store_true", help="smoke test, under 3 minutes (CI)")
     size.add_argument(
         "--medium", action="store_true", help="one scenario, random vs queue (<= 15 minutes)"
     )
@@ -94,6 +94,11 @@ def _parser() -> argparse.ArgumentParser:
         help="labeled images after each cycle, the seed set first (e.g. 16,32,64,128)",
     )
     parser.add_argument("--epochs", type=int, help="epochs per product-recipe run")
+    parser.add_argument(
+        "--encoder-seconds",
+        type=float,
+        help="training budget of the encoder each unit trains on its pool (cold start)",
+    )
     parser.add_argument(
         "--jobs", type=int, help="parallel processes (each gets cores / jobs torch threads)"
     )
@@ -135,6 +140,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[BenchConfig, str]:
         ("n_pool", args.pool),
         ("budgets", args.budgets),
         ("epochs", args.epochs),
+        ("encoder_seconds", args.encoder_seconds),
         ("converged_seeds", args.converged_seeds),
         ("jobs", args.jobs),
         ("device", args.device),

@@ -60,6 +60,7 @@ from benchmarks.label_efficiency.streams import (
     camera_background,
     render_stream,
 )
+from strategies.diversity import connected_groups
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ _SPLIT_CODE = {"pool": 1, "val": 2, "test": 3, "base": 4}
 _ID_BASE = {"pool": 0, "val": 1_000_000, "test": 2_000_000, "base": 3_000_000}
 BASE_CLASS = "digit"
 STREAM_SPLIT_STRIDE = 8
+STREAM_DUPLICATE_SHIFT = 2.0  # pixels a box may move between two duplicate frames
 MANIFEST = "manifest.json"
 
 
@@ -430,6 +432,41 @@ def _object_classes(rng: np.random.Generator, n: int, config: DigitsConfig) -> l
         mix[theme] += 0.6
         return [int(c) for c in rng.choice(len(CLASSES), size=n, p=mix / mix.sum())]
     return [int(c) for c in rng.choice(len(CLASSES), size=n, p=weights)]
+
+
+def known_duplicates(samples: Sequence[DigitSample]) -> npt.NDArray[np.int64]:
+    """(n,) the true near-duplicate group of each sample, numbered as the product numbers its
+    groups (`strategies.duplicates.duplicate_groups`: a group's smallest index; a sample
+    without near-duplicates, its own index).
+
+    Scenes: an image and its near-copies (`duplicate_of`). Streams have no copies; there, two
+    consecutive frames of one camera are near-duplicates when they show the same objects:
+    the same labels in the same order, every box within STREAM_DUPLICATE_SHIFT pixels of the
+    previous frame's (objects drift under a pixel per frame, so this tells an object that
+    stayed from one that left as another came). A group is a run of such frames, chained:
+    its first and last frames may lie a few pixels apart, as the product chains its pairs.
+    """
+    index = {sample.task_id: i for i, sample in enumerate(samples)}
+    pairs = [
+        (index[sample.duplicate_of], i)
+        for i, sample in enumerate(samples)
+        if sample.duplicate_of is not None
+    ]
+    pairs += [
+        (i, i + 1)
+        for i, (a, b) in enumerate(zip(samples, samples[1:], strict=False))
+        if a.camera is not None and a.camera == b.camera and _same_objects(a.boxes, b.boxes)
+    ]
+    return connected_groups(len(samples), np.array(pairs, dtype=np.int64).reshape(-1, 2))
+
+
+def _same_objects(first: Sequence[DigitBox], second: Sequence[DigitBox]) -> bool:
+    return len(first) == len(second) and all(
+        a.label == b.label
+        and max(abs(a.x1 - b.x1), abs(a.y1 - b.y1), abs(a.x2 - b.x2), abs(a.y2 - b.y2))
+        <= STREAM_DUPLICATE_SHIFT
+        for a, b in zip(first, second, strict=True)
+    )
 
 
 def summary(dataset: DigitsDataset) -> dict[str, Any]:

@@ -5,7 +5,9 @@ Pure functions (plain numpy, no I/O): `aubc` (area under the budget curve, norma
 against a baseline arm), and `summarise`, which turns a run's rows into, per scenario, recipe
 and arm: the curves against images, boxes and annotator seconds, AUBC, the images, boxes and
 seconds to 90% / 95% of the full-data mAP@0.5, the seconds to label the whole pool, savings
-against random, static and manual, and the same at half and double drawing cost.
+against random, static and manual, and the same at half and double drawing cost. For the
+cold start: `pair_precision_recall` (near-duplicate groups against the known ones) and
+`batch_coverage` (what a first batch covers), their seed means under each scenario.
 """
 
 from __future__ import annotations
@@ -105,6 +107,57 @@ def _mean_std(values: Sequence[float | None]) -> dict[str, Any]:
         "n": len(known),
         "of": len(values),
     }
+
+
+# ------------------------------------------------------------------------- the cold start
+def linked_pairs(*groupings: npt.NDArray[np.int64]) -> int:
+    """How many pairs of items share a group in every one of `groupings`."""
+    _, counts = np.unique(np.stack(groupings, axis=1), axis=0, return_counts=True)
+    return int(np.sum(counts * (counts - 1) // 2))
+
+
+def pair_precision_recall(
+    predicted: npt.ArrayLike, truth: npt.ArrayLike
+) -> tuple[float | None, float | None]:
+    """Pair-level precision and recall of near-duplicate groups: of the pairs of images put in
+    one group, the share truly in one; of the pairs truly in one, the share put in one.
+
+    Pairs, not groups, because a pair is what an annotator labels twice. Both arguments are
+    (n,) group ids (equal ids: one group); None where there is no pair to measure.
+    """
+    p = np.asarray(predicted, dtype=np.int64)
+    t = np.asarray(truth, dtype=np.int64)
+    if p.ndim != 1 or p.shape != t.shape:
+        raise ValueError("predicted and truth must be 1-D group ids of the same length")
+    both, found, true = linked_pairs(p, t), linked_pairs(p), linked_pairs(t)
+    return (both / found if found else None, both / true if true else None)
+
+
+def batch_coverage(
+    batch: Sequence[int], labels: Sequence[Sequence[str]], groups: npt.ArrayLike
+) -> dict[str, float | None]:
+    """What a first batch covers: its distinct classes and boxes (`labels`: each pool image's
+    box labels), and the share of the pool's near-duplicate groups (`groups`, (n,) ids) it
+    picks twice or more, labels an annotator spends twice (None: the pool has no group)."""
+    ids = np.asarray(groups, dtype=np.int64)
+    _, sizes = np.unique(ids, return_counts=True)
+    _, picked = np.unique(ids[np.asarray(batch, dtype=np.int64)], return_counts=True)
+    twice, real = int(np.sum(picked >= 2)), int(np.sum(sizes >= 2))
+    return {
+        "classes": float(len({label for i in batch for label in labels[i]})),
+        "boxes": float(sum(len(labels[i]) for i in batch)),
+        "groups_hit_twice": twice / real if real else None,
+    }
+
+
+def seed_mean(records: Sequence[Any]) -> Any:
+    """Per-seed records (nested dicts of numbers) as one: each number's mean over the seeds
+    that measured it (None where none did)."""
+    dicts = [r for r in records if isinstance(r, dict)]
+    if dicts:
+        keys = dict.fromkeys(key for r in dicts for key in r)
+        return {key: seed_mean([r.get(key) for r in dicts]) for key in keys}
+    return _mean_std(records)["mean"]
 
 
 # --------------------------------------------------------------------- over arms and seeds
@@ -300,6 +353,9 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
                 for arm, s in scaled.items()
                 if arm == QUEUE
             }
+        records = result.get("coldstart", {}).get(scenario)
+        if records:
+            entry.update(seed_mean(list(records.values())))
         scenarios[scenario] = entry
     return {"scenarios": scenarios}
 
@@ -315,8 +371,12 @@ SUMMARY_KEYS: tuple[str, ...] = (
 )
 
 
+COLDSTART_KEYS: tuple[str, ...] = ("near_duplicates", "encoder", "first_batch")
+
+
 def summary_json(summary: dict[str, Any]) -> dict[str, Any]:
-    """summary.json: per scenario the full-data mAP@0.5 and, per arm, per-seed lists."""
+    """summary.json: per scenario the full-data mAP@0.5, per arm, per-seed lists, and the
+    cold start's seed means (runs that recorded it)."""
     return {
         "scenarios": {
             name: {
@@ -325,6 +385,7 @@ def summary_json(summary: dict[str, Any]) -> dict[str, Any]:
                     arm: {key: values[key] for key in SUMMARY_KEYS}
                     for arm, values in entry["arms"].items()
                 },
+                **{key: entry[key] for key in COLDSTART_KEYS if key in entry},
             }
             for name, entry in summary["scenarios"].items()
         }

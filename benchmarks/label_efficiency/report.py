@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.label_efficiency.config import (
+    COLDSTART,
     CONVERGED,
+    ENCODER,
     MANUAL,
     QUEUE,
     RANDOM,
@@ -77,6 +79,44 @@ def _per_seed(ours: list[float | None], theirs: list[float | None]) -> str:
     )
 
 
+# the queue arm that continues from each first batch, for its mAP after the next cycle
+_CONTINUED = {RANDOM: QUEUE, ENCODER: COLDSTART}
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _coldstart(entry: dict[str, Any]) -> list[str]:
+    """The cold start's lines: the encoder's near-duplicate groups and cost, and what each
+    first batch covers and trains (seed means; none for a run that did not record it)."""
+    near, encoder = entry.get("near_duplicates"), entry.get("encoder")
+    if near is None or encoder is None:
+        return []
+    lines = [
+        "",
+        f"Cold start (seed means). The encoder trained on the pool's thumbnails for "
+        f"{encoder['train_s']:.0f} s ({encoder['steps']:.0f} steps, embedding "
+        f"{encoder['images_per_s']:.0f} images/s) groups near-duplicates with pair precision "
+        f"{_number(near['precision'])} and recall {_number(near['recall'])} against the "
+        f"{near['true_pairs']:.0f} known pairs ({near['found_pairs']:.0f} found; threshold "
+        f"{near['threshold']:.3f}).",
+        "",
+        "| first batch | classes | boxes | duplicate groups picked twice | test mAP@0.5 "
+        "| after cycle 1 (hybrid) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for kind, covered in entry.get("first_batch", {}).items():
+        curve = entry["curves"].get(_CONTINUED.get(kind, ""), {}).get("map50", [])
+        later = curve[1]["mean"] if len(curve) > 1 else None
+        lines.append(
+            f"| {kind} | {covered['classes']:.1f} | {covered['boxes']:.1f} "
+            f"| {_number(covered['groups_hit_twice'], 2)} | {_number(covered['map50'])} "
+            f"| {_number(later)} |"
+        )
+    return lines
+
+
 def _params(config: dict[str, Any]) -> str:
     """The extra params and ablation variants a run used, as text ('' for none)."""
     parts = [f"{k}={v}" for k, v in config.get("extra_params", {}).items()]
@@ -94,8 +134,9 @@ def markdown_report(result: dict[str, Any]) -> str:
         "",
         f"Scenarios {', '.join(config['scenarios'])}; pool {config['n_pool']} images, test "
         f"{config['n_test']}; seeds {config['seeds']}; labeled images per cycle "
-        f"{config['budgets']} (the first is the random seed set); product recipe "
-        f"at most {config['epochs']} epochs per run at {config['image_size']} px (warm start, "
+        f"{config['budgets']} (the first is the seed set: random, the encoder's picks for "
+        f"coldstart); product recipe at most {config['epochs']} epochs per run at "
+        f"{config['image_size']} px (warm start, "
         f"early stopping, time limit, gate, calibrated display threshold){_params(config)}; "
         + (
             f"converged recipe up to {config['converged_max_epochs']} epochs, patience "
@@ -143,6 +184,7 @@ def markdown_report(result: dict[str, Any]) -> str:
                 f"| {'-' if arm in UNTRAINED_ARMS else s['gate_rejections']} "
                 f"| {_stat(m['final_rare_ap50']) if m['final_rare_ap50']['n'] else '-'} |"
             )
+        lines += _coldstart(entry)
         converged = entry["recipes"].get(CONVERGED)
         if converged:
             lines += [
@@ -182,7 +224,10 @@ def markdown_report(result: dict[str, Any]) -> str:
         "of the full-data reference (linear between cycles). Common mAP: the lowest final "
         "mAP@0.5 among a seed's arms, so every arm reaches it. Whole pool: the cycles' seconds "
         "plus the rest of the pool pre-annotated by the final model (no further retraining). "
-        "manual and static label random's images: their mAP is random's.",
+        "manual and static label random's images: their mAP is random's. Cold start: first "
+        "batches picked at random, or by TypiClust on the embeddings of the encoder trained on "
+        "the pool (`coldstart` continues from it) or of the base model's neck; precision and "
+        "recall count pairs of images in one group against the generator's known duplicates.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -251,9 +296,9 @@ def write_outputs(result: dict[str, Any], out_dir: Path) -> None:
 
 
 def merge_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One result from runs of different scenarios (each run's rows, pools, references and
-    whole-pool edits; its configuration is kept under `merged_from`); ValueError if two runs
-    share a scenario."""
+    """One result from runs of different scenarios (each run's rows, pools, references,
+    whole-pool edits and cold-start records; its configuration is kept under `merged_from`);
+    ValueError if two runs share a scenario."""
     if len(runs) == 1:
         return runs[0]
     scenarios = [name for run in runs for name in run["config"]["scenarios"]]
@@ -276,7 +321,7 @@ def merge_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "complete": all(run.get("complete", False) for run in runs),
         "wall_s": sum(run.get("wall_s", 0.0) for run in runs),
     }
-    for key in ("pools", "references", "full_pool"):
+    for key in ("pools", "references", "full_pool", "coldstart"):
         merged[key] = {name: v for run in runs for name, v in run.get(key, {}).items()}
     merged["rows"] = [row for run in runs for row in run["rows"]]
     return merged

@@ -27,13 +27,8 @@ from benchmarks.label_efficiency.config import BenchConfig, base_data, scenario_
 from benchmarks.label_efficiency.digits_data import BASE_CLASS, generate, summary
 from benchmarks.label_efficiency.metrics import summarise
 from benchmarks.label_efficiency.report import write_outputs
-from benchmarks.label_efficiency.simulation import (
-    REFERENCE_PROJECT,
-    Scenario,
-    SeedResult,
-    SeedRun,
-    Trainer,
-)
+from benchmarks.label_efficiency.simulation import REFERENCE_PROJECT, Scenario, SeedResult, SeedRun
+from benchmarks.label_efficiency.training import Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +181,7 @@ def run_benchmark(
         references: dict[str, dict[str, Any]] = {}
         rows: list[Any] = []
         full_pool: dict[str, Any] = {}
+        coldstart: dict[str, Any] = {}
         head = {
             "mode": mode,
             "config": asdict(config),
@@ -225,6 +221,7 @@ def run_benchmark(
                     unit: SeedResult = future.result()
                     rows += unit.rows
                     full_pool.setdefault(name, {})[str(seed)] = unit.full_pool
+                    coldstart.setdefault(name, {})[str(seed)] = unit.coldstart
                     logger.info(
                         "%s seed %s done after %.0fs", name, seed, time.perf_counter() - started
                     )
@@ -235,6 +232,7 @@ def run_benchmark(
                         "references": references,
                         "rows": [asdict(r) for r in rows],
                         "full_pool": full_pool,
+                        "coldstart": coldstart,
                         "complete": False,
                         "wall_s": round(time.perf_counter() - started, 1),
                     },
@@ -244,6 +242,7 @@ def run_benchmark(
             "references": references,
             "rows": [asdict(r) for r in rows],
             "full_pool": full_pool,
+            "coldstart": coldstart,
             "complete": True,
             "wall_s": round(time.perf_counter() - started, 1),
         }

@@ -5,8 +5,10 @@ A scenario is a generated pool whose ground truth stays hidden until "labeled"
 "digit", trained on scenes no pool uses): the stand-in for the pretrained weights a user
 brings as MODEL_PATH. Per seed:
 
-1. a random seed set is revealed; the annotator sees the base model's boxes (MODEL_PATH is
-   what a new project pre-annotates with) and the project trains on it;
+1. a seed set is revealed (at random; for the `coldstart` arm, the product's TypiClust picks
+   on the embeddings of the encoder trained on the pool, `coldstart`); the annotator sees the
+   base model's boxes (MODEL_PATH is what a new project pre-annotates with) and the project
+   trains on it;
 2. each cycle, the project's live model (`Detector`) predicts the whole pool, a strategy
    (`get_strategy`) ranks the unlabeled images through the ranker's own scoring
    (`ImageRecord`, `pool_box_scores`, `class_ap_vector`), the next batch is revealed, priced
@@ -24,11 +26,15 @@ retrained: what a backend that cannot train offers) label the images `random` la
 same order, so their models are random's; they differ in the seconds the labels cost.
 Once the last cycle is done, the rest of the pool is priced with the final live model's boxes
 (`seconds_full_pool`; the project would keep improving, so this is an upper bound).
+
+Every unit also records its cold start: the encoder's near-duplicate groups against the
+pool's known ones (`known_duplicates`), and what each first batch covers (random, the
+encoder's picks, TypiClust on the base model's neck embeddings); when the `coldstart` arm
+runs, the neck's picks are trained on too, for their test mAP.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -46,35 +52,40 @@ from backend.audit import split_key
 from backend.config import Settings
 from backend.labelstudio.images import LoadedImage
 from backend.models.detector import Detector, ImageDetections, ModelSource
-from backend.models.offline import prepare_ultralytics, set_torch_threads
 from backend.models.registry import ModelVersion
 from backend.project_params import TrainParams
 from backend.ranking.detect import flip_disagreements
 from backend.ranking.detection_cache import ImageRecord
 from backend.ranking.queue import class_ap_vector, pool_box_scores, predicted_seconds
 from backend.ranking.queue_config import QueueConfig, queue_config
-from backend.services import build_services
 from backend.training.calibration import shown_boxes
-from backend.training.dataset import ExportStats, LabeledImage
-from backend.training.trainer import RECIPE, evaluate, train_and_register
+from backend.training.dataset import LabeledImage
+from benchmarks.label_efficiency.coldstart import encode_pool, typiclust_batch
 from benchmarks.label_efficiency.config import (
     CONVERGED,
+    ENCODER,
     MANUAL,
+    NECK,
     PRODUCT,
     RANDOM,
+    SEED_SETS,
     STATIC,
     BenchConfig,
     CycleRow,
     ProductArm,
-    arm_name,
     scenario_data,
+    strategy_arm,
 )
-from benchmarks.label_efficiency.digits_data import DigitsDataset, generate
+from benchmarks.label_efficiency.digits_data import DigitsDataset, generate, known_duplicates
+from benchmarks.label_efficiency.metrics import batch_coverage
+from benchmarks.label_efficiency.training import Trainer, write_split_yaml
 from strategies import Pool, get_strategy
 
 logger = logging.getLogger(__name__)
 
-SEED_SET_PROJECT = 10  # per unit: the seed-set model every arm of a seed starts from
+# per unit: the seed-set models the arms of a seed start from, by how the set was picked
+SEED_SET_PROJECTS = {RANDOM: 10, ENCODER: 9, NECK: 8}
+ARM_PROJECT = 11  # and up, one per arm
 REFERENCE_PROJECT = 1
 
 
@@ -107,116 +118,6 @@ def build_pool(
         seconds=predicted_seconds(records, threshold, ActionSeconds()),
         flip_disagreement=None if flip is None else np.asarray(flip, dtype=np.float64),
     )
-
-
-def write_split_yaml(
-    folder: Path,
-    classes: Sequence[str],
-    val: Sequence[LabeledImage],
-    train: Sequence[LabeledImage] | None = None,
-) -> Path:
-    """A data.yaml over exactly these images (symlinked), for `evaluate` (val only: the fixed
-    test split) or the converged recipe (train + the fixed validation split)."""
-    shutil.rmtree(folder, ignore_errors=True)
-    for split, items in (("val", val), ("train", train or val)):
-        image_dir, label_dir = folder / "images" / split, folder / "labels" / split
-        image_dir.mkdir(parents=True)
-        label_dir.mkdir(parents=True)
-        for item in items:
-            source = Path(item.image_ref)
-            (image_dir / source.name).symlink_to(source.resolve())
-            lines = "".join(box.line() + "\n" for box in item.boxes)
-            (label_dir / f"{source.stem}.txt").write_text(lines, encoding="utf-8")
-    names = "".join(f"  {i}: {json.dumps(name)}\n" for i, name in enumerate(classes))
-    data_yaml = folder / "data.yaml"
-    data_yaml.write_text(
-        f"path: {json.dumps(str(folder.resolve()))}\ntrain: images/train\nval: images/val\n"
-        f"names:\n{names}",
-        encoding="utf-8",
-    )
-    return data_yaml
-
-
-@dataclass
-class Trainer:
-    """Both recipes and the test yardstick for one folder of simulated projects."""
-
-    settings: Settings
-    config: BenchConfig
-    run_id: int = 0
-
-    def __post_init__(self) -> None:
-        services = build_services(replace(self.settings, label_studio_url=None))
-        self.registry = services.registry
-        self.loader = services.images
-        self.params = TrainParams.resolve(self.settings, self.config.extra_params)
-        set_torch_threads(self.settings.torch_threads)
-
-    def product(
-        self,
-        project_id: int,
-        items: Sequence[LabeledImage],
-        classes: list[str],
-        params: TrainParams | None = None,
-    ) -> dict[str, Any]:
-        """One product training run (`train_and_register`) of `project_id` on `items` (with
-        the run's own recipe unless `params` says otherwise)."""
-        self.run_id += 1
-        params = params or self.params
-        return train_and_register(
-            self.settings,
-            self.registry,
-            self.loader,
-            project_id,
-            self.run_id,
-            items,
-            classes,
-            ExportStats(),
-            params,
-        )
-
-    def converged(
-        self,
-        start: Path,
-        items: Sequence[LabeledImage],
-        val: Sequence[LabeledImage],
-        classes: Sequence[str],
-        folder: Path,
-    ) -> Path:
-        """The product's hyper-parameters from `start`, up to `converged_max_epochs` epochs,
-        stopped once the fixed validation split's fitness has not improved for
-        `converged_patience` epochs; the best epoch's weights."""
-        prepare_ultralytics(self.settings.paths.ultralytics)
-        from ultralytics import YOLO  # noqa: PLC0415  (after prepare_ultralytics)
-
-        data_yaml = write_split_yaml(folder / "data", classes, val, items)
-        YOLO(str(start), task="detect").train(
-            data=str(data_yaml),
-            epochs=self.config.converged_max_epochs,
-            patience=self.config.converged_patience,
-            imgsz=self.config.image_size,
-            batch=self.config.train_batch,
-            device=self.settings.device,
-            val=True,
-            **RECIPE,
-            project=str(folder),
-            name="train",
-            exist_ok=True,
-        )
-        weights = folder / "train" / "weights" / "best.pt"
-        if not weights.is_file():
-            raise RuntimeError(f"converged training left no weights at {weights}")
-        return weights
-
-    def test(
-        self, weights: Path, test_yaml: Path, classes: list[str], work: Path
-    ) -> dict[str, Any]:
-        """mAP@0.5 and mAP@0.5:0.95 of `weights` on the fixed test split."""
-        metrics = evaluate(self.settings, self.params, weights, test_yaml, classes, work)
-        shutil.rmtree(work, ignore_errors=True)
-        if metrics is None:
-            raise RuntimeError(f"{weights} does not predict the classes {classes}")
-        return metrics
 
 
 @dataclass
@@ -297,6 +198,18 @@ class Annotator:
 class SeedResult:
     rows: list[CycleRow]
     full_pool: dict[str, dict[str, dict[str, int]]]  # recipe -> arm -> edits, whole pool
+    coldstart: dict[str, Any]  # near_duplicates, encoder, first_batch (by seed set)
+
+
+@dataclass(frozen=True)
+class SeedSet:
+    """A first batch, labeled and trained on: where every arm that starts from it starts."""
+
+    project: int
+    labeled: list[int]
+    edits: Counter[str]
+    metrics: dict[str, Any]  # the seed-set model's test mAPs
+    train_s: float
 
 
 class SeedRun:
@@ -326,23 +239,16 @@ class SeedRun:
 
     def run(self) -> SeedResult:
         sc = self.scenario
-        rng = np.random.default_rng([self.seed, 12345])
-        seed_idx = sorted(
-            int(i) for i in rng.choice(len(sc.pool), self.config.budgets[0], replace=False)
-        )
         base = self.predict(self.base_weights, "base")
-        started = time.perf_counter()
-        self.trainer.product(SEED_SET_PROJECT, [sc.pool[i] for i in seed_idx], sc.classes)
-        seed_train_s = round(time.perf_counter() - started, 3)
-        seed_model = self.trainer.registry.live(SEED_SET_PROJECT)
-        assert seed_model is not None  # a first run has no live model to lose against
-        seed_metrics = self.test(seed_model.weights)
-        seed_edits = self.annotator.edits(seed_idx, base)
+        picks, coldstart = self.first_batches(base)
+        seed_sets = {
+            kind: self.seed_set(kind, picks[kind], base) for kind in self.trained_seed_sets()
+        }
+        for kind, covered in coldstart["first_batch"].items():
+            covered["map50"] = seed_sets[kind].metrics["map50"] if kind in seed_sets else None
         random_labeled: list[list[int]] = []
         for arm in self.config.product_arms:
-            labeled_by_cycle = self.product_arm(
-                arm, seed_idx, seed_edits, seed_metrics, seed_train_s
-            )
+            labeled_by_cycle = self.product_arm(arm, seed_sets[arm.seed_set])
             if arm.name == RANDOM:
                 random_labeled = labeled_by_cycle
         random_rows = [r for r in self.rows if r.arm == RANDOM and r.recipe == PRODUCT]
@@ -360,11 +266,54 @@ class SeedRun:
                 )
             self.full_pool[PRODUCT][arm] = dict(self.annotator.edits(everything, shown))
         if self.seed in self.config.seeds[: self.config.converged_seeds]:
-            for strategy in self.config.converged_strategies:
-                self.converged_arm(ProductArm(arm_name(strategy), strategy), seed_idx, seed_edits)
-        return SeedResult(self.rows, self.full_pool)
+            for arm in map(strategy_arm, self.config.converged_strategies):
+                self.converged_arm(arm, seed_sets[arm.seed_set])
+        return SeedResult(self.rows, self.full_pool, coldstart)
 
     # -- the pieces ------------------------------------------------------------------
+    def first_batches(self, base: Prediction) -> tuple[dict[str, list[int]], dict[str, Any]]:
+        """The first batch by each way of picking it (SEED_SETS), and the unit's cold-start
+        record: the encoder's near-duplicate groups against the pool's known ones, its cost,
+        and what each first batch covers."""
+        sc = self.scenario
+        size = self.config.budgets[0]
+        rng = np.random.default_rng([self.seed, 12345])
+        encoding = encode_pool(
+            sc.images, self.root / "encoder", self.config.encoder_seconds, self.seed
+        )
+        neck = np.stack([found.embedding for found in base.found]).astype(np.float32)
+        picks = {
+            RANDOM: sorted(int(i) for i in rng.choice(len(sc.pool), size, replace=False)),
+            ENCODER: typiclust_batch(encoding.embeddings, len(sc.classes), size, self.seed),
+            NECK: typiclust_batch(neck, len(sc.classes), size, self.seed),
+        }
+        truth = known_duplicates(sc.dataset.splits["pool"])
+        labels = [[box.label for box in boxes] for boxes in sc.truth]
+        covered = {kind: batch_coverage(batch, labels, truth) for kind, batch in picks.items()}
+        return picks, {**encoding.record(truth), "first_batch": covered}
+
+    def trained_seed_sets(self) -> list[str]:
+        """The seed sets to train on: those the arms start from, and the neck's picks with
+        the encoder's (so their first models compare)."""
+        used = {arm.seed_set for arm in self.config.product_arms}
+        if ENCODER in used:
+            used.add(NECK)
+        return [kind for kind in SEED_SETS if kind in used]
+
+    def seed_set(self, kind: str, labeled: list[int], base: Prediction) -> SeedSet:
+        """`labeled` revealed (the base model's boxes shown) and its seed-set project trained."""
+        project = SEED_SET_PROJECTS[kind]
+        started = time.perf_counter()
+        self.trainer.product(
+            project, [self.scenario.pool[i] for i in labeled], self.scenario.classes
+        )
+        train_s = round(time.perf_counter() - started, 3)
+        model = self.trainer.registry.live(project)
+        assert model is not None  # a first run has no live model to lose against
+        return SeedSet(
+            project, labeled, self.annotator.edits(labeled, base), self.test(model.weights), train_s
+        )
+
     def predict(
         self,
         weights: Path,
@@ -475,23 +424,17 @@ class SeedRun:
             )
         )
 
-    def product_arm(
-        self,
-        arm: ProductArm,
-        seed_idx: list[int],
-        seed_edits: Counter[str],
-        seed_metrics: dict[str, Any],
-        seed_train_s: float,
-    ) -> list[list[int]]:
-        """One arm's cycles with the product recipe; the labeled images after each."""
+    def product_arm(self, arm: ProductArm, seed: SeedSet) -> list[list[int]]:
+        """One arm's cycles with the product recipe, from `seed`; the labeled images after
+        each."""
         registry = self.trainer.registry
-        project = SEED_SET_PROJECT + 1 + self.config.product_arms.index(arm)
+        project = ARM_PROJECT + self.config.product_arms.index(arm)
         params = TrainParams.resolve(
             self.trainer.settings, {**self.config.extra_params, **arm.params}
         )
         paths = self.trainer.settings.paths
-        shutil.copytree(paths.project(SEED_SET_PROJECT).root, paths.project(project).root)
-        labeled, edits = list(seed_idx), Counter(seed_edits)
+        shutil.copytree(paths.project(seed.project).root, paths.project(project).root)
+        labeled, edits = list(seed.labeled), Counter(seed.edits)
         live = registry.live(project)
         assert live is not None  # the seed-set run has no live model to lose against
         self.row(
@@ -501,9 +444,9 @@ class SeedRun:
             labeled,
             edits,
             live.weights,
-            {"train_s": seed_train_s},
+            {"train_s": seed.train_s},
             live.version,
-            metrics=seed_metrics,
+            metrics=seed.metrics,
         )
         labeled_by_cycle = [list(labeled)]
         budgets = self.config.budgets
@@ -548,11 +491,11 @@ class SeedRun:
         )
         return labeled_by_cycle
 
-    def converged_arm(self, arm: ProductArm, seed_idx: list[int], seed_edits: Counter[str]) -> None:
+    def converged_arm(self, arm: ProductArm, seed: SeedSet) -> None:
         sc = self.scenario
         val = sc.dataset.labeled("val")
         folder = self.root / "converged" / arm.name
-        labeled, edits = list(seed_idx), Counter(seed_edits)
+        labeled, edits = list(seed.labeled), Counter(seed.edits)
         budgets = self.config.budgets
         weights = Path()
         for cycle in range(len(budgets)):

@@ -1,5 +1,6 @@
-"""Label-efficiency benchmark v2: metrics with known answers, the three pools' generators, the
-simulated annotator, and (slow) the --quick run end to end, checking its outputs."""
+"""Label-efficiency benchmark v2: metrics with known answers, the three pools' generators and
+their known near-duplicates, the simulated annotator, the cold start on the product's encoder,
+and (slow) the --quick run end to end, checking its outputs."""
 
 from __future__ import annotations
 
@@ -16,9 +17,12 @@ from PIL import Image
 
 from backend.analytics.cost import ActionSeconds
 from backend.analytics.matching import LabeledBox
+from backend.encoder.contrastive import reshot
+from backend.labelstudio.images import LoadedImage
 from backend.models.detector import Box, ImageDetections
 from backend.training.calibration import shown_boxes
 from benchmarks.label_efficiency.cli import _parser, config_from_args
+from benchmarks.label_efficiency.coldstart import encode_pool, typiclust_batch
 from benchmarks.label_efficiency.config import (
     LONG_TAIL_WEIGHTS,
     BenchConfig,
@@ -26,23 +30,30 @@ from benchmarks.label_efficiency.config import (
     ProductArm,
     all_strategies,
     scenario_data,
+    strategy_arm,
 )
 from benchmarks.label_efficiency.digits_data import (
     BASE_CLASS,
     CLASS_WEIGHTS,
     CLASSES,
+    DigitSample,
     DigitsConfig,
     generate,
+    known_duplicates,
     load,
 )
 from benchmarks.label_efficiency.metrics import (
     aubc,
+    batch_coverage,
     label_efficiency,
+    pair_precision_recall,
     rare_classes,
     saving_vs_random,
+    seed_mean,
     summarise,
     summary_json,
 )
+from benchmarks.label_efficiency.rendering import DigitBox
 from benchmarks.label_efficiency.report import merge_runs, resummarise
 from benchmarks.label_efficiency.simulation import Annotator, Prediction
 
@@ -165,6 +176,117 @@ def test_rare_class_ap_is_the_last_cycles_mean_over_the_rare_classes() -> None:
     assert rare_classes(result, "scenes") == ["b", "c"]
     arm = summarise(result)["scenarios"]["scenes"]["arms"]["random"]
     assert arm["final_rare_ap50"] == [pytest.approx(0.1)]
+
+
+# ------------------------------------------------------------------------- the cold start
+def test_pair_precision_recall_counts_pairs_of_one_group() -> None:
+    # predicted {0, 1, 2}: pairs 01 02 12; true {0, 1} and {2, 3}: pairs 01 23; shared: 01
+    precision, recall = pair_precision_recall([0, 0, 0, 3, 4], [0, 0, 2, 2, 4])
+    assert precision == pytest.approx(1 / 3) and recall == pytest.approx(1 / 2)
+    assert pair_precision_recall([0, 0, 2], [0, 0, 2]) == (1.0, 1.0)
+    assert pair_precision_recall([0, 1, 2], [0, 0, 2]) == (None, 0.0)  # nothing grouped
+    assert pair_precision_recall([0, 0, 2], [0, 1, 2]) == (0.0, None)  # nothing to find
+    with pytest.raises(ValueError):
+        pair_precision_recall([0, 0], [0, 0, 0])
+
+
+def test_batch_coverage_counts_classes_boxes_and_groups_picked_twice() -> None:
+    labels = [["0"], ["0", "1"], [], ["2"], ["2"], ["1"]]
+    groups = [0, 0, 2, 3, 3, 5]  # two groups: {0, 1} and {3, 4}
+    assert batch_coverage([0, 1, 3], labels, groups) == {
+        "classes": 3.0,
+        "boxes": 4.0,
+        "groups_hit_twice": 0.5,
+    }
+    assert batch_coverage([2, 5], labels, groups)["groups_hit_twice"] == 0.0
+    assert batch_coverage([0], labels, [0, 1, 2, 3, 4, 5])["groups_hit_twice"] is None
+
+
+def test_seed_mean_averages_nested_records_over_the_seeds_that_measured() -> None:
+    records = [
+        {"near": {"precision": 1.0, "recall": None}, "n": 2.0},
+        {"near": {"precision": 0.5, "recall": 0.8}, "n": 4.0},
+    ]
+    assert seed_mean(records) == {"near": {"precision": 0.75, "recall": 0.8}, "n": 3.0}
+
+
+def _frame(i: int, camera: int, *boxes: tuple[str, float]) -> DigitSample:
+    return DigitSample(
+        task_id=i + 1,
+        split="pool",
+        file=f"pool/{i}.png",
+        width=96,
+        height=96,
+        boxes=tuple(DigitBox(label, x, 10.0, x + 20.0, 40.0) for label, x in boxes),
+        camera=camera,
+    )
+
+
+def test_known_duplicates_of_streams_are_runs_of_frames_with_the_same_objects() -> None:
+    frames = [
+        _frame(0, 0, ("1", 10.0)),
+        _frame(1, 0, ("1", 11.0)),  # moved a pixel: the same
+        _frame(2, 0, ("1", 12.0)),  # chained: two pixels from frame 0
+        _frame(3, 0, ("1", 12.0), ("7", 50.0)),  # an object came
+        _frame(4, 0, ("1", 12.0), ("7", 53.0)),  # moved three pixels: another object
+        _frame(5, 1, ("1", 12.0), ("7", 53.0)),  # another camera
+        _frame(6, 1, ("1", 12.0), ("4", 53.0)),  # another label
+        _frame(7, 1),
+        _frame(8, 1),  # empty views of one camera: nothing to label twice
+    ]
+    assert known_duplicates(frames).tolist() == [0, 0, 0, 3, 4, 5, 6, 7, 7]
+
+
+def test_known_duplicates_of_scenes_are_the_generated_copies(
+    digits: tuple[Path, DigitsConfig],
+) -> None:
+    pool = load(digits[0]).splits["pool"]
+    groups = known_duplicates(pool)
+    index = {s.task_id: i for i, s in enumerate(pool)}
+    copies = [(index[s.duplicate_of], i) for i, s in enumerate(pool) if s.duplicate_of]
+    assert copies  # the fixture's pool has some
+    assert all(groups[i] == groups[j] == min(groups[i], i, j) for i, j in copies)
+    copied = {i for pair in copies for i in pair}
+    assert all(groups[i] == i for i in range(len(pool)) if i not in copied)
+
+
+def test_typiclust_batch_picks_one_image_of_each_cluster_without_boxes() -> None:
+    rng = np.random.default_rng(0)
+    centres = np.eye(3, 8, dtype=np.float32) * 10
+    embeddings = np.concatenate([c + rng.normal(0, 0.1, (6, 8)) for c in centres])
+    batch = typiclust_batch(embeddings.astype(np.float32), n_classes=5, size=3, seed=0)
+    assert sorted(i // 6 for i in batch) == [0, 1, 2]
+
+
+def test_encode_pool_finds_reshot_copies_with_the_products_encoder(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    scenes = rng.integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)
+    pictures = np.concatenate([scenes, reshot(scenes, seed=2)])  # image i + 6 copies image i
+    images = [LoadedImage(p[:, :, ::-1], 64, 64) for p in pictures]  # BGR, as the loader
+    encoding = encode_pool(images, tmp_path, seconds=0.5, seed=0)
+    truth = np.tile(np.arange(6), 2)
+    record = encoding.record(truth)
+    assert encoding.embeddings.shape == (12, 128)
+    assert record["near_duplicates"]["precision"] == record["near_duplicates"]["recall"] == 1.0
+    assert record["near_duplicates"]["true_pairs"] == 6
+    assert record["encoder"]["steps"] >= 1 and record["encoder"]["images_per_s"] > 0
+
+
+def test_summary_json_carries_the_cold_start_seed_means() -> None:
+    rows = [_row("random", c, 10 * (c + 1), 20, 0, 0.5) for c in range(2)]
+    result = _result(rows, {})
+    near = {"precision": 1.0, "recall": 0.5}
+    first = {"random": {"classes": 3.0, "map50": 0.2}, "encoder": {"classes": 5.0, "map50": None}}
+    result["coldstart"] = {
+        "scenes": {
+            "0": {"near_duplicates": near, "encoder": {"steps": 3}, "first_batch": first},
+            "1": {"near_duplicates": {**near, "recall": 1.0}, "encoder": {"steps": 5}},
+        }
+    }
+    entry = summary_json(summarise(result))["scenarios"]["scenes"]
+    assert entry["near_duplicates"] == {"precision": 1.0, "recall": 0.75}
+    assert entry["encoder"] == {"steps": 4.0}
+    assert entry["first_batch"] == first  # one seed measured it
 
 
 # ----------------------------------------------------------------------------- annotator
@@ -299,6 +421,13 @@ def test_config_validation() -> None:
     assert BenchConfig().strategies == all_strategies()
     assert BenchConfig().arms[:3] == ("manual", "static", "random")
     assert "queue" in BenchConfig().arms and "hybrid" not in BenchConfig().arms
+    assert all_strategies()[-1] == "coldstart"
+    assert strategy_arm("coldstart") == ProductArm("coldstart", "hybrid", seed_set="encoder")
+    assert strategy_arm("hybrid") == ProductArm("queue", "hybrid")
+    only = BenchConfig(strategies=("random", "coldstart"), converged_strategies=("random",))
+    assert only.arms[-1] == "coldstart"
+    with pytest.raises(ValueError):
+        BenchConfig(encoder_seconds=0)
 
 
 # ------------------------------------------------------------------- the whole loop (slow)
@@ -332,7 +461,10 @@ def test_quick_run_writes_every_output(tmp_path: Path) -> None:
     assert set(summary["scenarios"]) == {"scenes", "streams", "long_tail"}
     for entry in summary["scenarios"].values():
         assert 0.0 <= entry["full_map50"] <= 1.0
-        assert set(entry["arms"]) == {"manual", "static", "random", "queue"}
+        assert set(entry["arms"]) == {"manual", "static", "random", "queue", "coldstart"}
+        assert set(entry["near_duplicates"]) >= {"precision", "recall"}
+        assert entry["encoder"]["steps"] >= 1 and entry["encoder"]["images_per_s"] > 0
+        assert set(entry["first_batch"]) == {"random", "encoder", "neck"}
         for arm in entry["arms"].values():
             assert arm["seeds"] == list(config.seeds)
             assert len(arm["seconds_full_pool"]) == len(config.seeds)
