@@ -47,7 +47,9 @@ class PoolEncoding:
                 "recall": recall,
                 "true_pairs": linked_pairs(truth),
                 "found_pairs": linked_pairs(self.groups),
-                "thresholds": self.meta["duplicate_thresholds"],
+                "thresholds": dict(
+                    zip(("whole", "detail"), self.meta["duplicate_thresholds"], strict=True)
+                ),
             },
             "encoder": {
                 "train_s": self.meta["seconds"],
