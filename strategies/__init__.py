@@ -9,7 +9,14 @@ from strategies.diversity import (
     near_duplicate_groups,
     near_duplicate_pairs,
 )
-from strategies.duplicates import aligned_correlation, detail, duplicate_groups, grey_thumbnails
+from strategies.duplicates import (
+    DuplicateThresholds,
+    aligned_correlation,
+    detail,
+    duplicate_groups,
+    grey_thumbnails,
+    worst_block_change,
+)
 from strategies.hybrids import RankMix, UncertaintyThenKCenter
 from strategies.pool import Pool, Selection
 from strategies.registry import available_strategies, get_strategy, strategy_params
@@ -42,6 +49,7 @@ from strategies.uncertainty import (
 __all__ = [
     "DCUS",
     "DUA",
+    "DuplicateThresholds",
     "Entropy",
     "KCenter",
     "KCenterResult",
@@ -80,4 +88,5 @@ __all__ = [
     "near_duplicate_pairs",
     "strategy_params",
     "typicality",
+    "worst_block_change",
 ]

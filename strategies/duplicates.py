@@ -7,10 +7,14 @@ Two shots of one scene differ by a small shift, exposure and noise; their grey t
 aligned by the best small shift, correlate almost perfectly, while two different scenes do
 not. So the embedding's nearest neighbours are only candidates, and a pair is a near-duplicate
 when its shift-aligned normalised correlation reaches a threshold (calibrated on copies of
-known difference by the caller). Groups are the connected components of verified pairs.
+known difference by the caller). Correlation is a whole-picture figure: a small object that
+comes or goes between two frames of one camera barely moves it, so a pair must also show no
+local change (`worst_block_change`). Groups are the connected components of verified pairs.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import faiss
 import numpy as np
@@ -22,7 +26,18 @@ from strategies.pool import BoolArray, Float32Array, IntArray, check_embeddings
 DEFAULT_NEIGHBOURS = 10  # candidates per image
 DEFAULT_MAX_SHIFT = 3  # pixels, each way, on the grey thumbnails
 DETAIL_WINDOW = 9  # pixels: lighting smoother than this is not what tells pictures apart
+CHANGE_BLOCK = 16  # pixels: the side of the blocks compared one by one (half-overlapping)
 _CHUNK = 1024  # pairs per vectorised correlation step
+
+
+@dataclass(frozen=True)
+class DuplicateThresholds:
+    """What a verified pair must reach: the aligned correlation of the whole grey pictures
+    and of their detail (at least), and the worst block's change (at most)."""
+
+    whole: float
+    detail: float
+    change: float
 
 
 def grey_thumbnails(thumbs: npt.NDArray[np.uint8]) -> Float32Array:
@@ -99,10 +114,58 @@ def aligned_correlation(
     return out
 
 
+def worst_block_change(
+    pictures: Float32Array, pairs: IntArray, max_shift: int = DEFAULT_MAX_SHIFT
+) -> npt.NDArray[np.float64]:
+    """(P,) for each pair, how much the most changed place differs: each picture is scaled to
+    zero mean and unit deviation, cut into half-overlapping CHANGE_BLOCK px blocks (inside a
+    `max_shift` border), and each block is matched in the other picture at its best shift of
+    up to `max_shift` px (objects drift, cameras shake); the figure is the largest mean
+    squared difference of any block, either way. About 0 for the same picture moved; an
+    object that came or left makes its block's figure large, however small the object."""
+    z = pictures - pictures.mean(axis=(1, 2), keepdims=True)
+    z = (z / np.maximum(z.std(axis=(1, 2), keepdims=True), 1e-6)).astype(np.float32)
+    size, step = z.shape[1], CHANGE_BLOCK // 2
+    inner = size - 2 * max_shift
+    if inner < CHANGE_BLOCK:
+        raise ValueError(f"pictures of {size} px are too small for {CHANGE_BLOCK} px blocks")
+    blocks = (inner - CHANGE_BLOCK) // step + 1
+    span = (blocks - 1) * step + CHANGE_BLOCK
+    lo = max_shift + (inner - span) // 2  # the blocks' grid, centred
+    out = np.zeros(pairs.shape[0])
+    for start in range(0, pairs.shape[0], _CHUNK):
+        chunk = pairs[start : start + _CHUNK]
+        worst = out[start : start + _CHUNK]
+        for first, second in ((0, 1), (1, 0)):
+            a = z[chunk[:, first], lo : lo + span, lo : lo + span]
+            best = np.full((len(chunk), blocks, blocks), np.inf)
+            for dy in range(-max_shift, max_shift + 1):
+                for dx in range(-max_shift, max_shift + 1):
+                    b = z[chunk[:, second], lo + dy : lo + dy + span, lo + dx : lo + dx + span]
+                    np.minimum(best, _block_means((a - b) ** 2, blocks, step), out=best)
+            np.maximum(worst, best.reshape(len(chunk), -1).max(axis=1), out=worst)
+    return out
+
+
+def _block_means(values: Float32Array, blocks: int, step: int) -> npt.NDArray[np.float64]:
+    """(P, blocks, blocks) means of the CHANGE_BLOCK px blocks `step` apart, via summed-area
+    tables of (P, span, span) `values`."""
+    table = np.pad(values, ((0, 0), (1, 0), (1, 0))).astype(np.float64).cumsum(1).cumsum(2)
+    starts = np.arange(blocks) * step
+    ends = starts + CHANGE_BLOCK
+    total = (
+        table[:, ends[:, None], ends[None, :]]
+        - table[:, starts[:, None], ends[None, :]]
+        - table[:, ends[:, None], starts[None, :]]
+        + table[:, starts[:, None], starts[None, :]]
+    )
+    return total / (CHANGE_BLOCK * CHANGE_BLOCK)
+
+
 def duplicate_groups(
     embeddings: Float32Array,
     greys: Float32Array,
-    thresholds: tuple[float, float],
+    thresholds: DuplicateThresholds,
     *,
     neighbours: int = DEFAULT_NEIGHBOURS,
     max_shift: int = DEFAULT_MAX_SHIFT,
@@ -111,14 +174,17 @@ def duplicate_groups(
     of their smallest member; an image without near-duplicates keeps its own index.
 
     A candidate pair is verified when the aligned correlation of the whole grey pictures
-    reaches `thresholds[0]` and that of their `detail` reaches `thresholds[1]`.
+    reaches `thresholds.whole`, that of their `detail` reaches `thresholds.detail`, and the
+    `worst_block_change` of their detail stays within `thresholds.change`.
     """
     n = embeddings.shape[0]
     if greys.shape[0] != n or greys.ndim != 3:
         raise ValueError(f"greys must be (n={n}, S, S), got shape {greys.shape}")
     pairs = candidate_pairs(embeddings, neighbours)
-    pairs = pairs[aligned_correlation(greys, pairs, max_shift) >= thresholds[0]]
-    verified = pairs[aligned_correlation(detail(greys), pairs, max_shift) >= thresholds[1]]
+    pairs = pairs[aligned_correlation(greys, pairs, max_shift) >= thresholds.whole]
+    fine = detail(greys)
+    pairs = pairs[aligned_correlation(fine, pairs, max_shift) >= thresholds.detail]
+    verified = pairs[worst_block_change(fine, pairs, max_shift) <= thresholds.change]
     return connected_groups(n, verified)
 
 

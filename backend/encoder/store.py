@@ -1,5 +1,5 @@
 """The project encoder's versions under MODEL_DIR: trained when first needed, retrained when
-the project has grown, each with its calibrated near-duplicate threshold.
+the project has grown, each with its calibrated near-duplicate thresholds.
 
 A version `eN` is three files in the project's encoder folder (`backend.layout`): `eN.pt`
 (the weights), `eN.json` (how it was trained, the threshold) and `eN.faiss` (its embeddings
@@ -23,13 +23,20 @@ import torch
 
 from backend.encoder.contrastive import Encoder, U8Array, reshot, train_encoder
 from backend.files import atomic_write
-from strategies import aligned_correlation, detail, grey_thumbnails
+from strategies import (
+    DuplicateThresholds,
+    aligned_correlation,
+    detail,
+    grey_thumbnails,
+    worst_block_change,
+)
 
 logger = logging.getLogger(__name__)
 
 REFRESH_GROWTH = 0.5  # retrain once the project has this share more images than trained on
 MIN_IMAGES = 8  # fewer images: no encoder (nothing to learn, nothing to pick)
 DUPLICATE_MARGIN = 0.05  # below the 1st percentile of the known copies' correlation
+CHANGE_QUANTILE = 0.99  # of the known copies' worst block change: the most a pair may show
 _CALIBRATION_SAMPLE = 256  # images whose re-shot copies calibrate the threshold
 _VERSION = re.compile(r"^e(\d+)\.json$")
 
@@ -43,29 +50,39 @@ class EncoderVersion:
     meta: dict[str, Any]
 
     @property
-    def duplicate_thresholds(self) -> tuple[float, float]:
-        """(whole picture, detail): see `strategies.duplicates.duplicate_groups`."""
-        whole, fine = self.meta["duplicate_thresholds"]
-        return float(whole), float(fine)
+    def duplicate_thresholds(self) -> DuplicateThresholds:
+        """See `strategies.duplicates.duplicate_groups`."""
+        return parse_thresholds(self.meta["duplicate_thresholds"])
 
     def index_path(self, folder: Path) -> Path:
         return folder / f"{self.name}.faiss"
 
 
-def duplicate_thresholds(thumbs: U8Array, seed: int = 0) -> tuple[float, float]:
-    """The aligned correlations (whole grey picture, its detail) above which two thumbnails
-    are near-duplicates, calibrated on known ones: re-shot copies (`reshot`) of up to 256 of
-    the project's own images. Each is their 1st percentile, less DUPLICATE_MARGIN."""
+def duplicate_thresholds(thumbs: U8Array, seed: int = 0) -> DuplicateThresholds:
+    """The near-duplicate thresholds calibrated on known near-duplicates: re-shot copies
+    (`reshot`) of up to 256 of the project's own images. The correlations' (whole grey picture,
+    its detail) are their 1st percentile less DUPLICATE_MARGIN; the worst block change's, its
+    CHANGE_QUANTILE (measured on the benchmark's pools, no margin: a margin let through frames
+    an object had left)."""
     rng = np.random.default_rng(seed)
     sample = thumbs[rng.permutation(len(thumbs))[:_CALIBRATION_SAMPLE]]
     greys = grey_thumbnails(np.concatenate([sample, reshot(sample, seed)]))
+    fine = detail(greys)
     n = len(sample)
     pairs = np.stack([np.arange(n), np.arange(n, 2 * n)], axis=1).astype(np.int64)
-    whole, fine = (
-        float(np.quantile(aligned_correlation(view, pairs), 0.01)) - DUPLICATE_MARGIN
-        for view in (greys, detail(greys))
+    return DuplicateThresholds(
+        whole=float(np.quantile(aligned_correlation(greys, pairs), 0.01)) - DUPLICATE_MARGIN,
+        detail=float(np.quantile(aligned_correlation(fine, pairs), 0.01)) - DUPLICATE_MARGIN,
+        change=float(np.quantile(worst_block_change(fine, pairs), CHANGE_QUANTILE)),
     )
-    return whole, fine
+
+
+def parse_thresholds(raw: Any) -> DuplicateThresholds:
+    """A version's stored thresholds; ValueError for a version calibrated before the change
+    check (it is then trained anew)."""
+    if not isinstance(raw, dict) or set(raw) != {"whole", "detail", "change"}:
+        raise ValueError(f"near-duplicate thresholds {raw!r} are not whole, detail and change")
+    return DuplicateThresholds(**{key: float(value) for key, value in raw.items()})
 
 
 def live_encoder(folder: Path) -> EncoderVersion | None:
@@ -78,6 +95,7 @@ def live_encoder(folder: Path) -> EncoderVersion | None:
         name = f"e{number}"
         try:
             meta = json.loads((folder / f"{name}.json").read_text())
+            parse_thresholds(meta.get("duplicate_thresholds"))
             encoder = Encoder()
             state = torch.load(folder / f"{name}.pt", map_location="cpu", weights_only=True)
             encoder.load_state_dict(state)
@@ -106,7 +124,7 @@ def train_version(
     meta = {
         **asdict(report),
         "version": name,
-        "duplicate_thresholds": list(thresholds),
+        "duplicate_thresholds": asdict(thresholds),
         "calibration_seconds": time.perf_counter() - started,
         "created_at": time.time(),
     }
@@ -119,13 +137,15 @@ def train_version(
             old.unlink(missing_ok=True)
     logger.info(
         "encoder %s trained on %d images in %.0fs (%d steps, loss %.2f -> %.2f); "
-        "near-duplicate thresholds %.3f, %.3f",
+        "near-duplicate thresholds whole %.3f, detail %.3f, change %.3f",
         name,
         report.images,
         report.seconds,
         report.steps,
         report.loss_first,
         report.loss_last,
-        *thresholds,
+        thresholds.whole,
+        thresholds.detail,
+        thresholds.change,
     )
     return EncoderVersion(name, encoder, meta)

@@ -47,9 +47,7 @@ class PoolEncoding:
                 "recall": recall,
                 "true_pairs": linked_pairs(truth),
                 "found_pairs": linked_pairs(self.groups),
-                "thresholds": dict(
-                    zip(("whole", "detail"), self.meta["duplicate_thresholds"], strict=True)
-                ),
+                "thresholds": dict(self.meta["duplicate_thresholds"]),
             },
             "encoder": {
                 "train_s": self.meta["seconds"],

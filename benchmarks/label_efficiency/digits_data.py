@@ -440,11 +440,12 @@ def known_duplicates(samples: Sequence[DigitSample]) -> npt.NDArray[np.int64]:
     without near-duplicates, its own index).
 
     Scenes: an image and its near-copies (`duplicate_of`). Streams have no copies; there, two
-    consecutive frames of one camera are near-duplicates when they show the same objects:
-    the same labels in the same order, every box within STREAM_DUPLICATE_SHIFT pixels of the
-    previous frame's (objects drift under a pixel per frame, so this tells an object that
-    stayed from one that left as another came). A group is a run of such frames, chained:
-    its first and last frames may lie a few pixels apart, as the product chains its pairs.
+    frames of one camera are near-duplicates when they show the same objects: the same labels
+    in the same order, every box within STREAM_DUPLICATE_SHIFT pixels of the other frame's
+    (objects drift under a pixel per frame, so this tells an object that stayed from one that
+    left as another came). Any two frames, not only consecutive ones: an object that comes for
+    one frame and leaves again leaves the frames around it alike. A group is the chain of such
+    pairs: its ends may lie a few pixels apart, as the product chains its pairs.
     """
     index = {sample.task_id: i for i, sample in enumerate(samples)}
     pairs = [
@@ -453,9 +454,12 @@ def known_duplicates(samples: Sequence[DigitSample]) -> npt.NDArray[np.int64]:
         if sample.duplicate_of is not None
     ]
     pairs += [
-        (i, i + 1)
-        for i, (a, b) in enumerate(zip(samples, samples[1:], strict=False))
-        if a.camera is not None and a.camera == b.camera and _same_objects(a.boxes, b.boxes)
+        (i, j)
+        for i, a in enumerate(samples)
+        for j in range(i + 1, len(samples))
+        if a.camera is not None
+        and a.camera == samples[j].camera
+        and _same_objects(a.boxes, samples[j].boxes)
     ]
     return connected_groups(len(samples), np.array(pairs, dtype=np.int64).reshape(-1, 2))
 

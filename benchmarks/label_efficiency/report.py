@@ -100,7 +100,8 @@ def _coldstart(entry: dict[str, Any]) -> list[str]:
         f"{encoder['images_per_s']:.0f} images/s) groups near-duplicates with pair precision "
         f"{_number(near['precision'])} and recall {_number(near['recall'])} against the "
         f"{near['true_pairs']:.0f} known pairs ({near['found_pairs']:.0f} found; thresholds "
-        f"{near['thresholds']['whole']:.3f} whole, {near['thresholds']['detail']:.3f} detail).",
+        f"{near['thresholds']['whole']:.3f} whole, {near['thresholds']['detail']:.3f} detail, "
+        f"{near['thresholds']['change']:.2f} change).",
         "",
         "| first batch | classes | boxes | duplicate groups picked twice | test mAP@0.5 "
         "| after cycle 1 (hybrid) |",

@@ -222,19 +222,20 @@ def _frame(i: int, camera: int, *boxes: tuple[str, float]) -> DigitSample:
     )
 
 
-def test_known_duplicates_of_streams_are_runs_of_frames_with_the_same_objects() -> None:
+def test_known_duplicates_of_streams_are_frames_with_the_same_objects() -> None:
     frames = [
         _frame(0, 0, ("1", 10.0)),
         _frame(1, 0, ("1", 11.0)),  # moved a pixel: the same
         _frame(2, 0, ("1", 12.0)),  # chained: two pixels from frame 0
         _frame(3, 0, ("1", 12.0), ("7", 50.0)),  # an object came
         _frame(4, 0, ("1", 12.0), ("7", 53.0)),  # moved three pixels: another object
-        _frame(5, 1, ("1", 12.0), ("7", 53.0)),  # another camera
-        _frame(6, 1, ("1", 12.0), ("4", 53.0)),  # another label
-        _frame(7, 1),
-        _frame(8, 1),  # empty views of one camera: nothing to label twice
+        _frame(5, 0, ("1", 12.0)),  # it left again: frame 2 once more, though not next to it
+        _frame(6, 1, ("1", 12.0), ("7", 53.0)),  # another camera
+        _frame(7, 1, ("1", 12.0), ("4", 53.0)),  # another label
+        _frame(8, 1),
+        _frame(9, 1),  # empty views of one camera: nothing to label twice
     ]
-    assert known_duplicates(frames).tolist() == [0, 0, 0, 3, 4, 5, 6, 7, 7]
+    assert known_duplicates(frames).tolist() == [0, 0, 0, 3, 4, 0, 6, 7, 8, 8]
 
 
 def test_known_duplicates_of_scenes_are_the_generated_copies(

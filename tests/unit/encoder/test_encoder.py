@@ -3,6 +3,7 @@ near-duplicate threshold calibrated on re-shot copies, and the thumbnail cache."
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from backend.encoder.contrastive import (
 from backend.encoder.store import duplicate_thresholds, is_stale, live_encoder, train_version
 from backend.encoder.thumbnails import ThumbnailCache, thumbnail
 from devkit.datagen import make_image
-from strategies import aligned_correlation, detail, grey_thumbnails
+from strategies import aligned_correlation, detail, grey_thumbnails, worst_block_change
 
 
 @pytest.fixture(scope="module")
@@ -71,16 +72,20 @@ def test_the_thresholds_separate_copies_from_other_pictures(thumbs: np.ndarray) 
     thresholds = duplicate_thresholds(thumbs)
     copies = reshot(thumbs, seed=9)
     greys = grey_thumbnails(np.concatenate([thumbs, copies]))
+    fine = detail(greys)
     n = len(thumbs)
     same = np.stack([np.arange(n), np.arange(n, 2 * n)], axis=1)
     other = np.stack([np.arange(n), np.roll(np.arange(n), 1)], axis=1)
-    passes = [
-        (aligned_correlation(view, pairs) >= threshold)
-        for pairs in (same, other)
-        for view, threshold in zip((greys, detail(greys)), thresholds, strict=True)
-    ]
-    assert (passes[0] & passes[1]).mean() >= 0.95
-    assert not (passes[2] & passes[3]).any()
+
+    def verified(pairs: np.ndarray) -> np.ndarray:
+        return (
+            (aligned_correlation(greys, pairs) >= thresholds.whole)
+            & (aligned_correlation(fine, pairs) >= thresholds.detail)
+            & (worst_block_change(fine, pairs) <= thresholds.change)
+        )
+
+    assert verified(same).mean() >= 0.9
+    assert not verified(other).any()
 
 
 def test_versions_are_stored_replaced_and_refreshed(tmp_path: Path, thumbs: np.ndarray) -> None:
@@ -97,6 +102,10 @@ def test_versions_are_stored_replaced_and_refreshed(tmp_path: Path, thumbs: np.n
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e2.json", "e2.pt"]
     (tmp_path / "e3.json").write_text("{not json")  # a crash's leftover is skipped
     assert (live := live_encoder(tmp_path)) is not None and live.name == "e2"
+    meta = json.loads((tmp_path / "e2.json").read_text())
+    meta["duplicate_thresholds"] = [0.9, 0.5]  # calibrated before the change check
+    (tmp_path / "e2.json").write_text(json.dumps(meta))
+    assert live_encoder(tmp_path) is None  # so the next ranking trains anew
 
 
 def test_the_thumbnail_cache_keys_by_reference(tmp_path: Path, thumbs: np.ndarray) -> None:

@@ -7,14 +7,18 @@ import numpy as np
 import pytest
 
 from strategies import (
+    DuplicateThresholds,
     Pool,
     aligned_correlation,
     detail,
     duplicate_groups,
     get_strategy,
     grey_thumbnails,
+    worst_block_change,
 )
 from strategies.duplicates import candidate_pairs, demote_duplicate_groups
+
+LOOSE = DuplicateThresholds(whole=0.95, detail=0.95, change=float("inf"))
 
 
 def scenes(n: int, seed: int = 0, size: int = 32) -> np.ndarray:
@@ -62,10 +66,28 @@ def test_groups_join_verified_copies_only() -> None:
     greys = np.concatenate([pictures, np.stack(copies)])
     # Embeddings that cannot tell anything apart: every pair is a candidate.
     embeddings = np.zeros((8, 4), dtype=np.float32)
-    groups = duplicate_groups(embeddings, greys, (0.95, 0.95), neighbours=7)
+    groups = duplicate_groups(embeddings, greys, LOOSE, neighbours=7)
     assert groups.tolist() == [0, 1, 2, 3, 4, 5, 0, 3]
     with pytest.raises(ValueError, match="greys"):
-        duplicate_groups(embeddings, greys[:3], (0.95, 0.95))
+        duplicate_groups(embeddings, greys[:3], LOOSE)
+
+
+def test_a_small_object_that_came_is_a_local_change() -> None:
+    rng = np.random.default_rng(3)
+    background = scenes(1, size=64)[0] * 0.5 + rng.normal(0, 0.01, (64, 64)).astype(np.float32)
+    drifted = np.roll(background, 1, axis=1)  # the camera shook a pixel
+    came = background.copy()
+    came[40:46, 20:26] += 0.3  # a small object came: 1% of the picture
+    greys = np.stack([background, drifted, came]).astype(np.float32)
+    pairs = np.array([[0, 1], [0, 2]], dtype=np.int64)
+    assert aligned_correlation(greys, pairs)[1] > 0.95  # the whole picture barely moves
+    change = worst_block_change(detail(greys), pairs)
+    assert change[1] > 5 * change[0]
+    embeddings = np.zeros((3, 4), dtype=np.float32)
+    strict = DuplicateThresholds(whole=0.9, detail=0.5, change=float(change[0]) * 2)
+    assert duplicate_groups(embeddings, greys, strict).tolist() == [0, 0, 2]
+    with pytest.raises(ValueError, match="too small"):
+        worst_block_change(greys[:, :16, :16], pairs)
 
 
 def test_demotion_keeps_the_first_of_each_group() -> None:
