@@ -65,6 +65,7 @@ _REDIS_SCHEMES = ("redis", "rediss", "unix")
 ENV_NAMES = frozenset(
     {
         "ALLOWED_IMAGE_HOSTS",
+        "BACKBONE_PRETRAIN_SECONDS",
         "BASIC_AUTH_PASS",
         "BASIC_AUTH_USER",
         "DETECT_CONF_FLOOR",
@@ -181,6 +182,8 @@ class Settings:
     promote_tolerance: float = 0.0  # PROMOTE_TOLERANCE: mAP50 drop always allowed (see gate_noise)
     encoder_train_seconds: float = 120.0  # ENCODER_TRAIN_SECONDS: time budget of the project
     # encoder (cold-start picks, near-duplicate groups) when a ranking needs a new one; 0: off
+    backbone_pretrain_seconds: float = 300.0  # BACKBONE_PRETRAIN_SECONDS: before a project's
+    # first model (no MODEL_PATH), its backbone learns the project's images this long; 0: off
     # -- scale-out (backend/distributed.py): with REDIS_URL, runs are RQ jobs for `worker`s --
     redis_url: str | None = field(default=None, repr=False)  # REDIS_URL (may hold a password)
     train_queue: str = "ls-active-yolo-training"  # TRAIN_QUEUE: the RQ queue of training jobs
@@ -268,6 +271,9 @@ class Settings:
             train_time_limit=_float(env, "TRAIN_TIME_LIMIT", d.train_time_limit, 0.0, 86400.0 * 7),
             encoder_train_seconds=_float(
                 env, "ENCODER_TRAIN_SECONDS", d.encoder_train_seconds, 0.0, 86400.0
+            ),
+            backbone_pretrain_seconds=_float(
+                env, "BACKBONE_PRETRAIN_SECONDS", d.backbone_pretrain_seconds, 0.0, 86400.0
             ),
             train_warm_start=_bool(env, "TRAIN_WARM_START", d.train_warm_start),
             train_image_size=_size(env, "TRAIN_IMAGE_SIZE"),

@@ -21,7 +21,9 @@ asks this module for a path instead of spelling it, so the layout can be read he
     projects/<id>/embeddings/            FAISS indexes per model version (ranking/)
     projects/<id>/encoder/               the self-supervised image encoder's versions
                                          (<eN>.pt + <eN>.json), their FAISS indexes
-                                         (<eN>.faiss) and the tasks' thumbnails (encoder/)
+                                         (<eN>.faiss), the tasks' thumbnails (encoder/)
+                                         and backbone-<arch>.pt, the detector backbone
+                                         pretrained on the project's images
 """
 
 from __future__ import annotations
@@ -108,6 +110,10 @@ class ProjectPaths:
     @property
     def thumbnails(self) -> Path:
         return self.encoder / "thumbnails.npz"
+
+    def backbone(self, architecture: str) -> Path:
+        """The detector architecture's backbone pretrained on the project's images."""
+        return self.encoder / f"backbone-{Path(architecture).stem}.pt"
 
 
 @dataclass(frozen=True)

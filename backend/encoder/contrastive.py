@@ -55,12 +55,13 @@ class Encoder(nn.Module):
         return self.features(x).mean(dim=(2, 3))
 
 
-def _projector() -> nn.Module:
+def projection_head(width: int) -> nn.Module:
+    """The contrastive head on `width` features (discarded after training)."""
     return nn.Sequential(
-        nn.Linear(EMBED_DIM, EMBED_DIM),
-        nn.BatchNorm1d(EMBED_DIM),
+        nn.Linear(width, width),
+        nn.BatchNorm1d(width),
         nn.ReLU(inplace=True),
-        nn.Linear(EMBED_DIM, _PROJECTION_DIM),
+        nn.Linear(width, _PROJECTION_DIM),
     )
 
 
@@ -84,24 +85,25 @@ def to_tensor(thumbs: U8Array) -> torch.Tensor:
     return torch.from_numpy(array).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def random_views(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def random_views(
+    images: torch.Tensor, generator: torch.Generator, size: int = INPUT_SIZE
+) -> torch.Tensor:
     """One random view per image: a crop of 35-100% of the area at aspect 3:4-4:3, resized
-    back to full size, mirrored half the time, with random brightness, contrast, colour
-    balance, sometimes grey, and sensor noise; INPUT_SIZE px. Per image, in one batched
-    pass."""
-    n, _, size, _ = images.shape
+    to `size` px square, mirrored half the time, with random brightness, contrast, colour
+    balance, sometimes grey, and sensor noise. Per image, in one batched pass."""
+    n, _, side, _ = images.shape
 
     def uniform(lo: float, hi: float, *shape: int) -> torch.Tensor:
         return lo + (hi - lo) * torch.rand(*shape, generator=generator)
 
     area = uniform(*_CROP_SCALE, n)
     aspect = torch.exp(uniform(math.log(3 / 4), math.log(4 / 3), n))
-    w = (size * torch.sqrt(area * aspect)).clamp(max=size)
-    h = (size * torch.sqrt(area / aspect)).clamp(max=size)
-    x1 = uniform(0, 1, n) * (size - w)
-    y1 = uniform(0, 1, n) * (size - h)
+    w = (side * torch.sqrt(area * aspect)).clamp(max=side)
+    h = (side * torch.sqrt(area / aspect)).clamp(max=side)
+    x1 = uniform(0, 1, n) * (side - w)
+    y1 = uniform(0, 1, n) * (side - h)
     boxes = torch.stack([torch.arange(n, dtype=torch.float32), x1, y1, x1 + w, y1 + h], dim=1)
-    views = roi_align(images, boxes, output_size=INPUT_SIZE, aligned=True)
+    views = roi_align(images, boxes, output_size=size, aligned=True)
     mirror = torch.rand(n, generator=generator) < 0.5
     views = torch.where(mirror[:, None, None, None], views.flip(3), views)
     mean = views.mean(dim=(1, 2, 3), keepdim=True)
@@ -137,35 +139,62 @@ def train_encoder(
     """Train an encoder on `thumbs` (n >= 2 images) until `seconds` have passed or it has
     seen MAX_EPOCHS epochs (or `max_steps`); returns it in eval mode with its report.
     Deterministic for a given seed and number of steps."""
-    images = to_tensor(thumbs)
+    torch.manual_seed(seed)
+    encoder = Encoder()
+    report = train_contrastive(
+        thumbs,
+        encoder,
+        projection_head(EMBED_DIM),
+        seconds=seconds,
+        seed=seed,
+        batch_size=batch_size,
+        max_steps=max_steps,
+        view_size=INPUT_SIZE,
+    )
+    return encoder, report
+
+
+def train_contrastive(
+    images: U8Array,
+    features: nn.Module,
+    projector: nn.Module,
+    *,
+    seconds: float,
+    seed: int,
+    batch_size: int,
+    max_steps: int | None,
+    view_size: int,
+) -> TrainReport:
+    """SimCLR on (n, S, S, 3) uint8 RGB `images` (n >= 2; made float a batch at a time):
+    `features` then `projector` must tell each random view's partner among the batch, until
+    `seconds` have passed or MAX_EPOCHS epochs (or `max_steps`) were seen. Leaves `features`
+    in eval mode; seeded by `seed`."""
     n = images.shape[0]
     if n < 2:
-        raise ValueError(f"an encoder needs at least 2 images, got {n}")
-    torch.manual_seed(seed)
+        raise ValueError(f"contrastive training needs at least 2 images, got {n}")
     generator = torch.Generator().manual_seed(seed)
-    encoder, projector = Encoder(), _projector()
-    parameters = [*encoder.parameters(), *projector.parameters()]
+    parameters = [*features.parameters(), *projector.parameters()]
     optimiser = torch.optim.AdamW(parameters, lr=2e-3, weight_decay=1e-4)
     batch = max(_MIN_BATCH, min(batch_size, n)) if n >= _MIN_BATCH else n
     steps = math.ceil(MAX_EPOCHS * n / batch)
     if max_steps is not None:
         steps = min(steps, max_steps)
-    encoder.train()
+    features.train()
     projector.train()
     losses: list[float] = []
     started = time.perf_counter()
     while len(losses) < steps and (not losses or time.perf_counter() - started < seconds):
-        picked = torch.randperm(n, generator=generator)[:batch]
-        chosen = images[picked]
-        v1, v2 = random_views(chosen, generator), random_views(chosen, generator)
-        loss = contrastive_loss(projector(encoder(v1)), projector(encoder(v2)))
+        chosen = to_tensor(images[torch.randperm(n, generator=generator)[:batch].numpy()])
+        v1 = random_views(chosen, generator, view_size)
+        v2 = random_views(chosen, generator, view_size)
+        loss = contrastive_loss(projector(features(v1)), projector(features(v2)))
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
         losses.append(float(loss.detach()))
-    encoder.eval()
+    features.eval()
     tenth = max(1, len(losses) // 10)
-    report = TrainReport(
+    return TrainReport(
         images=n,
         seconds=time.perf_counter() - started,
         steps=len(losses),
@@ -173,7 +202,6 @@ def train_encoder(
         loss_first=float(np.mean(losses[:tenth])),
         loss_last=float(np.mean(losses[-tenth:])),
     )
-    return encoder, report
 
 
 @torch.no_grad()

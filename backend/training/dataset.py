@@ -130,6 +130,23 @@ def fetch_annotated_tasks(
         yield task.model_dump() if hasattr(task, "model_dump") else dict(task)
 
 
+def fetch_unlabeled_refs(
+    sdk: Any, project_id: int, value_key: str, page_size: int = 100
+) -> list[str]:
+    """The image references (`data[value_key]`) of the project's tasks without annotations:
+    the unlabeled pictures a first model's backbone pretrains on."""
+    pager = sdk.tasks.list(
+        project=project_id, fields="all", include="id,data,total_annotations", page_size=page_size
+    )
+    refs = []
+    for task in pager:
+        item = task.model_dump() if hasattr(task, "model_dump") else dict(task)
+        ref = (item.get("data") or {}).get(value_key)
+        if not item.get("total_annotations") and isinstance(ref, str) and ref:
+            refs.append(ref)
+    return refs
+
+
 def latest_annotation(task: dict[str, Any]) -> dict[str, Any] | None:
     """The newest annotation that was not cancelled (skipped), or None."""
     candidates = [

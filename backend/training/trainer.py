@@ -12,14 +12,19 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
 from backend.config import Settings
-from backend.errors import BackendError
+from backend.encoder.backbone import pretrain_backbone, square_images
+from backend.errors import BackendError, ImageError
 from backend.events import RunState
 from backend.labelstudio.client import LabelStudioClient
 from backend.labelstudio.images import ImageLoader
@@ -35,6 +40,7 @@ from backend.training.dataset import (
     LabeledImage,
     NotEnoughData,
     fetch_annotated_tasks,
+    fetch_unlabeled_refs,
     task_to_labeled,
     write_dataset,
 )
@@ -96,10 +102,13 @@ def _train(
 ) -> dict[str, Any]:
     params = TrainParams.resolve(settings, load_project_params(settings.paths, project_id))
     started = time.perf_counter()
-    labeled, classes, stats = export_labeled(ls, project_id)
+    labeled, classes, stats, value_key = export_labeled(ls, project_id)
+    unlabeled: list[str] = []
+    if pretrains_backbone(settings, registry, project_id, params):
+        unlabeled = fetch_unlabeled_refs(ls.sdk, project_id, value_key)
     exported_s = round(time.perf_counter() - started, 3)
     details = train_and_register(
-        settings, registry, loader, project_id, run_id, labeled, classes, stats, params
+        settings, registry, loader, project_id, run_id, labeled, classes, stats, params, unlabeled
     )
     details["durations"]["label_studio_export_s"] = exported_s
     return details
@@ -107,9 +116,10 @@ def _train(
 
 def export_labeled(
     ls: LabelStudioClient, project_id: int
-) -> tuple[list[LabeledImage], list[str], ExportStats]:
+) -> tuple[list[LabeledImage], list[str], ExportStats, str]:
     """The project's ground truth from Label Studio: images, class list (label config
-    order), and what was skipped. Boxes come from the controls over the first image field."""
+    order), what was skipped, and the image field. Boxes come from the controls over the
+    first image field."""
     project = ls.sdk.projects.get(id=project_id)
     config = parse_label_config(project.label_config or "")
     controls = config.primary_controls
@@ -121,7 +131,7 @@ def export_labeled(
         item = task_to_labeled(task, controls, classes, stats.skipped)
         if item is not None:
             labeled.append(item)
-    return labeled, classes, stats
+    return labeled, classes, stats, controls[0].value_key
 
 
 def train_and_register(
@@ -134,10 +144,13 @@ def train_and_register(
     classes: list[str],
     stats: ExportStats,
     params: TrainParams,
+    unlabeled: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Dataset -> fine-tune from the live model -> evaluate both -> new version -> gate.
 
     The one training path: Label Studio runs and the label-efficiency simulation both use it.
+    `unlabeled`: image references of tasks without labels, which a first model's backbone
+    pretrains on with the labeled images (`first_parent`).
     """
     prepare_ultralytics(settings.paths.ultralytics)
     set_torch_threads(settings.torch_threads)
@@ -167,6 +180,8 @@ def train_and_register(
     )
 
     live = registry.live(project_id)
+    image_size = params.image_size
+    pretraining = None
     if live is not None and params.warm_start:
         parent_weights, parent = live.weights, live.version
     elif settings.model_path is not None:
@@ -175,12 +190,17 @@ def train_and_register(
             f"MODEL_PATH:{file_version(settings.model_path)}",
         )
     else:
-        parent_weights, parent = None, f"random-init:{settings.model_yaml}"
+        # A first model has no trained size of its own: one chosen from the data.
+        image_size = image_size or stats.scratch_image_size()
+        parent_weights, parent, pretraining = first_parent(
+            settings, loader, project_id, data_yaml, unlabeled, image_size
+        )
         # From a random init the validation fitness of a few dozen images climbs late and
         # noisily: early stopping alone ended one measured run at epoch 53 (0.05 mAP shown).
         params = replace(params, min_epochs=max(params.min_epochs, SCRATCH_MIN_EPOCHS))
+    t_parent = time.perf_counter()
     candidate, size, epochs = _fine_tune(
-        settings, params, parent_weights, data_yaml, run_dir, project_id, run_id, stats
+        settings, params, parent_weights, data_yaml, run_dir, project_id, run_id, stats, image_size
     )
     t2 = time.perf_counter()
 
@@ -217,6 +237,7 @@ def train_and_register(
         "classes": classes,
         "params": {**asdict(params), "image_size": size},
         "epochs": epochs,  # run, and the best one kept (1-based; 0: no validation ran)
+        "backbone_pretraining": pretraining,  # this run's, when it pretrained one
         "data": stats.as_dict(),
         "metrics": metrics,
         "live_metrics": live_metrics,
@@ -225,7 +246,8 @@ def train_and_register(
         "display_calibration": display,
         "durations": {
             "dataset_s": round(t1 - t0, 3),
-            "train_s": round(t2 - t1, 3),
+            "pretrain_s": round(t_parent - t1, 3),
+            "train_s": round(t2 - t_parent, 3),
             "evaluate_s": round(t3 - t2, 3),
             "calibrate_s": round(t4 - t3, 3),
         },
@@ -261,6 +283,88 @@ RECIPE: Mapping[str, Any] = MappingProxyType(
     }
 )
 SCRATCH_MIN_EPOCHS = 150  # no early stop before this from a random init (scratch_recipe)
+
+
+PRETRAIN_MAX_SIZE = 256  # px: the largest side a backbone pretrains at (CPU cost)
+PRETRAIN_MAX_IMAGES = 1000  # unlabeled pictures a backbone pretrains on at most (a sample)
+
+
+def pretrains_backbone(
+    settings: Settings, registry: ModelRegistry, project_id: int, params: TrainParams
+) -> bool:
+    """Whether a run now starts a first model (no live model to warm-start from, no
+    MODEL_PATH) whose backbone it must pretrain first (BACKBONE_PRETRAIN_SECONDS > 0)."""
+    first = (registry.live(project_id) is None or not params.warm_start) and (
+        settings.model_path is None
+    )
+    backbone = settings.paths.project(project_id).backbone(settings.model_yaml)
+    return first and settings.backbone_pretrain_seconds > 0 and not backbone.is_file()
+
+
+def first_parent(
+    settings: Settings,
+    loader: ImageLoader,
+    project_id: int,
+    data_yaml: Path,
+    unlabeled: Sequence[str],
+    image_size: int,
+) -> tuple[Path | None, str, dict[str, Any] | None]:
+    """Where a first model starts: MODEL_YAML's backbone pretrained on the project's pictures
+    (`backend.encoder.backbone`), else random weights; with the pretraining's report when it
+    happens now.
+
+    The backbone is pretrained once per project and kept (`ProjectPaths.backbone`), so a
+    failed first run does not pay again: on the run's training pictures (their labels unused;
+    the validation split stays unseen) and up to PRETRAIN_MAX_IMAGES unlabeled ones (a seeded
+    sample; unreadable ones skipped), at the first model's size (at most PRETRAIN_MAX_SIZE),
+    for BACKBONE_PRETRAIN_SECONDS. Measured: benchmarks/scratch_recipe.py.
+    """
+    backbone = settings.paths.project(project_id).backbone(settings.model_yaml)
+    report = None
+    if not backbone.is_file() and settings.backbone_pretrain_seconds > 0:
+        rng = np.random.default_rng(project_id)
+        refs = [unlabeled[i] for i in sorted(rng.permutation(len(unlabeled))[:PRETRAIN_MAX_IMAGES])]
+        pictures = square_images(
+            _pretraining_pictures(loader, data_yaml.parent / "images" / "train", refs),
+            min(image_size, PRETRAIN_MAX_SIZE),
+        )
+        if len(pictures) >= 2:
+            trained = pretrain_backbone(
+                settings.model_yaml,
+                pictures,
+                backbone,
+                seconds=settings.backbone_pretrain_seconds,
+            )
+            report = asdict(trained)
+            logger.info(
+                "project=%s backbone of %s pretrained on %d pictures at %d px: %.0fs, "
+                "%.0f epochs, loss %.2f -> %.2f",
+                project_id,
+                settings.model_yaml,
+                trained.images,
+                pictures.shape[1],
+                trained.seconds,
+                trained.epochs,
+                trained.loss_first,
+                trained.loss_last,
+            )
+    if backbone.is_file():
+        return backbone, f"pretrained-backbone:{settings.model_yaml}", report
+    return None, f"random-init:{settings.model_yaml}", None
+
+
+def _pretraining_pictures(
+    loader: ImageLoader, train_dir: Path, refs: Sequence[str]
+) -> Iterator[npt.NDArray[np.uint8]]:
+    """RGB pictures: the dataset's training images, then the unlabeled references'."""
+    for path in sorted(train_dir.iterdir()):
+        with Image.open(path) as image:
+            yield np.asarray(image.convert("RGB"))
+    for ref in refs:
+        try:
+            yield np.ascontiguousarray(loader.load(ref).pixels[..., ::-1])  # BGR -> RGB
+        except ImageError as exc:
+            logger.info("pretraining picture %s skipped: %s", ref, exc)
 
 
 def gate_noise(candidate: float, live: float, val_boxes: int) -> float:
@@ -307,14 +411,15 @@ def _fine_tune(
     project_id: int,
     run_id: int,
     stats: ExportStats,
+    image_size: int,
 ) -> tuple[Path, int, dict[str, int]]:
     """Train a fresh YOLO instance (never the serving one) from `parent`; returns the
-    weights, the image size they were trained at (TRAIN_IMAGE_SIZE, else the parent's, else
-    one chosen from the data's image and object sizes) and the epochs run and kept."""
+    weights, the image size they were trained at (`image_size`, else the parent's, else one
+    chosen from the data's image and object sizes) and the epochs run and kept."""
     from ultralytics import YOLO  # noqa: PLC0415  (after prepare_ultralytics)
 
     model = YOLO(str(parent) if parent is not None else settings.model_yaml, task="detect")
-    image_size = params.image_size or trained_image_size(model) or stats.scratch_image_size()
+    image_size = image_size or trained_image_size(model) or stats.scratch_image_size()
     flag = settings.paths.project(project_id).cancel_flag
     started = time.monotonic()
 

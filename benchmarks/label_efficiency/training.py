@@ -70,9 +70,11 @@ class Trainer:
         items: Sequence[LabeledImage],
         classes: list[str],
         params: TrainParams | None = None,
+        unlabeled: Sequence[str] = (),
     ) -> dict[str, Any]:
         """One product training run (`train_and_register`) of `project_id` on `items` (with
-        the run's own recipe unless `params` says otherwise)."""
+        the run's own recipe unless `params` says otherwise; `unlabeled`: the references of
+        the project's other pictures, which a first model's backbone pretrains on)."""
         self.run_id += 1
         params = params or self.params
         return train_and_register(
@@ -85,6 +87,7 @@ class Trainer:
             classes,
             ExportStats(),
             params,
+            unlabeled,
         )
 
     def converged(
