@@ -133,8 +133,9 @@ def fetch_annotated_tasks(
 def fetch_unlabeled_refs(
     sdk: Any, project_id: int, value_key: str, page_size: int = 100
 ) -> list[str]:
-    """The image references (`data[value_key]`) of the project's tasks without annotations:
-    the unlabeled pictures a first model's backbone pretrains on."""
+    """The image references (`data[value_key]`) of the project's tasks without annotations
+    (skipped ones included: Label Studio's `total_annotations` leaves them out): the
+    unlabeled pictures a first model's backbone pretrains on."""
     pager = sdk.tasks.list(
         project=project_id, fields="all", include="id,data,total_annotations", page_size=page_size
     )
