@@ -16,20 +16,15 @@ returned (frozen records); only the stores on disk carry state from one run to t
    first promoted model: typical picks on the encoder's embeddings, `cold_start`);
 4. order: the queue Label Studio will serve and one prediction per unlabeled task: `result`
    (the pre-annotation) and `score` (`queue`, where the maths is explained);
-5. write: the queue as a new queue version (`v3.q2`: `backend.labelstudio.versions`), imported
-   in bulk, then the project switched to it in one PATCH (`model_version`, and `sampling =
-   "Uncertainty sampling"`), the "Active learning queue" tab kept, and the tasks behind a
-   near-duplicate given `near_duplicate_of` in their data and a "Near-duplicates" tab;
+5. publish: the queue as a new queue version (`v3.q2`: `backend.labelstudio.versions`),
+   imported in bulk, then the project switched to it in one PATCH (`model_version`, and
+   `sampling = "Uncertainty sampling"`) (`publish`, where crash safety is explained);
 6. store: the ranked predictions and their queue version under MODEL_DIR, so `/setup` and
-   `/predict` answer with that version and from them (`store.precomputed_prediction`);
-7. remove: every older queue version of ours but the one the project served until the switch
-   (kept one more ranking for annotators who have one of its tasks open: Label Studio refuses
-   an annotation whose prediction is gone), one DELETE each, after moving their predictions
-   on annotated tasks to the detector's version so no annotation loses the prediction it
-   started from (`predictions.keep_annotated`).
-Crash safety: the project points at the old, complete queue until the new one is wholly
-imported (and counted), so a crash at any point leaves a queue Label Studio serves; a
-half-imported version is never served and the next ranking removes it (step 7).
+   `/predict` answer with that version and from them (`store.precomputed_prediction`); the
+   "Active learning queue" tab kept, and the tasks behind a near-duplicate given
+   `near_duplicate_of` in their data and a "Near-duplicates" tab;
+7. remove: the older queue versions, one DELETE each, after keeping their predictions on
+   annotated tasks (`publish.remove_old_versions`).
 One ranking per project runs at a time (a file lock in the project's ranking folder).
 """
 
@@ -55,19 +50,13 @@ from backend.labelstudio.images import ImageLoader
 from backend.labelstudio.label_config import BoxControl, ParsedConfig, parse_label_config
 from backend.labelstudio.predictions import (
     DesiredPrediction,
-    delete_model_version,
     duplicates_view_data,
     ensure_queue_view,
     ensure_view,
-    import_queue,
-    keep_annotated,
-    list_model_versions,
     list_tasks,
     mark_near_duplicates,
     read_project,
-    set_queue_sampling,
 )
-from backend.labelstudio.versions import detector_version, next_queue_version, retired_versions
 from backend.layout import ModelDir
 from backend.models.detector import DetectorPool
 from backend.models.registry import ModelRegistry
@@ -78,6 +67,7 @@ from backend.ranking.embedding_index import EmbeddingIndex
 from backend.ranking.encoder_stage import EncodedTasks, encode_tasks
 from backend.ranking.errors import RankingBusy, RankingConfigError
 from backend.ranking.progress import ProgressCallback, RankRun
+from backend.ranking.publish import publish_queue, remove_old_versions
 from backend.ranking.queue import (
     QueuedTask,
     class_ap_vector,
@@ -286,24 +276,24 @@ def rank_project(
         timings["select"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
-        versions = list_model_versions(label_studio, project_id)
-        target = str(next_queue_version(run.model_version, versions))
-        imported = import_queue(
+        published = publish_queue(
             label_studio,
             project_id,
-            target,
+            project,
+            run.model_version,
             [(q.task_id, desired[q.task_id]) for q in sorted(queued, key=lambda q: q.position)],
             progress=lambda done, total, elapsed: run.notify(
                 run.report("write", done, total, elapsed)
             ),
         )
-        timings["write"] = time.perf_counter() - tick
+        target = published.version
+        timings["write"] = published.import_s
+        timings["switch"] = time.perf_counter() - tick - published.import_s
         tick = time.perf_counter()
-        set_queue_sampling(label_studio, project_id, project, target)
         path = store_ranking(
             settings.model_dir, run, target, strategy.name, queued, desired, detections
         )
-        timings["switch"] = time.perf_counter() - tick
+        timings["switch"] += time.perf_counter() - tick
         tick = time.perf_counter()
         view_id = ensure_queue_view(label_studio, project_id, model_version=target)
         if encoded is not None:
@@ -320,7 +310,7 @@ def rank_project(
         timings["views"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
-        removed = remove_old_versions(label_studio, project_id, versions, target, project)
+        removed = remove_old_versions(label_studio, project_id, published.before, target, project)
         timings["remove"] = time.perf_counter() - tick
         timings["total"] = time.perf_counter() - started
         summary = RankSummary(
@@ -334,7 +324,7 @@ def rank_project(
             n_predicted=detections.n_predicted,
             n_reused=len(detections.records) - detections.n_predicted,
             queue_version=target,
-            imported=imported,
+            imported=published.imported,
             removed_versions=removed.versions,
             removed=removed.predictions,
             kept=removed.kept,
@@ -466,49 +456,6 @@ def select(
 
 def _groups(encoded: EncodedTasks, tasks: Sequence[RankTask]) -> npt.NDArray[np.int64]:
     return np.array([encoded.group_of(t.id) for t in tasks], dtype=np.int64)
-
-
-@dataclass(frozen=True)
-class Removed:
-    """What `remove_old_versions` did."""
-
-    versions: tuple[str, ...] = ()
-    predictions: int = 0
-    kept: int = 0
-
-
-def remove_old_versions(
-    ls: LabelStudioClient,
-    project_id: int,
-    versions: Mapping[str, int],
-    current: str,
-    before: Any,
-) -> Removed:
-    """Delete the queue versions among `versions` (the project's, listed before the import)
-    but `current` and the one the project served before the switch (`before`: the project as
-    read at the start), keeping their predictions on annotated tasks as the detector's
-    version (`predictions.keep_annotated`).
-
-    Nothing is deleted unless the project still points at `current` (someone may have
-    switched it since; deleting the project's own version would also clear it)."""
-    now = read_project(ls, project_id).model_version
-    if now != current:
-        logger.warning(
-            "project=%s now serves model_version %r, not %r: old queue versions left in place",
-            project_id,
-            now,
-            current,
-        )
-        return Removed()
-    grace = str(before.model_version or "") or None
-    gone: list[str] = []
-    deleted = kept = 0
-    for version in retired_versions(versions, current, grace):
-        kept += keep_annotated(ls, project_id, version, detector_version(version))
-        deleted += delete_model_version(ls, project_id, version, expected=versions[version])
-        gone.append(version)
-        logger.info("project=%s removed queue version %s", project_id, version)
-    return Removed(tuple(gone), deleted, kept)
 
 
 def store_ranking(
