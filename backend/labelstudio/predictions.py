@@ -47,9 +47,9 @@ NEAR_DUPLICATE_FIELD = "near_duplicate_of"  # task data: the id of the task it n
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
 QUEUE_ORDERING = ("tasks:predictions_score",)
 PAGE_SIZE = 100
-BULK_CHUNK = 1000  # predictions per import request
+BULK_CHUNK = 10_000  # predictions per import request: see import_queue
 WRITE_WORKERS = 4
-DELETE_TIMEOUT_S = 60.0  # plus 20 ms per prediction: see delete_model_version
+SLOW_CALL_TIMEOUT_S = 60.0  # plus 20 ms per prediction: bulk imports and deletes
 _TASK_FIELDS = "id,data,total_annotations"
 _KEEP_FIELDS = "id,predictions"
 _PROGRESS_EVERY = 50  # writes between progress calls
@@ -152,6 +152,11 @@ def import_queue(
     """Import `predictions` (task id, prediction) as model version `version`, BULK_CHUNK per
     request, then check that Label Studio holds exactly that many of `version`; returns it.
 
+    Large requests, because Label Studio 1.23 (its default import path) recounts the
+    predictions of EVERY task of the project after each import request: with N tasks in
+    chunks of c the import costs about N * N / c task updates, so 1,000-prediction chunks
+    made a 10,000-task import 6 to 10 times slower than one request.
+
     `version` must be new (`versions.next_queue_version`): the check fails, raising
     LabelStudioApiError, if it held predictions before or a chunk was stored twice. Requests are
     never retried (a retried chunk could be stored twice). `progress` is called after each
@@ -171,7 +176,7 @@ def import_queue(
                 sdk.projects.import_predictions,
                 id=project_id,
                 request=items,
-                request_options={"max_retries": 0},
+                request_options={"max_retries": 0, "timeout": _slow_call_timeout(len(items))},
             ),
             project_id=project_id,
             model_version=version,
@@ -237,10 +242,10 @@ def delete_model_version(
 ) -> int:
     """Delete every prediction of `version` in one call; returns how many went.
 
-    Label Studio deletes them in one transaction, about 250 per second on 2 cores (slower
-    than it imports), so the request may take long: `expected` (how many the version holds)
-    sets the timeout. Never pass the project's own version: Label Studio would then clear
-    `project.model_version`.
+    Label Studio deletes them in one transaction but updates each one's task on the way
+    (about 100-250 per second on 2 cores), so the request may take long: `expected` (how many
+    the version holds) sets the timeout. Never pass the project's own version: Label Studio
+    would then clear `project.model_version`.
     """
     answer = _call(
         f"deleting model version {version}",
@@ -249,7 +254,7 @@ def delete_model_version(
             "DELETE",
             f"api/projects/{int(project_id)}/model-versions",
             json={"model_version": version},
-            timeout=DELETE_TIMEOUT_S + expected / 50.0,
+            timeout=_slow_call_timeout(expected),
         ),
         project_id=project_id,
         model_version=version,
@@ -400,6 +405,11 @@ def mark_near_duplicates(
 
 
 # --------------------------------------------------------------------------------- helpers
+def _slow_call_timeout(predictions: int) -> float:
+    """Seconds to wait for an import or delete of that many predictions."""
+    return SLOW_CALL_TIMEOUT_S + predictions / 50.0
+
+
 def _annotated_with(version: str, counter: str) -> dict[str, Any]:
     """A Data Manager query: tasks with a prediction whose version contains `version` and a
     `counter` (total_annotations or cancelled_annotations) above 0."""

@@ -18,8 +18,8 @@ from label_studio_sdk.core.api_error import ApiError
 
 from backend.labelstudio.predictions import (
     BULK_CHUNK,
-    DELETE_TIMEOUT_S,
     QUEUE_VIEW_TITLE,
+    SLOW_CALL_TIMEOUT_S,
     UNCERTAINTY_SAMPLING,
     DesiredPrediction,
     LabelStudioApiError,
@@ -104,7 +104,8 @@ def test_the_queue_is_imported_in_chunks_then_counted() -> None:
     assert ls.names() == ["import", "import", "api"]
     first, second = (c[2] for c in ls.calls[:2])
     assert first["id"] == second["id"] == 4
-    assert first["request_options"] == {"max_retries": 0}  # a retried chunk could land twice
+    # never retried (a retried chunk could land twice), waited for as long as it may take
+    assert first["request_options"] == {"max_retries": 0, "timeout": SLOW_CALL_TIMEOUT_S + 200.0}
     assert [len(first["request"]), len(second["request"])] == [BULK_CHUNK, 2]
     assert second["request"][1] == {
         "task": BULK_CHUNK + 1,
@@ -131,7 +132,7 @@ def test_an_empty_queue_makes_no_call() -> None:
 def test_a_failed_chunk_stops_the_import() -> None:
     ls: Any = Recorder({"import": httpx.ConnectError("refused")})
 
-    with pytest.raises(LabelStudioApiError, match="importing 1000 predictions failed: ConnectErr"):
+    with pytest.raises(LabelStudioApiError, match="importing 10000 predictions failed: ConnectE"):
         import_queue(ls, 4, "v2.q1", queue(BULK_CHUNK + 2))
 
     assert ls.names() == ["import"]
@@ -156,7 +157,7 @@ def test_a_version_is_deleted_in_one_call_with_a_timeout_by_its_size() -> None:
         (
             "api",
             ("DELETE", "api/projects/4/model-versions"),
-            {"json": {"model_version": "v2.q1"}, "timeout": DELETE_TIMEOUT_S + 100.0},
+            {"json": {"model_version": "v2.q1"}, "timeout": SLOW_CALL_TIMEOUT_S + 100.0},
         )
     ]
 
