@@ -28,7 +28,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +48,7 @@ UNCERTAINTY_SAMPLING = "Uncertainty sampling"
 QUEUE_ORDERING = ("tasks:predictions_score",)
 PAGE_SIZE = 100
 BULK_CHUNK = 10_000  # predictions per import request: see import_queue
+BULK_BYTES = 64 * 1024 * 1024  # JSON per import request (Label Studio refuses over 250 MiB)
 WRITE_WORKERS = 4
 SLOW_CALL_TIMEOUT_S = 60.0  # plus 20 ms per prediction: bulk imports and deletes
 _TASK_FIELDS = "id,data,total_annotations"
@@ -152,10 +153,11 @@ def import_queue(
     """Import `predictions` (task id, prediction) as model version `version`, BULK_CHUNK per
     request, then check that Label Studio holds exactly that many of `version`; returns it.
 
-    Large requests, because Label Studio 1.23 (its default import path) recounts the
-    predictions of EVERY task of the project after each import request: with N tasks in
-    chunks of c the import costs about N * N / c task updates, so 1,000-prediction chunks
-    made a 10,000-task import 6 to 10 times slower than one request.
+    Large requests (BULK_CHUNK predictions, or BULK_BYTES of JSON if that comes first),
+    because Label Studio 1.23 (its default import path) recounts the predictions of EVERY
+    task of the project after each import request: with N tasks in chunks of c the import
+    costs about N * N / c task updates, so 1,000-prediction chunks made a 10,000-task import
+    4 to 7 times slower than one request.
 
     `version` must be new (`versions.next_queue_version`): the check fails, raising
     LabelStudioApiError, if it held predictions before or a chunk was stored twice. Requests are
@@ -165,11 +167,15 @@ def import_queue(
     """
     sdk = ls.sdk
     started = time.perf_counter()
-    for start in range(0, len(predictions), BULK_CHUNK):
-        items = [
+    done = 0
+    for items in _chunks(
+        (
             {"task": task_id, "result": want.result, "score": want.score, "model_version": version}
-            for task_id, want in predictions[start : start + BULK_CHUNK]
-        ]
+            for task_id, want in predictions
+        ),
+        BULK_CHUNK,
+        BULK_BYTES,
+    ):
         _call(
             f"importing {len(items)} predictions",
             functools.partial(
@@ -181,8 +187,9 @@ def import_queue(
             project_id=project_id,
             model_version=version,
         )
+        done += len(items)
         if progress is not None:
-            progress(start + len(items), len(predictions), time.perf_counter() - started)
+            progress(done, len(predictions), time.perf_counter() - started)
     held = list_model_versions(ls, project_id).get(version, 0) if predictions else 0
     if held != len(predictions):
         raise LabelStudioApiError(
@@ -405,6 +412,24 @@ def mark_near_duplicates(
 
 
 # --------------------------------------------------------------------------------- helpers
+def _chunks(
+    items: Iterable[dict[str, Any]], max_items: int, max_bytes: int
+) -> Iterator[list[dict[str, Any]]]:
+    """`items` in lists of at most `max_items` and about `max_bytes` of JSON (one item larger
+    than that goes alone)."""
+    chunk: list[dict[str, Any]] = []
+    size = 0
+    for item in items:
+        item_size = len(json.dumps(item, separators=(",", ":")))
+        if chunk and (len(chunk) == max_items or size + item_size > max_bytes):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(item)
+        size += item_size
+    if chunk:
+        yield chunk
+
+
 def _slow_call_timeout(predictions: int) -> float:
     """Seconds to wait for an import or delete of that many predictions."""
     return SLOW_CALL_TIMEOUT_S + predictions / 50.0

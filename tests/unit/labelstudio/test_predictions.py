@@ -16,6 +16,7 @@ import httpx
 import pytest
 from label_studio_sdk.core.api_error import ApiError
 
+from backend.labelstudio import predictions
 from backend.labelstudio.predictions import (
     BULK_CHUNK,
     QUEUE_VIEW_TITLE,
@@ -115,6 +116,16 @@ def test_the_queue_is_imported_in_chunks_then_counted() -> None:
     }
     assert ls.calls[2][1:] == (("GET", "api/projects/4/model-versions"), {})
     assert heard == [(BULK_CHUNK, BULK_CHUNK + 2), (BULK_CHUNK + 2, BULK_CHUNK + 2)]
+
+
+def test_import_requests_also_stay_under_a_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    one = len(json.dumps({"task": 1, "result": REGION, "score": 0.1, "model_version": "v2.q1"}))
+    monkeypatch.setattr(predictions, "BULK_BYTES", 2 * one + 10)  # two predictions a request
+    ls: Any = Recorder(answer={"v2.q1": 5})
+
+    import_queue(ls, 4, "v2.q1", queue(5))
+
+    assert [len(c[2]["request"]) for c in ls.calls if c[0] == "import"] == [2, 2, 1]
 
 
 def test_an_import_label_studio_does_not_hold_exactly_fails() -> None:
