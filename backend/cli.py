@@ -98,8 +98,6 @@ def _rank(args: argparse.Namespace, settings: Settings) -> int:
     ):
         if value is not None:
             overrides[key] = value
-    if args.no_clusters:
-        overrides["al_clusters"] = False
 
     def progress(step: RankProgress) -> None:
         eta = f", eta {step.eta_s:.0f}s" if step.eta_s is not None else ""
@@ -113,8 +111,8 @@ def _rank(args: argparse.Namespace, settings: Settings) -> int:
         f"project {summary.project_id}: ranked {summary.n_ranked} unlabeled tasks "
         f"({summary.n_labeled} labeled, {summary.n_failed} failed) with {summary.strategy} "
         f"on model {summary.model_version} in {summary.timings.get('total', 0.0):.1f}s; "
-        f"predictions created {summary.created}, updated {summary.updated}, "
-        f"deleted {summary.deleted}"
+        f"queue {summary.queue_version}: {summary.imported} predictions imported; "
+        f"removed {', '.join(summary.removed_versions) or 'no old queue version'}"
     )
     print("top of the queue: " + ", ".join(str(t) for t in summary.top_task_ids[:10]))
     return 0
@@ -193,16 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="rank a project's unlabeled tasks and write the queue to Label Studio",
         description="Score every unlabeled task with the live model and the project's "
         "strategy (its extra params / tag attributes; the options below override them), then "
-        "write predictions with queue scores and clusters, set uncertainty sampling and the "
-        "'Active learning queue' tab. Needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY.",
+        "import the queue as a new model version (predictions with queue scores), switch the "
+        "project to it with uncertainty sampling, keep the 'Active learning queue' tab and "
+        "remove older queue versions. Needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY.",
     )
     rank.add_argument("--project", type=int, required=True, help="Label Studio project id")
     rank.add_argument("--strategy", help="e.g. hybrid, entropy, kcenter, dua, random")
     rank.add_argument("--lam", type=float, help="hybrid: weight of uncertainty (0..1)")
     rank.add_argument("--batch-size", type=int, help="tasks picked by the full strategy")
-    rank.add_argument(
-        "--no-clusters", action="store_true", help="write no cluster ids (bulk, faster)"
-    )
     rank.set_defaults(handler=_rank)
 
     worker = commands.add_parser(

@@ -32,6 +32,7 @@ from backend.analytics.cost import ActionSeconds
 from backend.analytics.records import region_edits
 from backend.config import ENV_NAMES, Settings
 from backend.labelstudio.regions import result_boxes
+from backend.labelstudio.versions import detector_version
 from devkit.datagen import CLASSES, SyntheticImage, ls_regions, write_images
 from devkit.demo_model import TINY_RECIPE
 from devkit.local_label_studio import (
@@ -425,7 +426,8 @@ def wait_for_retrained_queue(demo: Demo, timeout: float = 600.0) -> None:
         project = info.get(str(demo.project_id)) or {}
         live = project.get("live_version")
         last = project.get("last_training") or {}
-        if live and client.projects.get(id=demo.project_id).model_version == live:
+        served = str(client.projects.get(id=demo.project_id).model_version or "")
+        if live and detector_version(served) == live:  # the queue ranked by `live`
             metrics = last.get("metrics") or {}
             demo.model_version = live
             demo.say(

@@ -8,6 +8,10 @@ predicted region's id is that region: accepted when its box and label are unchan
 relabeled when its label changed, adjusted when only its box did (however far it moved).
 Regions without a shared id (drawn, deleted, or annotations made outside the editor) are
 matched one to one by IoU (`analytics.matching`).
+
+The record's model version is the detector's (`v3` for a prediction of queue version `v3.q2`,
+`labelstudio.versions`): the figures describe the model that drew the boxes, however many
+times its queue was re-ranked.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 from backend.analytics.ledger import SHOWN, SUBMITTED, AnnotationRecord, LedgerBox
 from backend.analytics.matching import Edit, LabeledBox, match_boxes
 from backend.labelstudio.regions import RegionBox, result_boxes
+from backend.labelstudio.versions import detector_version
 
 
 def parent_prediction_id(annotation: Mapping[str, Any]) -> int | None:
@@ -72,7 +77,7 @@ def annotation_record(
         task_id=int(task_id),
         annotator=_annotator(annotation.get("completed_by")),
         prediction_id=None if prediction is None else _int(prediction.get("id")),
-        model_version=None if prediction is None else _text(prediction.get("model_version")),
+        model_version=None if prediction is None else _model_version(prediction),
         edits={edit.value: n for edit, n in counts.items()},
         lead_time=_seconds(annotation.get("lead_time")),
         queue_position=queue_position,
@@ -80,6 +85,11 @@ def annotation_record(
         annotated_at=_timestamp(annotation.get("updated_at") or annotation.get("created_at")),
         boxes=boxes,
     )
+
+
+def _model_version(prediction: Mapping[str, Any]) -> str | None:
+    text = _text(prediction.get("model_version"))
+    return None if text is None else detector_version(text)
 
 
 def region_edits(

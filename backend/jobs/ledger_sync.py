@@ -5,8 +5,12 @@ reads a project's whole history.
 Each annotation is compared with the prediction it started from. Webhook payloads carry only
 the prediction's id, so the prediction is fetched; one that Label Studio no longer has leaves
 the annotation out (counting its boxes as drawn would be a wrong answer, not a missing one).
-The task's queue position comes from the stored ranking of the prediction's model version,
-while that ranking is still on disk (a newer version's ranking replaces it).
+The ranking never causes that: it writes each queue as a new queue version and removes old
+versions whole, but first moves their predictions on annotated tasks to the detector's version
+(`backend.labelstudio.predictions.keep_annotated`), so an annotation's prediction stays in
+Label Studio, with its id, for as long as the annotation (only someone deleting predictions by
+hand removes it). The task's queue position comes from the stored ranking of the prediction's
+queue version, while that ranking is still on disk (the next ranking replaces it).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from backend.events import Event
 from backend.labelstudio.client import LabelStudioClient
 from backend.labelstudio.label_config import parse_label_config
 from backend.labelstudio.predictions import ProjectNotFound, read_prediction, read_project
+from backend.labelstudio.versions import parse_queue_version
 from backend.ranking.store import load_ranking
 from backend.services import Services
 from backend.training.dataset import fetch_annotated_tasks
@@ -166,10 +171,12 @@ def _record(
 def _queue_position(
     services: Services, project_id: int, task_id: int, prediction: Mapping[str, Any] | None
 ) -> int | None:
-    version = None if prediction is None else prediction.get("model_version")
-    if not version:
+    queue = parse_queue_version(None if prediction is None else prediction.get("model_version"))
+    if queue is None:  # not a queue's prediction (or moved to its detector's version)
         return None
-    ranking = load_ranking(services.settings.model_dir, project_id, str(version))
+    ranking = load_ranking(services.settings.model_dir, project_id, queue.model_version)
+    if (ranking or {}).get("queue_version") != str(queue):  # the queue was ranked again since
+        return None
     entry = ((ranking or {}).get("tasks") or {}).get(str(task_id))
     rank = None if entry is None else entry.get("rank")
     return rank if isinstance(rank, int) else None

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from label_studio_sdk.core.api_error import ApiError
 
 from backend.errors import ConfigError
 
@@ -54,6 +56,35 @@ class LabelStudioClient:
         """
         headers = self.sdk._client_wrapper.get_headers()
         return {"Authorization": headers["Authorization"]}
+
+    def api(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """One call to a Label Studio endpoint the SDK has no method for (`path` relative to
+        the URL, e.g. "api/projects/3/model-versions"), through the SDK's own HTTP client and
+        auth; returns the JSON answer (None when empty). A non-2xx answer raises the SDK's
+        ApiError, as its own methods do; `timeout` (seconds) overrides the client's."""
+        options: dict[str, Any] = {"max_retries": 0}
+        if timeout is not None:
+            options["timeout"] = timeout
+        answer = self.sdk._client_wrapper.httpx_client.request(
+            path,
+            method=method,
+            json=json,
+            request_options=options,  # type: ignore[arg-type]
+        )
+        if not 200 <= answer.status_code < 300:
+            try:
+                body: Any = answer.json()
+            except ValueError:
+                body = answer.text
+            raise ApiError(status_code=answer.status_code, body=body)
+        return answer.json() if answer.content else None
 
     def ensure_webhook_credentials(
         self, project_id: int, webhook_url: str, authorization: str

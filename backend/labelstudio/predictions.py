@@ -1,19 +1,21 @@
-"""The active-learning queue's Label Studio side: read a project and its tasks' predictions,
-apply a `WritePlan`, point the project's uncertainty sampling at the model version, and keep
-the "Active learning queue" Data Manager tab. Every SDK or transport error becomes a
-`LabelStudioApiError` (or `ProjectNotFound`) carrying the status and Label Studio's answer only.
+"""The active-learning queue's Label Studio side: read a project and its tasks, import a queue
+version's predictions in bulk, point the project's uncertainty sampling at it, remove old queue
+versions, and keep the "Active learning queue" Data Manager tab. Every SDK or transport error
+becomes a `LabelStudioApiError` (or `ProjectNotFound`) carrying the status and Label Studio's
+answer only.
 
-The records the writes are planned with live here too (`ExistingPrediction`, `DesiredPrediction`,
-`WritePlan`); the plan itself is computed purely by `backend.ranking.queue.plan_writes`.
+Writing predictions (Label Studio 1.23.2, SQLite, 2 CPU cores): `POST
+/api/projects/{id}/import/predictions` stores predictions in bulk, far faster than one
+`POST /api/predictions/` each (~40/s), but returns no ids and drops `cluster`; `DELETE
+/api/projects/{id}/model-versions` removes every prediction of one version in one call. So each
+ranking imports its queue as a fresh version (`backend.labelstudio.versions`), switches the
+project to it, and removes old versions whole (figures: benchmarks/results/queue-writes/).
 
-Writing predictions (measured on Label Studio 1.23.2, SQLite, 2 CPU cores, idle machine): bulk
-`POST /api/projects/{id}/import/predictions` is fast (~750/s) but drops `cluster` and returns no
-ids, so each prediction would still need a `PATCH` (~35/s with 4 threads) after listing them
-again; `POST /api/predictions/` keeps `cluster` at the same ~38/s with 4 threads. So new
-predictions are created one by one (4 threads), an existing prediction of the same model
-version is updated in place (`PATCH`, only the fields that changed; unchanged ones cost
-nothing), and extra copies are deleted: re-ranking never duplicates. Without clusters, new
-predictions go through the bulk import instead (same queue, no cluster ids).
+Removing a version would also remove the predictions annotations started from: Label Studio
+then sets their `parent_prediction` to null, and the annotation ledger could no longer say what
+the annotator was shown. So before a version goes, the predictions it holds on annotated tasks
+are moved to the detector's own version (`keep_annotated`: one PATCH each, a few per ranking)
+and stay, with their ids, as long as their annotations.
 
 The Data Manager tab sorts by `tasks:predictions_score` (the mean score of the predictions of
 `project.model_version`: one per task here), ascending, and hides labeled tasks; "Label Tasks
@@ -26,7 +28,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -45,9 +47,12 @@ NEAR_DUPLICATE_FIELD = "near_duplicate_of"  # task data: the id of the task it n
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
 QUEUE_ORDERING = ("tasks:predictions_score",)
 PAGE_SIZE = 100
-BULK_CHUNK = 500
+BULK_CHUNK = 10_000  # predictions per import request: see import_queue
+BULK_BYTES = 64 * 1024 * 1024  # JSON per import request (Label Studio refuses over 250 MiB)
 WRITE_WORKERS = 4
-_TASK_FIELDS = "id,data,total_annotations,predictions"
+SLOW_CALL_TIMEOUT_S = 60.0  # plus 20 ms per prediction: bulk imports and deletes
+_TASK_FIELDS = "id,data,total_annotations"
+_KEEP_FIELDS = "id,predictions"
 _PROGRESS_EVERY = 50  # writes between progress calls
 
 WriteProgress = Callable[[int, int, float], None]  # (writes done, total, seconds so far)
@@ -69,57 +74,11 @@ class LabelStudioApiError(BackendError):
 
 # --------------------------------------------------------------------------------- records
 @dataclass(frozen=True)
-class ExistingPrediction:
-    """A prediction already stored in Label Studio (as the task list reports it)."""
-
-    id: int
-    task: int
-    model_version: str
-    score: float | None
-    cluster: int | None
-    result: list[dict[str, Any]]
-
-
-@dataclass(frozen=True)
 class DesiredPrediction:
-    """What a ranked task's prediction must hold."""
+    """What a ranked task's prediction holds: its pre-annotation and queue score."""
 
     result: list[dict[str, Any]]
     score: float
-    cluster: int | None  # None when clusters are not written
-
-
-@dataclass(frozen=True)
-class WritePlan:
-    """The Label Studio writes that turn the existing predictions into the desired ones."""
-
-    create: tuple[tuple[int, DesiredPrediction], ...]  # (task id, prediction)
-    update: tuple[tuple[int, dict[str, Any]], ...]  # (prediction id, changed fields)
-    delete: tuple[int, ...]  # prediction ids
-    unchanged: int
-
-    @property
-    def n_writes(self) -> int:
-        return len(self.create) + len(self.update) + len(self.delete)
-
-
-def task_predictions(task: Mapping[str, Any]) -> tuple[ExistingPrediction, ...]:
-    """The predictions of a task as `list_tasks` returns it."""
-    found = []
-    for item in (_as_dict(p) for p in task.get("predictions") or []):
-        score = item.get("score")
-        cluster = item.get("cluster")
-        found.append(
-            ExistingPrediction(
-                id=int(item["id"]),
-                task=int(task["id"]),
-                model_version=str(item.get("model_version") or ""),
-                score=float(score) if isinstance(score, int | float) else None,
-                cluster=int(cluster) if isinstance(cluster, int) else None,
-                result=list(item.get("result") or []),
-            )
-        )
-    return tuple(found)
 
 
 # ----------------------------------------------------------------------------------- reads
@@ -153,7 +112,7 @@ def read_prediction(
 
 
 def list_tasks(ls: LabelStudioClient, project_id: int) -> list[dict[str, Any]]:
-    """Every task of the project with its data, annotation count and predictions, paginated."""
+    """Every task of the project with its data and annotation count, paginated."""
     sdk = ls.sdk
     tasks: list[dict[str, Any]] = []
 
@@ -168,58 +127,147 @@ def list_tasks(ls: LabelStudioClient, project_id: int) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------- writes
-def apply_plan(
+def list_model_versions(ls: LabelStudioClient, project_id: int) -> dict[str, int]:
+    """The project's model versions and how many predictions each holds (`GET
+    /api/projects/{id}/model-versions`; the project's own version is listed, with 0, even
+    when it holds none)."""
+    answer = _call(
+        "listing model versions",
+        functools.partial(ls.api, "GET", f"api/projects/{int(project_id)}/model-versions"),
+        project_id=project_id,
+        project_call=True,
+    )
+    if not isinstance(answer, dict):
+        raise LabelStudioApiError(f"listing model versions answered {_short(answer)}")
+    return {str(k): int(v) for k, v in answer.items() if isinstance(v, int)}
+
+
+def import_queue(
     ls: LabelStudioClient,
     project_id: int,
-    model_version: str,
-    plan: WritePlan,
+    version: str,
+    predictions: Sequence[tuple[int, DesiredPrediction]],
     *,
-    clusters: bool = True,
     progress: WriteProgress | None = None,
-) -> None:
-    """Make Label Studio hold what `plan` says: deletes, updates and creates.
+) -> int:
+    """Import `predictions` (task id, prediction) as model version `version`, BULK_CHUNK per
+    request, then check that Label Studio holds exactly that many of `version`; returns it.
 
-    With `clusters`, new predictions are created one request each (they keep `cluster`);
-    without, through the bulk import first. The single requests run on WRITE_WORKERS threads;
-    their failures are collected and raised together as one LabelStudioApiError once all have
-    run. `progress` is called every 50 single writes and after the last; what it raises stops
-    the rest (the writes already started still finish).
+    Large requests (BULK_CHUNK predictions, or BULK_BYTES of JSON if that comes first),
+    because Label Studio 1.23 (its default import path) recounts the predictions of EVERY
+    task of the project after each import request: with N tasks in chunks of c the import
+    costs about N * N / c task updates, so 1,000-prediction chunks made a 10,000-task import
+    4 to 7 times slower than one request.
+
+    `version` must be new (`versions.next_queue_version`): the check fails, raising
+    LabelStudioApiError, if it held predictions before or a chunk was stored twice. Requests are
+    never retried (a retried chunk could be stored twice). `progress` is called after each
+    chunk; what it raises stops the import, leaving the partial version for the next
+    ranking to remove.
     """
     sdk = ls.sdk
-    jobs: list[tuple[str, Callable[[], object]]] = []
-    for prediction_id in plan.delete:
-        jobs.append(
-            (
-                f"deleting prediction {prediction_id}",
-                functools.partial(_delete_prediction, sdk, prediction_id),
-            )
+    started = time.perf_counter()
+    done = 0
+    for items in _chunks(
+        (
+            {"task": task_id, "result": want.result, "score": want.score, "model_version": version}
+            for task_id, want in predictions
+        ),
+        BULK_CHUNK,
+        BULK_BYTES,
+    ):
+        _call(
+            f"importing {len(items)} predictions",
+            functools.partial(
+                sdk.projects.import_predictions,
+                id=project_id,
+                request=items,
+                request_options={"max_retries": 0, "timeout": _slow_call_timeout(len(items))},
+            ),
+            project_id=project_id,
+            model_version=version,
         )
-    for prediction_id, fields in plan.update:
-        jobs.append(
-            (
-                f"updating prediction {prediction_id}",
-                functools.partial(sdk.predictions.update, prediction_id, **fields),
-            )
+        done += len(items)
+        if progress is not None:
+            progress(done, len(predictions), time.perf_counter() - started)
+    held = list_model_versions(ls, project_id).get(version, 0) if predictions else 0
+    if held != len(predictions):
+        raise LabelStudioApiError(
+            f"project {project_id} holds {held} predictions of {version}, "
+            f"not the {len(predictions)} imported"
         )
-    for task_id, want in plan.create if clusters else ():
-        jobs.append(
-            (
-                f"creating a prediction for task {task_id}",
-                functools.partial(
-                    sdk.predictions.create,
-                    task=task_id,
-                    result=want.result,
-                    score=want.score,
-                    cluster=want.cluster,
-                    model_version=model_version,
-                    project=project_id,
-                ),
+    return held
+
+
+def keep_annotated(ls: LabelStudioClient, project_id: int, version: str, keep_as: str) -> int:
+    """Move the predictions of `version` on annotated (or skipped) tasks to `keep_as`, so
+    removing `version` keeps them and their annotations' `parent_prediction`; returns how
+    many moved. Only those tasks are listed (a Data Manager filter), one PATCH each."""
+    sdk = ls.sdk
+    found: dict[int, None] = {}
+
+    def collect() -> None:
+        for counter in ("total_annotations", "cancelled_annotations"):
+            pager: Iterable[Any] = sdk.tasks.list(
+                project=project_id,
+                fields="all",
+                include=_KEEP_FIELDS,
+                query=json.dumps(_annotated_with(version, counter)),
+                page_size=PAGE_SIZE,
             )
+            for task in pager:
+                for prediction in (_as_dict(p) for p in _as_dict(task).get("predictions") or []):
+                    if prediction.get("model_version") == version:  # the filter matches substrings
+                        found[int(prediction["id"])] = None
+
+    _call(
+        f"listing annotated tasks with predictions of {version}",
+        collect,
+        project_id=project_id,
+        model_version=version,
+    )
+    jobs: list[tuple[str, Callable[[], object]]] = [
+        (
+            f"keeping prediction {prediction_id} as {keep_as}",
+            functools.partial(sdk.predictions.update, prediction_id, model_version=keep_as),
         )
-    if not clusters:
-        _bulk_create(sdk, project_id, model_version, plan.create)
+        for prediction_id in found
+    ]
+    _run_writes(jobs, project_id, version, None)
     if jobs:
-        _run_writes(jobs, project_id, model_version, progress)
+        logger.info(
+            "project=%s kept %d predictions of annotated tasks as %s",
+            project_id,
+            len(jobs),
+            keep_as,
+        )
+    return len(jobs)
+
+
+def delete_model_version(
+    ls: LabelStudioClient, project_id: int, version: str, *, expected: int = 0
+) -> int:
+    """Delete every prediction of `version` in one call; returns how many went.
+
+    Label Studio deletes them in one transaction but updates each one's task on the way
+    (about 100-250 per second on 2 cores), so the request may take long: `expected` (how many
+    the version holds) sets the timeout. Never pass the project's own version: Label Studio
+    would then clear `project.model_version`.
+    """
+    answer = _call(
+        f"deleting model version {version}",
+        functools.partial(
+            ls.api,
+            "DELETE",
+            f"api/projects/{int(project_id)}/model-versions",
+            json={"model_version": version},
+            timeout=_slow_call_timeout(expected),
+        ),
+        project_id=project_id,
+        model_version=version,
+    )
+    deleted = answer.get("deleted_predictions") if isinstance(answer, dict) else None
+    return int(deleted) if isinstance(deleted, int) else 0
 
 
 def set_queue_sampling(
@@ -364,6 +412,53 @@ def mark_near_duplicates(
 
 
 # --------------------------------------------------------------------------------- helpers
+def _chunks(
+    items: Iterable[dict[str, Any]], max_items: int, max_bytes: int
+) -> Iterator[list[dict[str, Any]]]:
+    """`items` in lists of at most `max_items` and about `max_bytes` of JSON (one item larger
+    than that goes alone)."""
+    chunk: list[dict[str, Any]] = []
+    size = 0
+    for item in items:
+        item_size = len(json.dumps(item, separators=(",", ":")))
+        if chunk and (len(chunk) == max_items or size + item_size > max_bytes):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(item)
+        size += item_size
+    if chunk:
+        yield chunk
+
+
+def _slow_call_timeout(predictions: int) -> float:
+    """Seconds to wait for an import or delete of that many predictions."""
+    return SLOW_CALL_TIMEOUT_S + predictions / 50.0
+
+
+def _annotated_with(version: str, counter: str) -> dict[str, Any]:
+    """A Data Manager query: tasks with a prediction whose version contains `version` and a
+    `counter` (total_annotations or cancelled_annotations) above 0."""
+    return {
+        "filters": {
+            "conjunction": "and",
+            "items": [
+                {
+                    "filter": "filter:tasks:predictions_model_versions",
+                    "operator": "contains",
+                    "type": "List",
+                    "value": [version],
+                },
+                {
+                    "filter": f"filter:tasks:{counter}",
+                    "operator": "greater",
+                    "type": "Number",
+                    "value": 0,
+                },
+            ],
+        }
+    }
+
+
 def _run_writes(
     jobs: Sequence[tuple[str, Callable[[], object]]],
     project_id: int,
@@ -388,31 +483,6 @@ def _run_writes(
         )
 
 
-def _bulk_create(
-    sdk: Any,
-    project_id: int,
-    model_version: str,
-    creates: Sequence[tuple[int, DesiredPrediction]],
-) -> None:
-    """Create predictions without clusters through the bulk import, in chunks."""
-    for start in range(0, len(creates), BULK_CHUNK):
-        items = [
-            {
-                "task": task_id,
-                "result": want.result,
-                "score": want.score,
-                "model_version": model_version,
-            }
-            for task_id, want in creates[start : start + BULK_CHUNK]
-        ]
-        _call(
-            f"importing {len(items)} predictions",
-            functools.partial(sdk.projects.import_predictions, id=project_id, request=items),
-            project_id=project_id,
-            model_version=model_version,
-        )
-
-
 def _guarded(
     what: str, call: Callable[[], object], project_id: int, model_version: str
 ) -> str | None:
@@ -422,14 +492,6 @@ def _guarded(
     except LabelStudioApiError as exc:
         return str(exc)
     return None
-
-
-def _delete_prediction(sdk: Any, prediction_id: int) -> None:
-    try:
-        sdk.predictions.delete(prediction_id)
-    except ApiError as exc:
-        if exc.status_code != 404:  # already gone is what we wanted
-            raise
 
 
 def _call(

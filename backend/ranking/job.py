@@ -15,15 +15,16 @@ returned (frozen records); only the stores on disk carry state from one run to t
    boxes of the classes the label config maps) and the strategy's selection (before the
    first promoted model: typical picks on the encoder's embeddings, `cold_start`);
 4. order: the queue Label Studio will serve and one prediction per unlabeled task: `result`
-   (the pre-annotation), `score`, `cluster` (unless `clusters=False`), `model_version`
-   (`queue`, where the maths is explained);
-5. plan and write: the diff against the predictions Label Studio holds (`queue.plan_writes`),
-   applied by `backend.labelstudio.predictions`, which also sets the project's `model_version`
-   and `sampling = "Uncertainty sampling"` and keeps the "Active learning queue" tab; the
-   tasks behind a near-duplicate get `near_duplicate_of` in their data and a
-   "Near-duplicates" tab;
-6. store: the ranked predictions under MODEL_DIR, so `/predict` can answer from them
-   (`store.precomputed_prediction`).
+   (the pre-annotation) and `score` (`queue`, where the maths is explained);
+5. publish: the queue as a new queue version (`v3.q2`: `backend.labelstudio.versions`),
+   imported in bulk, then the project switched to it in one PATCH (`model_version`, and
+   `sampling = "Uncertainty sampling"`) (`publish`, where crash safety is explained);
+6. store: the ranked predictions and their queue version under MODEL_DIR, so `/setup` and
+   `/predict` answer with that version and from them (`store.precomputed_prediction`); the
+   "Active learning queue" tab kept, and the tasks behind a near-duplicate given
+   `near_duplicate_of` in their data and a "Near-duplicates" tab;
+7. remove: the older queue versions, one DELETE each, after keeping their predictions on
+   annotated tasks (`publish.remove_old_versions`).
 One ranking per project runs at a time (a file lock in the project's ranking folder).
 """
 
@@ -49,16 +50,12 @@ from backend.labelstudio.images import ImageLoader
 from backend.labelstudio.label_config import BoxControl, ParsedConfig, parse_label_config
 from backend.labelstudio.predictions import (
     DesiredPrediction,
-    ExistingPrediction,
-    apply_plan,
     duplicates_view_data,
     ensure_queue_view,
     ensure_view,
     list_tasks,
     mark_near_duplicates,
     read_project,
-    set_queue_sampling,
-    task_predictions,
 )
 from backend.layout import ModelDir
 from backend.models.detector import DetectorPool
@@ -70,14 +67,13 @@ from backend.ranking.embedding_index import EmbeddingIndex
 from backend.ranking.encoder_stage import EncodedTasks, encode_tasks
 from backend.ranking.errors import RankingBusy, RankingConfigError
 from backend.ranking.progress import ProgressCallback, RankRun
+from backend.ranking.publish import publish_queue, remove_old_versions
 from backend.ranking.queue import (
     QueuedTask,
     class_ap_vector,
-    cluster_offset,
     empty_selection,
     mapped_class_mask,
     near_duplicate_marks,
-    plan_writes,
     pool_box_scores,
     predicted_seconds,
     queue_head,
@@ -112,10 +108,11 @@ class RankSummary:
     n_failed: int  # unlabeled tasks whose image could not be loaded (not ranked)
     n_predicted: int  # images run through the detector in this call
     n_reused: int  # tasks whose detections came from an earlier run of this model version
-    created: int  # predictions written to Label Studio
-    updated: int
-    deleted: int
-    unchanged: int
+    queue_version: str  # the model_version the queue's predictions carry in Label Studio
+    imported: int  # predictions imported (one per ranked task)
+    removed_versions: tuple[str, ...]  # older queue versions deleted from Label Studio
+    removed: int  # their predictions deleted
+    kept: int  # their predictions on annotated tasks, moved to the detector's version instead
     view_id: int | None
     top_task_ids: tuple[int, ...]  # the first `batch_size` tasks of the queue, in order
     timings: Mapping[str, float] = field(default_factory=dict)  # seconds per stage + total
@@ -138,7 +135,6 @@ class RankTask:
     id: int
     ref: object  # the image reference in task data (validated when loaded)
     labeled: bool
-    predictions: tuple[ExistingPrediction, ...]
     data: Mapping[str, Any]  # the task's data as Label Studio holds it
 
 
@@ -192,13 +188,11 @@ def rank_project(
     Args:
         settings, detectors, images, label_studio, registry: the process's services.
         project_id: the Label Studio project.
-        queue: the strategy, its parameters, the batch size (how many tasks the strategy picks
-            as its batch: the head of the queue) and whether to write cluster ids. Without
-            clusters new predictions are created in bulk, much faster for large projects; the
-            queue (scores) is the same, but Label Studio then cannot rebalance clusters per
-            annotator.
-        progress: called after each detector chunk and write batch; it may raise
-            `RankingCancelled` to stop (the detections computed so far are kept).
+        queue: the strategy, its parameters and the batch size (how many tasks the strategy
+            picks as its batch: the head of the queue).
+        progress: called after each detector chunk and import chunk; it may raise
+            `RankingCancelled` to stop (the detections computed so far are kept; a partly
+            imported queue version is never served and the next ranking removes it).
 
     Raises:
         RankingConfigError, RankingBusy, RankingCancelled; ProjectNotFound and
@@ -265,14 +259,8 @@ def rank_project(
             detector.source.shown_from(first.score_threshold, settings.score_threshold),
             encoded,
         )
-        existing = {t.id: t.predictions for t in tasks}
         ranked_ids = [t.id for t in ranked]
-        queued = queue_tasks(
-            selection,
-            ranked_ids,
-            first_cluster=cluster_offset(existing, ranked_ids, run.model_version),
-            clusters=queue.clusters,
-        )
+        queued = queue_tasks(selection, ranked_ids)
         marks = (
             {}
             if encoded is None
@@ -288,33 +276,42 @@ def rank_project(
         timings["select"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
-        plan = plan_writes(desired, existing, run.model_version, retire=[t.id for t in unlabeled])
-        apply_plan(
+        published = publish_queue(
             label_studio,
             project_id,
+            project,
             run.model_version,
-            plan,
-            clusters=queue.clusters,
+            [(q.task_id, desired[q.task_id]) for q in sorted(queued, key=lambda q: q.position)],
             progress=lambda done, total, elapsed: run.notify(
                 run.report("write", done, total, elapsed)
             ),
         )
-        set_queue_sampling(label_studio, project_id, project, run.model_version)
-        view_id = ensure_queue_view(label_studio, project_id, model_version=run.model_version)
+        target = published.version
+        timings["write"] = published.import_s
+        timings["switch"] = time.perf_counter() - tick - published.import_s
+        tick = time.perf_counter()
+        path = store_ranking(
+            settings.model_dir, run, target, strategy.name, queued, desired, detections
+        )
+        timings["switch"] += time.perf_counter() - tick
+        tick = time.perf_counter()
+        view_id = ensure_queue_view(label_studio, project_id, model_version=target)
         if encoded is not None:
             mark_near_duplicates(
                 label_studio,
                 project_id,
                 {t.id: t.data for t in unlabeled},
                 marks,
-                model_version=run.model_version,
+                model_version=target,
             )
             if marks:
                 data = duplicates_view_data()
-                ensure_view(label_studio, project_id, data, model_version=run.model_version)
-        timings["write"] = time.perf_counter() - tick
+                ensure_view(label_studio, project_id, data, model_version=target)
+        timings["views"] = time.perf_counter() - tick
 
-        path = store_ranking(settings.model_dir, run, strategy.name, queued, desired, detections)
+        tick = time.perf_counter()
+        removed = remove_old_versions(label_studio, project_id, published.before, target, project)
+        timings["remove"] = time.perf_counter() - tick
         timings["total"] = time.perf_counter() - started
         summary = RankSummary(
             project_id=project_id,
@@ -326,10 +323,11 @@ def rank_project(
             n_failed=len([t for t in unlabeled if t.id in detections.failed]),
             n_predicted=detections.n_predicted,
             n_reused=len(detections.records) - detections.n_predicted,
-            created=len(plan.create),
-            updated=len(plan.update),
-            deleted=len(plan.delete),
-            unchanged=plan.unchanged,
+            queue_version=target,
+            imported=published.imported,
+            removed_versions=removed.versions,
+            removed=removed.predictions,
+            kept=removed.kept,
             view_id=view_id,
             top_task_ids=queue_head(queued, queue.batch_size),
             timings=timings,
@@ -388,7 +386,6 @@ def parse_task(raw: Mapping[str, Any], image_field: str) -> RankTask:
         id=int(raw["id"]),
         ref=data.get(image_field) if data else None,
         labeled=int(raw.get("total_annotations") or 0) > 0,
-        predictions=task_predictions(raw),
         data=data or {},
     )
 
@@ -464,18 +461,18 @@ def _groups(encoded: EncodedTasks, tasks: Sequence[RankTask]) -> npt.NDArray[np.
 def store_ranking(
     model_dir: Path,
     run: RankRun,
+    queue_version: str,
     strategy: str,
     queued: Sequence[QueuedTask],
     desired: Mapping[int, DesiredPrediction],
     detections: Detections,
 ) -> Path:
-    """Write the ranked predictions for `/predict`; returns the file."""
+    """Write the ranked predictions, and the queue version they carry, for `/setup` and
+    `/predict`; returns the file."""
     entries = {
         str(q.task_id): ranking_entry(
             result=desired[q.task_id].result,
             score=q.score,
-            cluster=q.cluster,
-            model_version=run.model_version,
             rank=q.position,
             strategy_rank=q.strategy_rank,
             strategy_score=q.strategy_score,
@@ -486,6 +483,7 @@ def store_ranking(
     document = ranking_document(
         project_id=run.project_id,
         model_version=run.model_version,
+        queue_version=queue_version,
         strategy=strategy,
         created_at=time.time(),
         tasks=entries,
@@ -496,8 +494,8 @@ def store_ranking(
 def _log_summary(summary: RankSummary) -> None:
     logger.info(
         "project=%s model_version=%s ranked %d tasks in %.1fs (%.1f tasks/s; predicted %d, "
-        "reused %d, failed %d; predictions created %d, updated %d, deleted %d, "
-        "unchanged %d); first: %s",
+        "reused %d, failed %d); queue %s: %d predictions imported in %.1fs; removed %s "
+        "(%d predictions, %d kept on annotated tasks); first: %s",
         summary.project_id,
         summary.model_version,
         summary.n_ranked,
@@ -506,9 +504,11 @@ def _log_summary(summary: RankSummary) -> None:
         summary.n_predicted,
         summary.n_reused,
         summary.n_failed,
-        summary.created,
-        summary.updated,
-        summary.deleted,
-        summary.unchanged,
+        summary.queue_version,
+        summary.imported,
+        summary.timings.get("write", 0.0),
+        list(summary.removed_versions) or "nothing",
+        summary.removed,
+        summary.kept,
         list(summary.top_task_ids[:5]),
     )

@@ -1,18 +1,19 @@
-"""The queue's maths, pure: from detections to a strategy's batch, from its order to the scores
-and clusters Label Studio serves, and from what Label Studio holds to the writes that fix it.
+"""The queue's maths, pure: from detections to a strategy's batch, and from its order to the
+scores Label Studio serves.
 
-The queue (Label Studio 1.23, verified against a real server):
-* `GET /api/projects/{id}/next` with uncertainty sampling serves, among unlabeled tasks with a
-  prediction of `project.model_version`, the one whose `cluster` the annotator has labeled
-  least, and within those the LOWEST `score`.
-* So the strategy's order (higher = label sooner) is first made cluster-fair the way Label
-  Studio will serve it (`queue_order`: the best task of every cluster, then the second best,
-  ...; `n_clusters=1` keeps the strategy's order exactly), and the position p of a task in that
-  queue of n tasks becomes its score: `score = p / n` (top pick 0.0, all scores in [0, 1)).
-  One annotator labeling in order is then served exactly this queue.
-* Cluster ids are the strategy's k-means ids plus an offset above every cluster id on
-  predictions this run does not replace (`cluster_offset`), so clusters of older runs (on
-  labeled tasks) never count against the new ones.
+The queue (Label Studio 1.23, verified against a real server): `GET /api/projects/{id}/next`
+with uncertainty sampling serves, among unlabeled tasks with a prediction of
+`project.model_version`, the one with the LOWEST `score`. (It would first serve the `cluster` an
+annotator has labeled least, but the bulk import that writes the queue stores no cluster, so
+every task shares one and the score alone decides.)
+* The strategy's order (higher = label sooner) is first made cluster-fair (`queue_order`: the
+  best task of every diversity cluster, then the second best, ...; `n_clusters=1` keeps the
+  strategy's order exactly), and the position p of a task in that queue of n tasks becomes its
+  score: `score = p / n` (top pick 0.0, all scores in [0, 1)). Every annotator is served this
+  queue in order (with several annotators Label Studio picks at random among the first
+  annotators + 1 unlocked tasks, so they rarely collide). Label Studio's own balancing would
+  give each annotator the same interleaving computed from their own labels; the order written
+  here interleaves the clusters for the team as a whole, which is what the next model trains on.
 
 The pool a strategy sees holds the class-score vectors of ALL kept boxes (down to
 DETECT_CONF_FLOOR) of the classes the label config maps; the pre-annotation shows only the
@@ -32,7 +33,7 @@ import numpy.typing as npt
 from backend.analytics.cost import ActionSeconds
 from backend.labelstudio import format as ls_format
 from backend.labelstudio.label_config import BoxControl
-from backend.labelstudio.predictions import DesiredPrediction, ExistingPrediction, WritePlan
+from backend.labelstudio.predictions import DesiredPrediction
 from backend.ranking.detection_cache import ImageRecord
 from strategies import Selection
 
@@ -112,12 +113,12 @@ def empty_selection(strategy: str) -> Selection:
 
 # --------------------------------------------------------------------------- the queue
 def queue_order(order: npt.ArrayLike, clusters: npt.ArrayLike) -> IntArray:
-    """The order Label Studio's uncertainty sampling serves, given the strategy's order.
+    """The queue: the strategy's order made cluster-fair.
 
-    Label Studio serves the task of the least-labeled cluster with the lowest score. Starting
-    from clusters nobody has labeled, one annotator labeling in turn is served the best task
-    of each cluster (in strategy order), then the second best of each, and so on. That is a
-    sort by (position inside the task's cluster, position in the strategy's order).
+    The best task of each diversity cluster (in strategy order), then the second best of
+    each, and so on: a sort by (position inside the task's cluster, position in the
+    strategy's order). It is the order Label Studio's cluster balancing would serve one
+    annotator starting from clusters nobody has labeled, written as scores instead.
 
     Args:
         order: (n,) permutation of pool indices, label-first first (`Selection.order`).
@@ -159,29 +160,6 @@ def queue_scores(queue: npt.ArrayLike) -> FloatArray:
     return scores
 
 
-def cluster_offset(
-    existing: Mapping[int, Sequence[ExistingPrediction]],
-    ranked: Sequence[int],
-    model_version: str,
-) -> int:
-    """The first cluster id the new predictions may use: above every cluster id on predictions
-    this run does not replace (those of `model_version` on the `ranked` tasks are replaced).
-
-    Label Studio counts an annotator's clusters through the cluster ids of the predictions on
-    the tasks they labeled, so old ids must never coincide with new ones.
-    """
-    replaced = {
-        p.id for task in ranked for p in existing.get(task, ()) if p.model_version == model_version
-    }
-    kept = (
-        p.cluster
-        for predictions in existing.values()
-        for p in predictions
-        if p.cluster is not None and p.id not in replaced
-    )
-    return 1 + max(kept, default=-1)
-
-
 @dataclass(frozen=True)
 class QueuedTask:
     """A ranked task's place in the queue and what the strategy thought of it."""
@@ -189,23 +167,12 @@ class QueuedTask:
     task_id: int
     position: int  # in the queue Label Studio serves, 0 = first
     score: float  # the Label Studio score: position / n
-    cluster: int | None  # the cluster id written (offset applied), None without clusters
     strategy_rank: int  # position in the strategy's own order
     strategy_score: float  # the strategy's score, higher = label sooner
 
 
-def queue_tasks(
-    selection: Selection,
-    task_ids: Sequence[int],
-    *,
-    first_cluster: int,
-    clusters: bool = True,
-) -> tuple[QueuedTask, ...]:
-    """Every ranked task's place in the queue, in pool order (`task_ids[i]` is pool index i).
-
-    `first_cluster` (see `cluster_offset`) is added to the strategy's cluster ids; with
-    `clusters=False` no cluster is written and the queue is served by score alone.
-    """
+def queue_tasks(selection: Selection, task_ids: Sequence[int]) -> tuple[QueuedTask, ...]:
+    """Every ranked task's place in the queue, in pool order (`task_ids[i]` is pool index i)."""
     n = len(task_ids)
     if selection.order.shape != (n,):
         raise ValueError(f"the selection covers {selection.order.shape[0]} tasks, not {n}")
@@ -219,7 +186,6 @@ def queue_tasks(
             task_id=int(task_id),
             position=int(positions[i]),
             score=float(scores[i]),
-            cluster=int(first_cluster + selection.clusters[i]) if clusters else None,
             strategy_rank=int(ranks[i]),
             strategy_score=float(selection.scores[i]),
         )
@@ -278,65 +244,11 @@ def queue_predictions(
     controls: Sequence[BoxControl],
     default_threshold: float,
 ) -> dict[int, DesiredPrediction]:
-    """What Label Studio must hold for each queued task: its pre-annotation (`task_regions`),
-    queue score and cluster; by task id, in the order of `queued`."""
+    """What Label Studio must hold for each queued task: its pre-annotation (`task_regions`)
+    and queue score; by task id, in the order of `queued`."""
     return {
         q.task_id: DesiredPrediction(
-            task_regions(records[q.task_id], names, controls, default_threshold), q.score, q.cluster
+            task_regions(records[q.task_id], names, controls, default_threshold), q.score
         )
         for q in queued
     }
-
-
-# ---------------------------------------------------------------------------- the writes
-def plan_writes(
-    desired: Mapping[int, DesiredPrediction],
-    existing: Mapping[int, Sequence[ExistingPrediction]],
-    model_version: str,
-    retire: Sequence[int] = (),
-) -> WritePlan:
-    """Diff what Label Studio holds against what the ranking wants.
-
-    For each task in `desired`, one existing prediction of `model_version` is kept (the newest
-    that already matches, else the newest) and updated in place (only the changed fields),
-    and its other copies are deleted; a task without one gets a new prediction. Tasks in
-    `retire` (unlabeled but not ranked, e.g. their image failed) lose their predictions of
-    `model_version`, so a stale score cannot put them at the head of the queue. Predictions of
-    other versions are never touched.
-    """
-    create: list[tuple[int, DesiredPrediction]] = []
-    update: list[tuple[int, dict[str, Any]]] = []
-    delete: list[int] = []
-    unchanged = 0
-    for task_id in sorted(desired):
-        want = desired[task_id]
-        same = sorted(
-            (p for p in existing.get(task_id, ()) if p.model_version == model_version),
-            key=lambda p: p.id,
-        )
-        if not same:
-            create.append((task_id, want))
-            continue
-        matching = [p for p in same if not _changed_fields(p, want)]
-        keep = matching[-1] if matching else same[-1]
-        delete.extend(p.id for p in same if p.id != keep.id)
-        changed = _changed_fields(keep, want)
-        if changed:
-            update.append((keep.id, changed))
-        else:
-            unchanged += 1
-    for task_id in sorted(set(retire) - set(desired)):
-        delete.extend(p.id for p in existing.get(task_id, ()) if p.model_version == model_version)
-    return WritePlan(tuple(create), tuple(update), tuple(delete), unchanged)
-
-
-def _changed_fields(current: ExistingPrediction, want: DesiredPrediction) -> dict[str, Any]:
-    """The fields of `want` that `current` does not already hold."""
-    changed: dict[str, Any] = {}
-    if current.score is None or not math.isclose(current.score, want.score, abs_tol=1e-12):
-        changed["score"] = want.score
-    if current.cluster != want.cluster:
-        changed["cluster"] = want.cluster
-    if current.result != want.result:
-        changed["result"] = want.result
-    return changed

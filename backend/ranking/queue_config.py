@@ -12,9 +12,6 @@ Studio, or as attributes of the RectangleLabels tag (extra params win):
     al_aggregation  max | mean | sum: box scores -> image score (uncertainty strategies)
     al_batch_size   tasks ordered by the full strategy each ranking (default 100); the rest of
                     the queue follows by score
-    al_clusters     true (default) | false: write diversity cluster ids (Label Studio then
-                    balances clusters per annotator); false writes predictions in bulk, much
-                    faster for large projects, and the queue is served by score alone
     al_audit        true (default) | false: the audit slice. The tasks whose id hash falls in
                     the validation share (TRAIN_VAL_PERCENT) are never ranked by the strategy;
                     they take every (100 / TRAIN_VAL_PERCENT)-th place of the queue in random
@@ -54,7 +51,6 @@ KEYS = (
     "al_lambda",
     "al_aggregation",
     "al_batch_size",
-    "al_clusters",
     "al_audit",
     "al_per_second",
     "al_near_duplicates",
@@ -65,7 +61,6 @@ DEFAULT_STRATEGY = "hybrid"
 COLD_START_STRATEGY = "typiclust"  # before the first promoted model, on the project encoder
 DEFAULT_LAMBDA = 0.5  # hybrid's weight of uncertainty
 DEFAULT_BATCH_SIZE = 100
-DEFAULT_CLUSTERS = True
 DEFAULT_AUDIT = True
 DEFAULT_PER_SECOND = False
 DEFAULT_NEAR_DUPLICATES = 0.0
@@ -82,7 +77,6 @@ class QueueConfig:
     strategy: str = DEFAULT_STRATEGY
     params: Mapping[str, Any] = field(default_factory=lambda: {"lam": DEFAULT_LAMBDA})
     batch_size: int = DEFAULT_BATCH_SIZE
-    clusters: bool = DEFAULT_CLUSTERS
     flip_pass: bool = False  # the strategy uses flip disagreement: detect on mirrors too
 
     def build(self) -> Any:
@@ -168,8 +162,7 @@ def queue_config(
         batch_size = int(_number(raw["al_batch_size"], "al_batch_size", 1, 100_000))
         if float(raw["al_batch_size"]) != batch_size:
             raise BadRequest(f"al_batch_size must be an integer, got {raw['al_batch_size']!r}")
-    clusters = _flag(raw, "al_clusters", DEFAULT_CLUSTERS)
-    config = QueueConfig(strategy, params, batch_size, clusters, flip_pass=flip > 0)
+    config = QueueConfig(strategy, params, batch_size, flip_pass=flip > 0)
     try:
         config.build()
     except ValueError as exc:

@@ -1,17 +1,21 @@
 """The stored ranking: the ranked predictions of the live model, which `/predict` answers from.
 
 One JSON file per project and model version, in the project's ranking folder
-(`backend.layout`: projects/<id>/ranking/<version>.json), written whole by `atomic_write`:
+(`backend.layout`: projects/<id>/ranking/<version>.json), written whole by `atomic_write` once
+Label Studio serves the queue it describes:
 
-    {"project_id": 4, "model_version": "v3", "strategy": "hybrid", "created_at": <unix s>,
-     "n_ranked": 2,
-     "tasks": {"11": {"result": [<regions>], "score": 0.0, "cluster": 2, "model_version": "v3",
-                      "rank": 0, "strategy_rank": 0, "strategy_score": 0.93, "ref": "<image>"},
+    {"project_id": 4, "model_version": "v3", "queue_version": "v3.q2", "strategy": "hybrid",
+     "created_at": <unix s>, "n_ranked": 2,
+     "tasks": {"11": {"result": [<regions>], "score": 0.0, "rank": 0, "strategy_rank": 0,
+                      "strategy_score": 0.93, "ref": "<image>"},
                ...}}
 
-`rank` is the task's place in Label Studio's queue, `strategy_rank`/`strategy_score` the
-strategy's own order and score, `ref` the image reference that was ranked (a task whose image
-changed since is not answered from the file).
+`queue_version` is the `model_version` the queue's predictions carry in Label Studio
+(`backend.labelstudio.versions`), which `/setup` and `/predict` answer with while this file is
+the project's ranking, so Label Studio shows and keeps what they return. `rank` is the task's
+place in Label Studio's queue, `strategy_rank`/`strategy_score` the strategy's own order and
+score, `ref` the image reference that was ranked (a task whose image changed since is not
+answered from the file).
 """
 
 from __future__ import annotations
@@ -44,8 +48,6 @@ def ranking_entry(
     *,
     result: list[dict[str, Any]],
     score: float,
-    cluster: int | None,
-    model_version: str,
     rank: int,
     strategy_rank: int,
     strategy_score: float,
@@ -55,8 +57,6 @@ def ranking_entry(
     return {
         "result": result,
         "score": score,
-        "cluster": cluster,
-        "model_version": model_version,
         "rank": rank,
         "strategy_rank": strategy_rank,
         "strategy_score": strategy_score,
@@ -68,6 +68,7 @@ def ranking_document(
     *,
     project_id: int,
     model_version: str,
+    queue_version: str,
     strategy: str,
     created_at: float,
     tasks: Mapping[str, dict[str, Any]],
@@ -76,6 +77,7 @@ def ranking_document(
     return {
         "project_id": project_id,
         "model_version": model_version,
+        "queue_version": queue_version,
         "strategy": strategy,
         "created_at": created_at,
         "n_ranked": len(tasks),
@@ -99,6 +101,16 @@ def load_ranking(model_dir: Path, project_id: int, model_version: str) -> dict[s
     return _read_ranking(str(path), stat.st_mtime_ns, stat.st_size)
 
 
+def stored_queue_version(model_dir: Path, project_id: int, model_version: str) -> str | None:
+    """The version Label Studio's queue of `model_version` carries (the stored ranking's), or
+    None when the project has no stored ranking of that model."""
+    ranking = load_ranking(model_dir, project_id, model_version)
+    if ranking is None or ranking.get("model_version") != model_version:
+        return None
+    version = ranking.get("queue_version")
+    return version if isinstance(version, str) and version else None
+
+
 def precomputed_prediction(
     model_dir: Path,
     project_id: int,
@@ -109,13 +121,15 @@ def precomputed_prediction(
 ) -> dict[str, Any] | None:
     """The ranked prediction of a task, for `/predict` to answer without the detector.
 
-    Returns `{"result", "score", "model_version"}` (a fresh copy) when the project's stored
-    ranking is of `model_version` and holds the task, and (if `image_ref` is given) the task
-    still points at the image that was ranked; else None. Reads are cached per file version,
-    so a call is a dict lookup once the file has been read.
+    Returns `{"result", "score", "model_version"}` (a fresh copy; `model_version` is the queue
+    version the prediction carries in Label Studio) when the project's stored ranking is of
+    `model_version` and holds the task, and (if `image_ref` is given) the task still points at
+    the image that was ranked; else None. Reads are cached per file version, so a call is a
+    dict lookup once the file has been read.
     """
     ranking = load_ranking(model_dir, project_id, model_version)
-    if ranking is None or ranking.get("model_version") != model_version:
+    queue = stored_queue_version(model_dir, project_id, model_version)
+    if ranking is None or queue is None:
         return None
     entry = ranking.get("tasks", {}).get(str(int(task_id)))
     if not isinstance(entry, dict):
@@ -125,7 +139,7 @@ def precomputed_prediction(
     return {
         "result": copy.deepcopy(entry["result"]),
         "score": entry["score"],
-        "model_version": model_version,
+        "model_version": queue,
     }
 
 

@@ -26,7 +26,7 @@ from backend.models.detector import Detector, ImageDetections, ModelSource
 from backend.project_params import TrainParams, save_project_params
 from backend.ranking.queue_config import KEYS as QUEUE_KEYS
 from backend.ranking.queue_config import queue_config
-from backend.ranking.store import load_ranking, precomputed_prediction
+from backend.ranking.store import precomputed_prediction, stored_queue_version
 from backend.services import Services
 from backend.serving.analytics_page import analytics_html
 
@@ -107,7 +107,15 @@ class MLService:
         if project is not None and base_url:
             self._secure_webhook(project, base_url)
         source = self.detectors.source_for(project, control.labels, control.model_path)
-        return {"model_version": source.version}
+        return {"model_version": self._answer_version(project, source.version) or source.version}
+
+    def _answer_version(self, project: int | None, version: str) -> str | None:
+        """The queue version of the project's stored ranking by model `version`, if any: what
+        /setup and /predict answer with, so Label Studio files what /predict returns under the
+        version its project serves (shown in the editor, and not asked for again)."""
+        if project is None:
+            return None
+        return stored_queue_version(self.settings.model_dir, project, version)
 
     def _secure_webhook(self, project: int, base_url: str) -> None:
         """With basic auth on, make LS's webhook to us send credentials (in the background:
@@ -142,9 +150,9 @@ class MLService:
 
         Tasks the ranking job already scored with the live model are answered from its
         stored predictions (same regions, and the queue score Label Studio orders by); the
-        rest go through the detector. Once a ranking exists, those others get scores above
-        every ranked one (1 + mean confidence), so they queue after the ranked tasks until
-        the next ranking places them.
+        rest go through the detector. Once a ranking exists, every answer carries its queue
+        version, and those others get scores above every ranked one (1 + mean confidence),
+        so they queue after the ranked tasks until the next ranking places them.
         """
         tasks = body.get("tasks")
         if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
@@ -163,20 +171,16 @@ class MLService:
         primary = config.controls[0]
         version = sources[primary.from_name].version
         answers: list[dict[str, Any] | None] = [None] * len(tasks)
-        ranked = (
-            project is not None
-            and len(_by_image_field(config)) == 1
-            and load_ranking(self.settings.model_dir, project, version) is not None
-        )
-        if ranked:
+        queue = self._answer_version(project, version)
+        if queue is not None and len(_by_image_field(config)) == 1:
             for i, task in enumerate(tasks):
                 answers[i] = self._precomputed(project, version, primary, task)  # type: ignore[arg-type]
         todo = [i for i, answer in enumerate(answers) if answer is None]
-        offset = 1.0 if ranked else 0.0
+        offset = 1.0 if queue is not None else 0.0
         for i, regions in zip(
             todo, self._detect([tasks[i] for i in todo], config, sources, project), strict=True
         ):
-            answer = ls_format.task_prediction(regions, version)
+            answer = ls_format.task_prediction(regions, queue or version)
             answer["score"] = round(answer["score"] + offset, 4)
             answers[i] = answer
         logger.info(
@@ -184,7 +188,7 @@ class MLService:
             project,
             len(tasks),
             len(tasks) - len(todo),
-            version,
+            queue or version,
             time.perf_counter() - started,
         )
         return {"results": answers}

@@ -95,9 +95,10 @@ def test_annotations_train_promote_and_serve_new_version(
     events = EventStore(ModelDir(Path(settings["MODEL_DIR"])).events_db)
     assert [r["state"] for r in events.runs(project)] == ["promoted"]  # one run for the storm
 
-    # The promotion re-ranks the queue: Label Studio now serves the ranked tasks of v1.
+    # The promotion re-ranks the queue: Label Studio now serves the ranked tasks of v1, as
+    # their first queue version.
     deadline = time.monotonic() + 120
-    while client.projects.get(id=project).model_version != "v1":
+    while client.projects.get(id=project).model_version != "v1.q1":
         assert time.monotonic() < deadline, "the queue was not ranked after the promotion"
         time.sleep(0.5)
     ranked = client.projects.get(id=project)
@@ -110,16 +111,22 @@ def test_annotations_train_promote_and_serve_new_version(
     assert queue.status_code == 200, queue.text
     assert queue.json()["id"] in task_ids[TRAIN_EVERY:]
 
-    setup = requests.post(
-        f"{server.url}/setup", json={"project": f"{project}.1", "schema": BOX_CONFIG}, timeout=10
-    )
-    assert setup.json()["model_version"] == "v1"
+    def setup() -> str:
+        body = {"project": f"{project}.1", "schema": BOX_CONFIG}
+        return str(
+            requests.post(f"{server.url}/setup", json=body, timeout=10).json()["model_version"]
+        )
+
+    while setup() != "v1.q1":  # the ranking stores its queue right after the switch
+        assert time.monotonic() < deadline, "/setup never answered the queue version"
+        time.sleep(0.1)
+    # Retrieving predictions adds none: every unlabeled task holds its queue prediction
     unlabeled = task_ids[TRAIN_EVERY:]
     retrieve_predictions(label_studio, project, unlabeled)
     predictions = list(client.predictions.list(project=project))
     fresh = [p for p in predictions if p.task in unlabeled]
     assert len(fresh) == len(unlabeled)
-    assert {p.model_version for p in fresh} == {"v1"}
+    assert {p.model_version for p in fresh} == {"v1.q1"}
     assert sum(len(p.result or []) for p in fresh) >= len(unlabeled)
 
 

@@ -31,6 +31,7 @@ from backend.events import EventStore
 from backend.jobs.launchers import job_id, training_queue
 from backend.layout import ModelDir
 from backend.models.registry import ModelRegistry
+from backend.ranking.store import stored_queue_version
 from devkit.datagen import SyntheticImage, ls_regions, write_images
 from devkit.demo import BackendServer
 from devkit.local_label_studio import LocalLabelStudio, find_free_port
@@ -281,15 +282,22 @@ def test_a_burst_trains_once_on_a_worker_and_every_web_worker_serves_the_new_ver
     assert backend_log.count("trainer started in process") == 1  # one elected scheduler
     assert backend_log.count(f"project={project_id} run={run_id} queued on {QUEUE}") == 1
 
+    # The promotion re-ranks the queue (after the run ends): once stored, every web worker
+    # answers with the queue version Label Studio's project serves.
+    _wait(
+        lambda: stored_queue_version(cluster.model_dir, project_id, "v1"),
+        120,
+        f"the ranked queue; {_logs(cluster)}",
+    )
     web_pids = cluster.web_worker_pids()
     assert len(web_pids) == WEB_WORKERS
     setups, predictions = _served_versions(cluster, project_id, task_ids, files, label_studio, 48)
-    assert setups == {"v1"} and predictions == {"v1"}
+    assert setups == {"v1.q1"} and predictions == {"v1.q1"}
     for _ in range(5):  # the kernel spreads connections unevenly: ask until all answered
-        if _predicting_pids(cluster, project_id, "v1") >= web_pids:
+        if _predicting_pids(cluster, project_id, "v1.q1") >= web_pids:
             break
         _served_versions(cluster, project_id, task_ids, files, label_studio, 48)
-    assert _predicting_pids(cluster, project_id, "v1") == web_pids
+    assert _predicting_pids(cluster, project_id, "v1.q1") == web_pids
     assert _predicting_pids(cluster, project_id, base_version) <= web_pids
 
 

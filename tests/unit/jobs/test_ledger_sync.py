@@ -15,6 +15,7 @@ from backend.analytics.ledger import AnnotationLedger
 from backend.config import Settings
 from backend.events import EventStore
 from backend.jobs.ledger_sync import sync_events
+from backend.ranking.store import ranking_document, ranking_entry, ranking_path, save_ranking
 from backend.services import Services
 from tests.conftest import BOX_CONFIG
 
@@ -114,3 +115,38 @@ def test_an_unreachable_label_studio_leaves_the_events_for_later(world: SimpleNa
     assert world.services.ledger.event_cursor() == 0
     world.ls.down = False
     assert sync_events(world.services).recorded == 1
+
+
+def test_a_queue_prediction_is_recorded_under_its_model_with_its_queue_position(
+    world: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    regions = PREDICTIONS[5]["result"]
+    # the live queue's, an older queue's (re-ranked since), one kept by a ranking
+    for prediction_id, version in ((6, "v2.q3"), (7, "v2.q2"), (8, "v2")):
+        prediction = {"id": prediction_id, "model_version": version, "result": regions}
+        monkeypatch.setitem(PREDICTIONS, prediction_id, prediction)
+    entry = ranking_entry(
+        result=regions, score=0.25, rank=4, strategy_rank=4, strategy_score=0.5, ref="x"
+    )
+    tasks = {str(30 + i): entry for i in (1, 2, 3)}
+    document = ranking_document(
+        project_id=3,
+        model_version="v2",
+        queue_version="v2.q3",
+        strategy="hybrid",
+        created_at=0.0,
+        tasks=tasks,
+    )
+    save_ranking(ranking_path(world.services.settings.model_dir, 3, "v2"), document)
+    for annotation_id, parent in ((1, 6), (2, 7), (3, 8)):
+        payload = {"annotation": annotation(annotation_id, parent, regions)}
+        world.events.append(3, "ANNOTATION_CREATED", (annotation_id,), payload)
+
+    assert sync_events(world.services).recorded == 3
+
+    rows = {r.annotation_id: r for r in world.services.ledger.records(3)}
+    assert {i: (r.model_version, r.queue_position) for i, r in rows.items()} == {
+        1: ("v2", 4),  # served from the stored queue
+        2: ("v2", None),  # an older queue of the same model: its positions are gone
+        3: ("v2", None),
+    }

@@ -1,11 +1,13 @@
-"""The queue's Label Studio writer against a recording fake SDK: which calls a plan becomes,
-in what order and chunks, and how Label Studio's failures are reported.
+"""The queue's Label Studio writer against a recording fake SDK: which calls an import, a
+kept prediction and a removed version become, in what order and chunks, and how Label
+Studio's failures are reported.
 
 Against a real Label Studio: tests/e2e/test_queue.py.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from types import SimpleNamespace
 from typing import Any
@@ -14,22 +16,24 @@ import httpx
 import pytest
 from label_studio_sdk.core.api_error import ApiError
 
+from backend.labelstudio import predictions
 from backend.labelstudio.predictions import (
     BULK_CHUNK,
     QUEUE_VIEW_TITLE,
+    SLOW_CALL_TIMEOUT_S,
     UNCERTAINTY_SAMPLING,
     DesiredPrediction,
-    ExistingPrediction,
     LabelStudioApiError,
     ProjectNotFound,
-    WritePlan,
-    apply_plan,
+    delete_model_version,
     ensure_queue_view,
+    import_queue,
+    keep_annotated,
+    list_model_versions,
     list_tasks,
     queue_view_data,
     read_project,
     set_queue_sampling,
-    task_predictions,
 )
 
 REGION = [{"from_name": "label", "value": {"x": 1}}]
@@ -38,11 +42,13 @@ REGION = [{"from_name": "label", "value": {"x": 1}}]
 class Recorder:
     """A fake SDK: every call is recorded; `fail` maps a call name to what it raises."""
 
-    def __init__(self, fail: dict[str, Exception] | None = None) -> None:
+    def __init__(self, fail: dict[str, Exception] | None = None, answer: Any = None) -> None:
         self.calls: list[tuple[Any, ...]] = []
         self.fail = fail or {}
         self.views: list[Any] = []
+        self.answer = answer  # what `api` (LabelStudioClient.api) returns
         self._lock = threading.Lock()
+        self._api = self._call("api")
         self.sdk = SimpleNamespace(
             projects=SimpleNamespace(
                 get=self._call("get_project"),
@@ -74,111 +80,150 @@ class Recorder:
 
         return call
 
+    def api(self, *args: Any, **kwargs: Any) -> Any:
+        self._api(*args, **kwargs)
+        return self.answer
+
     def names(self) -> list[str]:
         return [c[0] for c in self.calls]
 
 
-def plan(create: int = 0, update: tuple[int, ...] = (), delete: tuple[int, ...] = ()) -> WritePlan:
-    return WritePlan(
-        create=tuple((t, DesiredPrediction(REGION, t / 10, 3)) for t in range(create)),
-        update=tuple((p, {"score": 0.5}) for p in update),
-        delete=delete,
-        unchanged=0,
-    )
+def queue(n: int) -> list[tuple[int, DesiredPrediction]]:
+    return [(t, DesiredPrediction(REGION, t / 10)) for t in range(n)]
 
 
 # --------------------------------------------------------------------------------- writes
-def test_a_plan_becomes_deletes_updates_and_creates() -> None:
-    ls: Any = Recorder()
+def test_the_queue_is_imported_in_chunks_then_counted() -> None:
+    heard: list[tuple[int, int]] = []
+    ls: Any = Recorder(answer={"v2.q1": BULK_CHUNK + 2, "v1.q3": 7})
 
-    apply_plan(ls, 4, "v2", plan(create=2, update=(30,), delete=(40, 41)))
-
-    assert sorted(ls.calls, key=repr) == sorted(
-        [
-            ("delete", (40,), {}),
-            ("delete", (41,), {}),
-            ("update", (30,), {"score": 0.5}),
-            *[
-                (
-                    "create",
-                    (),
-                    {
-                        "task": t,
-                        "result": REGION,
-                        "score": t / 10,
-                        "cluster": 3,
-                        "model_version": "v2",
-                        "project": 4,
-                    },
-                )
-                for t in (0, 1)
-            ],
-        ],
-        key=repr,
+    held = import_queue(
+        ls, 4, "v2.q1", queue(BULK_CHUNK + 2), progress=lambda d, t, _: heard.append((d, t))
     )
 
-
-def test_without_clusters_creates_go_through_the_bulk_import_first_in_chunks() -> None:
-    ls: Any = Recorder()
-
-    apply_plan(ls, 4, "v2", plan(create=BULK_CHUNK + 2, delete=(9,)), clusters=False)
-
-    assert ls.names() == ["import", "import", "delete"]
+    assert held == BULK_CHUNK + 2
+    assert ls.names() == ["import", "import", "api"]
     first, second = (c[2] for c in ls.calls[:2])
     assert first["id"] == second["id"] == 4
+    # never retried (a retried chunk could land twice), waited for as long as it may take
+    assert first["request_options"] == {"max_retries": 0, "timeout": SLOW_CALL_TIMEOUT_S + 200.0}
     assert [len(first["request"]), len(second["request"])] == [BULK_CHUNK, 2]
     assert second["request"][1] == {
         "task": BULK_CHUNK + 1,
         "result": REGION,
         "score": (BULK_CHUNK + 1) / 10,
-        "model_version": "v2",
-    }  # no cluster: the bulk import would drop it
+        "model_version": "v2.q1",
+    }
+    assert ls.calls[2][1:] == (("GET", "api/projects/4/model-versions"), {})
+    assert heard == [(BULK_CHUNK, BULK_CHUNK + 2), (BULK_CHUNK + 2, BULK_CHUNK + 2)]
 
 
-def test_an_empty_plan_makes_no_call() -> None:
+def test_import_requests_also_stay_under_a_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    one = len(json.dumps({"task": 1, "result": REGION, "score": 0.1, "model_version": "v2.q1"}))
+    monkeypatch.setattr(predictions, "BULK_BYTES", 2 * one + 10)  # two predictions a request
+    ls: Any = Recorder(answer={"v2.q1": 5})
+
+    import_queue(ls, 4, "v2.q1", queue(5))
+
+    assert [len(c[2]["request"]) for c in ls.calls if c[0] == "import"] == [2, 2, 1]
+
+
+def test_an_import_label_studio_does_not_hold_exactly_fails() -> None:
+    for held in ({"v2.q1": 4}, {"v2.q1": 6}, {}):  # a chunk lost, one stored twice, none
+        with pytest.raises(LabelStudioApiError, match=r"holds \d+ predictions of v2.q1, not the 5"):
+            import_queue(Recorder(answer=held), 4, "v2.q1", queue(5))  # type: ignore[arg-type]
+
+
+def test_an_empty_queue_makes_no_call() -> None:
     ls: Any = Recorder()
-    apply_plan(ls, 4, "v2", plan(), clusters=False)
-    apply_plan(ls, 4, "v2", plan())
+    assert import_queue(ls, 4, "v2.q1", []) == 0
     assert ls.calls == []
 
 
-def test_progress_every_fifty_writes_and_after_the_last() -> None:
-    heard: list[tuple[int, int]] = []
-    ls: Any = Recorder()
-
-    apply_plan(
-        ls,
-        4,
-        "v2",
-        plan(create=120),
-        progress=lambda done, total, elapsed: heard.append((done, total)),
-    )
-
-    assert heard == [(50, 120), (100, 120), (120, 120)]
-
-
-def test_an_already_deleted_prediction_is_fine_other_failures_are_collected() -> None:
-    gone = ApiError(status_code=404, body={"detail": "Not found."})
-    broken = ApiError(status_code=500, headers={"set-cookie": "secret"}, body="x" * 400)
-    ls: Any = Recorder({"delete:40": gone, "update:30": broken, "update:31": broken})
-
-    with pytest.raises(LabelStudioApiError) as caught:
-        apply_plan(ls, 4, "v2", plan(create=1, update=(30, 31), delete=(40,)))
-
-    message = str(caught.value)
-    assert message.startswith("2 of 4 prediction writes failed; first: updating prediction 30")
-    assert "HTTP 500: " + "x" * 300 + "..." in message and "secret" not in message
-    assert sorted(ls.names()) == ["create", "delete", "update", "update"]  # all were tried
-    assert caught.value.status == 502
-
-
-def test_a_failed_bulk_import_stops_before_the_single_writes() -> None:
+def test_a_failed_chunk_stops_the_import() -> None:
     ls: Any = Recorder({"import": httpx.ConnectError("refused")})
 
-    with pytest.raises(LabelStudioApiError, match="importing 1 predictions failed: ConnectError"):
-        apply_plan(ls, 4, "v2", plan(create=1, delete=(9,)), clusters=False)
+    with pytest.raises(LabelStudioApiError, match="importing 10000 predictions failed: ConnectE"):
+        import_queue(ls, 4, "v2.q1", queue(BULK_CHUNK + 2))
 
     assert ls.names() == ["import"]
+
+
+def test_model_versions_are_read_with_their_counts() -> None:
+    ls: Any = Recorder(answer={"v2.q1": 3, "v2": 0, "odd": "x"})
+    assert list_model_versions(ls, 4) == {"v2.q1": 3, "v2": 0}
+    missing: Any = Recorder({"api": ApiError(status_code=404, body={"detail": "Not found."})})
+    with pytest.raises(ProjectNotFound):
+        list_model_versions(missing, 4)
+    with pytest.raises(LabelStudioApiError, match="answered"):
+        list_model_versions(Recorder(answer=["v2"]), 4)  # type: ignore[arg-type]
+
+
+def test_a_version_is_deleted_in_one_call_with_a_timeout_by_its_size() -> None:
+    ls: Any = Recorder(answer={"deleted_predictions": 5000})
+
+    assert delete_model_version(ls, 4, "v2.q1", expected=5000) == 5000
+
+    assert ls.calls == [
+        (
+            "api",
+            ("DELETE", "api/projects/4/model-versions"),
+            {"json": {"model_version": "v2.q1"}, "timeout": SLOW_CALL_TIMEOUT_S + 100.0},
+        )
+    ]
+
+
+def test_only_that_versions_predictions_on_annotated_tasks_are_kept() -> None:
+    ls: Any = Recorder()
+    listed: list[dict[str, Any]] = []
+    tasks = [
+        {"id": 1, "predictions": [{"id": 10, "model_version": "v2.q1"}]},
+        {
+            "id": 2,
+            "predictions": [  # the filter matches substrings: v2.q10 is listed too
+                {"id": 20, "model_version": "v2.q10"},
+                SimpleNamespace(model_dump=lambda: {"id": 21, "model_version": "v2.q1"}),
+            ],
+        },
+    ]
+
+    def list_annotated(**params: Any) -> Any:
+        listed.append(params)
+        return iter(tasks if len(listed) == 1 else tasks[:1])  # skipped: task 1 again
+
+    ls.sdk.tasks.list = list_annotated
+
+    assert keep_annotated(ls, 4, "v2.q1", "v2") == 2
+
+    assert sorted(ls.calls, key=repr) == [
+        ("update", (10,), {"model_version": "v2"}),
+        ("update", (21,), {"model_version": "v2"}),
+    ]
+    counters = []
+    for params in listed:
+        assert (params["project"], params["include"]) == (4, "id,predictions")
+        version, counter = json.loads(params["query"])["filters"]["items"]
+        assert version["filter"] == "filter:tasks:predictions_model_versions"
+        assert (version["operator"], version["value"]) == ("contains", ["v2.q1"])
+        assert (counter["operator"], counter["value"]) == ("greater", 0)
+        counters.append(counter["filter"])
+    assert counters == ["filter:tasks:total_annotations", "filter:tasks:cancelled_annotations"]
+
+
+def test_failed_moves_are_collected_and_reported_together() -> None:
+    broken = ApiError(status_code=500, headers={"set-cookie": "secret"}, body="x" * 400)
+    ls: Any = Recorder({"update:10": broken, "update:11": broken})
+    found = [{"id": 1, "predictions": [{"id": i, "model_version": "v"} for i in (10, 11, 12)]}]
+    ls.sdk.tasks.list = lambda **_: iter(found)
+
+    with pytest.raises(LabelStudioApiError) as caught:
+        keep_annotated(ls, 4, "v", "w")
+
+    message = str(caught.value)
+    assert message.startswith("2 of 3 prediction writes failed; first: keeping prediction 10")
+    assert "HTTP 500: " + "x" * 300 + "..." in message and "secret" not in message
+    assert ls.names() == ["update"] * 3  # all were tried
+    assert caught.value.status == 502
 
 
 # -------------------------------------------------------------------- project and the tab
@@ -198,24 +243,6 @@ def test_list_tasks_collects_every_page_as_dicts() -> None:
     ls.sdk.tasks.list = lambda **kw: iter(pages)
 
     assert list_tasks(ls, 4) == [{"id": 1}, {"id": 2}]
-
-
-def test_task_predictions_read_what_label_studio_lists() -> None:
-    task = {
-        "id": 7,
-        "predictions": [
-            {"id": 70, "model_version": "v2", "score": 1, "cluster": 4, "result": REGION},
-            SimpleNamespace(
-                model_dump=lambda: {"id": 71, "model_version": None, "score": "x", "cluster": 2.5}
-            ),
-        ],
-    }
-
-    assert task_predictions(task) == (
-        ExistingPrediction(70, 7, "v2", 1.0, 4, REGION),
-        ExistingPrediction(71, 7, "", None, None, []),
-    )
-    assert task_predictions({"id": 8}) == ()
 
 
 def test_set_queue_sampling_changes_only_what_differs() -> None:

@@ -1,12 +1,14 @@
 """`rank_project` and `rank_as_configured` end to end against an in-memory Label Studio, a
-scripted detector and fake images: what the stages pass on, what is written, what is reused,
-and the guards that run before any work.
+scripted detector and fake images: what the stages pass on, which queue versions are written,
+switched to and removed (also after a crash), what is reused, and the guards that run before
+any work.
 
 The same against a real Label Studio: tests/e2e/test_queue.py.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -55,7 +57,9 @@ LEAST_CONFIDENT = QueueConfig("least_confidence", {"n_clusters": 1}, batch_size=
 
 # ------------------------------------------------------------------------------- the fakes
 class FakeLabelStudio:
-    """The SDK calls the ranking makes, over tasks and predictions held in memory."""
+    """The Label Studio calls the ranking makes, over tasks and predictions held in memory,
+    with Label Studio's semantics for model versions (listed with counts, the project's own
+    listed with 0, deleted whole)."""
 
     def __init__(self, tasks: list[dict[str, Any]]) -> None:
         self.tasks = {t["id"]: t for t in tasks}
@@ -64,6 +68,7 @@ class FakeLabelStudio:
         )
         self.views: list[SimpleNamespace] = []
         self.calls: list[tuple[Any, ...]] = []
+        self.after_switch: list[Any] = []  # called after a project update
         self._next_id = 1000
         self._lock = threading.Lock()
         self.sdk = SimpleNamespace(
@@ -73,61 +78,83 @@ class FakeLabelStudio:
                 import_predictions=self.import_predictions,
             ),
             tasks=SimpleNamespace(list=self.list_tasks),
-            predictions=SimpleNamespace(create=self.create, update=self.update, delete=self.delete),
+            predictions=SimpleNamespace(update=self.update),
             views=SimpleNamespace(list=self.list_views, create=self.create_view),
         )
 
     def writes(self) -> list[tuple[Any, ...]]:
-        return sorted((c for c in self.calls if c[0] != "list"), key=repr)
+        return [c for c in self.calls if c[0] not in ("list", "versions")]
 
-    def live(self, version: str = "v1") -> dict[int, list[dict[str, Any]]]:
+    def live(self, version: str) -> dict[int, list[dict[str, Any]]]:
         return {
             t["id"]: [p for p in t["predictions"] if p["model_version"] == version]
             for t in self.tasks.values()
         }
 
+    def versions(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for t in self.tasks.values():
+            for p in t["predictions"]:
+                counts[p["model_version"]] = counts.get(p["model_version"], 0) + 1
+        if self.project.model_version:
+            counts.setdefault(self.project.model_version, 0)
+        return counts
+
     def get_project(self, *, id: int) -> Any:
         if id != PROJECT:
             raise ApiError(status_code=404, body={"detail": "Not found."})
-        return self.project
+        return SimpleNamespace(**vars(self.project))
 
     def update_project(self, *, id: int, **changes: Any) -> None:
         self.calls.append(("project", id, tuple(sorted(changes.items()))))
         for key, value in changes.items():
             setattr(self.project, key, value)
+        for hook in self.after_switch:
+            hook()
+
+    def api(self, method: str, path: str, *, json: Any = None, timeout: Any = None) -> Any:
+        assert path == f"api/projects/{PROJECT}/model-versions"
+        if method == "GET":
+            self.calls.append(("versions",))
+            return self.versions()
+        assert method == "DELETE" and timeout > 0
+        version = json["model_version"]
+        assert version != self.project.model_version  # LS would clear the project's version
+        self.calls.append(("delete", version))
+        gone = 0
+        for t in self.tasks.values():
+            kept = [p for p in t["predictions"] if p["model_version"] != version]
+            gone += len(t["predictions"]) - len(kept)
+            t["predictions"] = kept
+        return {"deleted_predictions": gone}
 
     def list_tasks(self, **params: Any) -> list[dict[str, Any]]:
-        assert params == {
-            "project": PROJECT,
-            "fields": "all",
-            "include": "id,data,total_annotations,predictions",
-            "page_size": 100,
-        }
-        self.calls.append(("list",))
+        assert params["project"] == PROJECT and params["page_size"] == 100
+        if "query" not in params:
+            assert (params["fields"], params["include"]) == ("all", "id,data,total_annotations")
+            self.calls.append(("list",))
+            return [{k: v for k, v in t.items() if k != "predictions"} for t in self.tasks.values()]
+        version, counter = json.loads(params["query"])["filters"]["items"]
+        field = counter["filter"].removeprefix("filter:tasks:")
         return [
-            {**t, "predictions": [dict(p) for p in t["predictions"]]} for t in self.tasks.values()
+            {"id": t["id"], "predictions": [dict(p) for p in t["predictions"]]}
+            for t in self.tasks.values()
+            if t.get(field, 0) > 0
+            and any(version["value"][0] in p["model_version"] for p in t["predictions"])
         ]
 
-    def create(self, *, task: int, project: int, **fields: Any) -> None:
-        assert project == PROJECT
-        self.calls.append(("create", task, fields["score"], fields["cluster"]))
-        self._add(task, fields)
-
-    def import_predictions(self, *, id: int, request: list[dict[str, Any]]) -> None:
+    def import_predictions(
+        self, *, id: int, request: list[dict[str, Any]], request_options: Any
+    ) -> None:
+        assert request_options["max_retries"] == 0 and request_options["timeout"] > 60
         self.calls.append(("import", id, tuple((i["task"], i["score"]) for i in request)))
         for item in request:
             assert set(item) == {"task", "result", "score", "model_version"}
-            self._add(item["task"], {**item, "cluster": None})
+            self._add(item["task"], item)
 
     def update(self, prediction_id: int, **fields: Any) -> None:
-        self.calls.append(("update", prediction_id, tuple(sorted(fields))))
+        self.calls.append(("keep", prediction_id, tuple(sorted(fields.items()))))
         self._find(prediction_id).update(fields)
-
-    def delete(self, prediction_id: int) -> None:
-        self.calls.append(("delete", prediction_id))
-        with self._lock:
-            for task in self.tasks.values():
-                task["predictions"] = [p for p in task["predictions"] if p["id"] != prediction_id]
 
     def list_views(self, *, project: int) -> list[SimpleNamespace]:
         return list(self.views)
@@ -145,7 +172,6 @@ class FakeLabelStudio:
                 "id": self._next_id,
                 "model_version": fields["model_version"],
                 "score": fields["score"],
-                "cluster": fields["cluster"],
                 "result": fields["result"],
             }
             self.tasks[task]["predictions"].append(prediction)
@@ -203,11 +229,12 @@ class FakeDetectors:
 
 
 def task(task_id: int, image: str, labeled: bool = False, *predictions: Any) -> dict[str, Any]:
-    keys = ("id", "model_version", "score", "cluster", "result")
+    keys = ("id", "model_version", "score", "result")
     return {
         "id": task_id,
         "data": {"image": image},
         "total_annotations": int(labeled),
+        "cancelled_annotations": 0,
         "predictions": [dict(zip(keys, p, strict=True)) for p in predictions],
     }
 
@@ -218,8 +245,8 @@ def project_tasks() -> list[dict[str, Any]]:
         task(2, "b.jpg"),
         task(3, "c.jpg"),
         task(4, "d.jpg"),
-        task(5, "missing.jpg", False, (500, "v1", 0.0, 2, [])),  # a stale head of the queue
-        task(6, "e.jpg", False, (600, "v0", -1.0, 3, []), (601, "v1", 0.9, None, [])),
+        task(5, "missing.jpg", False, (500, "v1", 0.0, [])),  # from /predict, image gone since
+        task(6, "e.jpg", False, (600, "v0", -1.0, []), (601, "v1", 0.9, [])),
     ]
 
 
@@ -259,51 +286,49 @@ def world(tmp_path: Path) -> World:
 
 
 # ------------------------------------------------------------------------------- rankings
-def test_a_ranking_writes_the_queue_and_stores_it(world: World) -> None:
+SWITCH = ("model_version", "v1.q1"), ("sampling", UNCERTAINTY_SAMPLING)
+
+
+def test_a_ranking_imports_its_queue_version_switches_to_it_and_stores_it(world: World) -> None:
     reports: list[RankProgress] = []
 
     summary = world.rank(progress=reports.append)
 
-    # least confidence: c (0.45), d (0.30), e (0.20), b (0.10); one cluster, offset above v0's 3
+    # least confidence: c (0.45), d (0.30), e (0.20), b (0.10)
     assert summary.top_task_ids == (3, 4)
     assert (summary.n_tasks, summary.n_labeled, summary.n_ranked, summary.n_failed) == (6, 1, 4, 1)
     assert (summary.n_predicted, summary.n_reused) == (5, 0)
-    assert (summary.created, summary.updated, summary.deleted, summary.unchanged) == (3, 1, 1, 0)
+    assert (summary.queue_version, summary.imported) == ("v1.q1", 4)
+    assert (summary.removed_versions, summary.removed, summary.kept) == ((), 0, 0)
     assert (summary.model_version, summary.strategy, summary.view_id) == (
         "v1",
         "least_confidence",
         77,
     )
-    assert list(summary.timings) == ["fetch", "predict", "encode", "select", "write", "total"]
+    assert list(summary.timings) == [
+        *("fetch", "predict", "encode", "select", "write", "switch", "views", "remove", "total")
+    ]
     assert summary.ranking_path == ModelDir(world.settings.model_dir).project(9).ranking / "v1.json"
     assert sorted(world.detectors.detector.seen) == ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"]
-    assert world.ls.writes() == sorted(
-        [
-            ("create", 2, 0.75, 4),
-            ("create", 3, 0.0, 4),
-            ("create", 4, 0.25, 4),
-            ("update", 601, ("cluster", "result", "score")),
-            ("delete", 500),
-            ("project", 9, (("model_version", "v1"), ("sampling", UNCERTAINTY_SAMPLING))),
-            ("view", 9),
-        ],
-        key=repr,
-    )
-    assert world.ls.views[0].data == queue_view_data()
-    assert [(r.stage, r.done, r.total) for r in reports] == [("predict", 6, 6), ("write", 5, 5)]
-
-    live = world.ls.live()
-    assert {t: [(p["score"], p["cluster"]) for p in ps] for t, ps in live.items()} == {
-        1: [],
-        2: [(0.75, 4)],
-        3: [(0.0, 4)],
-        4: [(0.25, 4)],
-        5: [],
-        6: [(0.5, 4)],
-    }
-    assert [p["id"] for p in world.ls.tasks[6]["predictions"] if p["model_version"] == "v0"] == [
-        600
+    # in queue order, then one switch; the /predict predictions of v0 and v1 stay
+    assert world.ls.writes() == [
+        ("import", 9, ((3, 0.0), (4, 0.25), (6, 0.5), (2, 0.75))),
+        ("project", 9, SWITCH),
+        ("view", 9),
     ]
+    assert world.ls.views[0].data == queue_view_data()
+    assert [(r.stage, r.done, r.total) for r in reports] == [("predict", 6, 6), ("write", 4, 4)]
+    assert world.ls.versions() == {"v0": 1, "v1": 2, "v1.q1": 4}
+
+    live = world.ls.live("v1.q1")
+    assert {t: [p["score"] for p in ps] for t, ps in live.items()} == {
+        1: [],
+        2: [0.75],
+        3: [0.0],
+        4: [0.25],
+        5: [],
+        6: [0.5],
+    }
     stored = load_ranking(world.settings.model_dir, PROJECT, "v1")
     assert stored is not None
     assert (stored["project_id"], stored["strategy"], stored["n_ranked"]) == (
@@ -311,6 +336,7 @@ def test_a_ranking_writes_the_queue_and_stores_it(world: World) -> None:
         "least_confidence",
         4,
     )
+    assert (stored["model_version"], stored["queue_version"]) == ("v1", "v1.q1")
     assert list(stored["tasks"]) == ["2", "3", "4", "6"]
     assert {k: (e["rank"], e["strategy_rank"], e["ref"]) for k, e in stored["tasks"].items()} == {
         "2": (3, 3, "b.jpg"),
@@ -323,13 +349,15 @@ def test_a_ranking_writes_the_queue_and_stores_it(world: World) -> None:
     assert precomputed_prediction(world.settings.model_dir, PROJECT, 3, "v1") == {
         "result": live[3][0]["result"],
         "score": 0.0,
-        "model_version": "v1",
+        "model_version": "v1.q1",  # what Label Studio's project serves
     }
     assert stored["tasks"]["3"]["result"] == [region]
     assert (region["from_name"], region["to_name"]) == ("label", "image")
 
 
-def test_ranking_again_reuses_detections_and_writes_nothing(world: World) -> None:
+def test_each_ranking_removes_the_version_before_last_keeping_annotated_tasks(
+    world: World,
+) -> None:
     first = world.rank()
     world.ls.calls.clear()
     world.detectors.detector.seen.clear()
@@ -337,10 +365,69 @@ def test_ranking_again_reuses_detections_and_writes_nothing(world: World) -> Non
     again = world.rank()
 
     assert (again.n_predicted, again.n_reused, again.n_failed) == (0, 5, 1)
-    assert (again.created, again.updated, again.deleted, again.unchanged) == (0, 0, 0, 4)
     assert again.top_task_ids == first.top_task_ids
     assert world.detectors.detector.seen == []
-    assert world.ls.writes() == []  # project and tab already right
+    # v1.q1 stays one ranking longer: an annotator may have one of its tasks open
+    assert (again.queue_version, again.removed_versions) == ("v1.q2", ())
+    assert world.ls.versions() == {"v0": 1, "v1": 2, "v1.q1": 4, "v1.q2": 4}
+    assert world.ls.project.model_version == "v1.q2"
+    assert world.ls.writes()[1] == ("project", 9, (("model_version", "v1.q2"),))
+    # an annotator labels task 3 from its v1.q1 prediction, another skips task 4
+    shown = {t: p["id"] for t in (3, 4) for p in world.ls.live("v1.q1")[t]}
+    world.ls.tasks[3]["total_annotations"] = 1
+    world.ls.tasks[4]["cancelled_annotations"] = 1
+    world.ls.calls.clear()
+
+    third = world.rank()
+
+    assert (third.queue_version, third.removed_versions) == ("v1.q3", ("v1.q1",))
+    assert (third.removed, third.kept) == (2, 2)
+    assert third.top_task_ids == (4, 6)  # a skipped task is still unlabeled
+    # moved first, then the version deleted in one call
+    assert sorted(c for c in world.ls.writes() if c[0] == "keep") == sorted(
+        ("keep", i, (("model_version", "v1"),)) for i in shown.values()
+    )
+    assert world.ls.writes()[-1] == ("delete", "v1.q1")
+    # the annotated tasks' predictions survive, same ids, under their detector's version
+    for task_id, prediction_id in shown.items():
+        assert prediction_id in [p["id"] for p in world.ls.live("v1")[task_id]]
+    assert world.ls.versions() == {"v0": 1, "v1": 4, "v1.q2": 4, "v1.q3": 3}
+
+
+def test_a_crash_before_the_switch_leaves_the_old_queue_served_and_the_next_run_cleans_up(
+    world: World,
+) -> None:
+    world.rank()
+
+    def crash(report: RankProgress) -> None:
+        if report.stage == "write" and report.done == report.total:
+            raise RankingCancelled("stopped after the import")
+
+    with pytest.raises(RankingCancelled):
+        world.rank(progress=crash)
+
+    # fully imported, never switched to: the project still serves v1.q1
+    assert world.ls.project.model_version == "v1.q1"
+    assert world.ls.versions() == {"v0": 1, "v1": 2, "v1.q1": 4, "v1.q2": 4}
+    stored = load_ranking(world.settings.model_dir, PROJECT, "v1")
+    assert stored is not None and stored["queue_version"] == "v1.q1"
+
+    after = world.rank()
+
+    # above the orphan; the orphan goes, the queue served until now stays one more ranking
+    assert (after.queue_version, after.removed_versions) == ("v1.q3", ("v1.q2",))
+    assert world.ls.versions() == {"v0": 1, "v1": 2, "v1.q1": 4, "v1.q3": 4}
+
+
+def test_nothing_is_removed_when_the_project_was_switched_meanwhile(world: World) -> None:
+    world.rank()
+    world.rank()
+    world.ls.after_switch.append(lambda: setattr(world.ls.project, "model_version", "by-hand"))
+
+    summary = world.rank()
+
+    assert summary.removed_versions == ()
+    assert {"v1.q1", "v1.q2", "v1.q3"} <= set(world.ls.versions())
 
 
 def test_flip_consistency_detects_mirrors_once_and_reorders(world: World) -> None:
@@ -375,23 +462,6 @@ def test_a_cancelled_ranking_writes_nothing_and_keeps_its_detections(world: Worl
     assert (after.n_predicted, after.n_reused) == (0, 5)
 
 
-def test_without_clusters_new_predictions_are_imported_in_bulk(world: World) -> None:
-    summary = world.rank(QueueConfig("least_confidence", {"n_clusters": 1}, 2, clusters=False))
-
-    assert (summary.created, summary.updated, summary.deleted) == (3, 1, 1)
-    assert world.ls.writes() == sorted(
-        [
-            ("import", 9, ((2, 0.75), (3, 0.0), (4, 0.25))),
-            ("update", 601, ("result", "score")),  # its cluster is None already
-            ("delete", 500),
-            ("project", 9, (("model_version", "v1"), ("sampling", UNCERTAINTY_SAMPLING))),
-            ("view", 9),
-        ],
-        key=repr,
-    )
-    assert all(p["cluster"] is None for ps in world.ls.live().values() for p in ps)
-
-
 def test_rank_as_configured_reads_the_projects_queue_settings(world: World) -> None:
     save_project_params(
         world.settings.paths,
@@ -416,18 +486,16 @@ def test_rank_as_configured_reads_the_projects_queue_settings(world: World) -> N
 
 # ---------------------------------------------------------------------------- the stages
 def test_parse_task_keeps_what_the_ranking_needs() -> None:
-    raw = task(7, "x.jpg", True, (70, "v2", 0.5, 1, [{"a": 1}]), (71, "v1", None, None, None))
+    parsed = parse_task(task(7, "x.jpg", True), "image")
 
-    parsed = parse_task(raw, "image")
-
-    assert (parsed.id, parsed.ref, parsed.labeled) == (7, "x.jpg", True)
-    assert [(p.id, p.task, p.model_version, p.score, p.cluster) for p in parsed.predictions] == [
-        (70, 7, "v2", 0.5, 1),
-        (71, 7, "v1", None, None),
-    ]
-    assert parsed.predictions[0].result == [{"a": 1}] and parsed.predictions[1].result == []
+    assert (parsed.id, parsed.ref, parsed.labeled, parsed.data) == (
+        7,
+        "x.jpg",
+        True,
+        {"image": "x.jpg"},
+    )
     unlabeled = parse_task({"id": 8, "data": {"other": "y.jpg"}}, "image")
-    assert (unlabeled.ref, unlabeled.labeled, unlabeled.predictions) == (None, False, ())
+    assert (unlabeled.ref, unlabeled.labeled) == (None, False)
 
 
 def test_primary_controls_share_the_first_image_field() -> None:

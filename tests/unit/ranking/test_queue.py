@@ -1,5 +1,5 @@
-"""The queue's pure stages: pool rows, queue order and scores, cluster ids, the predictions
-Label Studio must hold, and the write plan that gets it there.
+"""The queue's pure stages: pool rows, queue order and scores, and the predictions Label Studio
+must hold.
 
 Label Studio itself is exercised in tests/e2e/test_queue.py.
 """
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -16,18 +15,16 @@ import pytest
 from backend.config import Settings
 from backend.labelstudio.images import LoadedImage
 from backend.labelstudio.label_config import parse_label_config
-from backend.labelstudio.predictions import DesiredPrediction, ExistingPrediction
+from backend.labelstudio.predictions import DesiredPrediction
 from backend.models.detector import Detector, ModelSource
 from backend.ranking.detect import flip_disagreements
 from backend.ranking.detection_cache import ImageRecord
 from backend.ranking.queue import (
     QueuedTask,
     class_ap_vector,
-    cluster_offset,
     empty_selection,
     mapped_class_mask,
     near_duplicate_marks,
-    plan_writes,
     pool_box_scores,
     queue_head,
     queue_order,
@@ -56,12 +53,6 @@ def served_by_label_studio(scores: np.ndarray, clusters: np.ndarray) -> list[int
     return served
 
 
-def prediction(
-    pid: int, task: int, version: str, score: float | None, cluster: int | None, result: Any
-) -> ExistingPrediction:
-    return ExistingPrediction(pid, task, version, score, cluster, result)
-
-
 REGION = [{"from_name": "label", "value": {"x": 1}}]
 
 
@@ -85,7 +76,10 @@ def test_one_cluster_or_all_distinct_keeps_the_strategy_order(clusters: list[int
     assert queue_order(order, np.array(clusters)).tolist() == [2, 4, 0, 1, 3]
 
 
-def test_label_studio_serves_exactly_the_queue() -> None:
+def test_label_studio_serves_exactly_the_queue_with_or_without_clusters() -> None:
+    """Why the queue writes no cluster: one annotator labeling in turn is served the same
+    order whether Label Studio balances the clusters or reads the scores alone (the bulk
+    import stores no cluster, so every task is in one)."""
     rng = np.random.default_rng(0)
     for _ in range(50):
         n = int(rng.integers(1, 40))
@@ -93,6 +87,7 @@ def test_label_studio_serves_exactly_the_queue() -> None:
         clusters = rng.integers(0, int(rng.integers(1, 6)), size=n)
         queue = queue_order(order, clusters)
         assert served_by_label_studio(queue_scores(queue), clusters) == queue.tolist()
+        assert served_by_label_studio(queue_scores(queue), np.zeros(n)) == queue.tolist()
 
 
 def test_queue_scores_give_the_first_task_the_lowest_score() -> None:
@@ -193,46 +188,30 @@ def test_queue_tasks_place_every_task_exactly() -> None:
         strategy="hybrid",
     )
 
-    queued = queue_tasks(selection, [10, 11, 12, 13], first_cluster=5)
+    queued = queue_tasks(selection, [10, 11, 12, 13])
 
     # served: 10 (cluster 0), 12 (cluster 1), then 11, 13
     assert queued == (
-        QueuedTask(10, position=0, score=0.0, cluster=5, strategy_rank=0, strategy_score=0.9),
-        QueuedTask(11, position=2, score=0.5, cluster=5, strategy_rank=1, strategy_score=0.8),
-        QueuedTask(12, position=1, score=0.25, cluster=6, strategy_rank=2, strategy_score=0.7),
-        QueuedTask(13, position=3, score=0.75, cluster=6, strategy_rank=3, strategy_score=0.6),
+        QueuedTask(10, position=0, score=0.0, strategy_rank=0, strategy_score=0.9),
+        QueuedTask(11, position=2, score=0.5, strategy_rank=1, strategy_score=0.8),
+        QueuedTask(12, position=1, score=0.25, strategy_rank=2, strategy_score=0.7),
+        QueuedTask(13, position=3, score=0.75, strategy_rank=3, strategy_score=0.6),
     )
     assert queue_head(queued, 3) == (10, 12, 11)
     assert queue_head(queued, 10) == (10, 12, 11, 13)
-    plain = queue_tasks(selection, [10, 11, 12, 13], first_cluster=5, clusters=False)
-    assert [q.cluster for q in plain] == [None] * 4
-    assert [q.score for q in plain] == [0.0, 0.5, 0.25, 0.75]  # the same queue, by score alone
 
 
 def test_queue_tasks_of_nothing_and_of_the_wrong_length() -> None:
-    assert queue_tasks(empty_selection("kcenter"), [], first_cluster=0) == ()
+    assert queue_tasks(empty_selection("kcenter"), []) == ()
     with pytest.raises(ValueError, match="covers 0 tasks, not 1"):
-        queue_tasks(empty_selection("kcenter"), [7], first_cluster=0)
+        queue_tasks(empty_selection("kcenter"), [7])
 
 
-def test_cluster_offset_starts_above_every_cluster_that_stays() -> None:
-    existing = {
-        1: [prediction(10, 1, "v2", 0.0, 40, REGION)],  # ranked again: replaced
-        2: [prediction(20, 2, "v1", 0.0, 7, REGION)],  # another version: stays
-        3: [prediction(30, 3, "v2", 0.0, 9, REGION)],  # a labeled task's: stays
-        4: [prediction(40, 4, "v2", 0.0, None, REGION)],  # no cluster
-    }
-    assert cluster_offset(existing, [1, 4], "v2") == 10
-    assert cluster_offset(existing, [1, 3], "v2") == 8
-    assert cluster_offset(existing, [1, 2, 3], "v1") == 41  # v1 replaces only 20
-    assert cluster_offset({}, [], "v2") == 0
-
-
-def test_queue_predictions_hold_regions_score_and_cluster() -> None:
+def test_queue_predictions_hold_regions_and_score() -> None:
     controls = parse_label_config(BOX_CONFIG).controls
     queued = (
-        QueuedTask(5, position=1, score=0.5, cluster=3, strategy_rank=0, strategy_score=0.9),
-        QueuedTask(6, position=0, score=0.0, cluster=None, strategy_rank=1, strategy_score=0.2),
+        QueuedTask(5, position=1, score=0.5, strategy_rank=0, strategy_score=0.9),
+        QueuedTask(6, position=0, score=0.0, strategy_rank=1, strategy_score=0.2),
     )
     records = {5: record([0, 1], [0.9, 0.1]), 6: record([], [])}
 
@@ -240,10 +219,10 @@ def test_queue_predictions_hold_regions_score_and_cluster() -> None:
 
     assert list(desired) == [5, 6]
     assert desired[5] == DesiredPrediction(
-        task_regions(records[5], NAMES, controls, 0.25), score=0.5, cluster=3
+        task_regions(records[5], NAMES, controls, 0.25), score=0.5
     )
     assert len(desired[5].result) == 1
-    assert desired[6] == DesiredPrediction([], score=0.0, cluster=None)
+    assert desired[6] == DesiredPrediction([], score=0.0)
 
 
 def test_task_regions_follow_each_controls_threshold() -> None:
@@ -282,41 +261,6 @@ def test_task_regions_follow_each_controls_threshold() -> None:
     assert regions[1]["score"] == 0.1
 
 
-# --------------------------------------------------------------------------- write plans
-
-
-def test_plan_writes_creates_updates_and_deletes_only_what_differs() -> None:
-    desired = {
-        1: DesiredPrediction(REGION, 0.0, 5),  # no prediction yet
-        2: DesiredPrediction(REGION, 0.25, 6),  # identical one exists
-        3: DesiredPrediction([], 0.5, 5),  # score and result differ, cluster matches
-        4: DesiredPrediction(REGION, 0.75, 7),  # two copies: the matching one is kept
-        6: DesiredPrediction(REGION, 0.8, 2),  # two stale copies: the newest is updated
-    }
-    current = {
-        1: [prediction(10, 1, "v1", 0.1, 1, REGION)],  # another version: left alone
-        2: [prediction(20, 2, "v2", 0.25, 6, REGION)],
-        3: [prediction(30, 3, "v2", 0.9, 5, REGION)],
-        4: [prediction(40, 4, "v2", 0.75, 7, REGION), prediction(41, 4, "v2", None, None, [])],
-        5: [prediction(50, 5, "v2", 0.0, 1, REGION), prediction(51, 5, "v1", 0.0, 1, REGION)],
-        6: [prediction(61, 6, "v2", 0.1, 1, REGION), prediction(60, 6, "v2", 0.2, 2, REGION)],
-    }
-
-    plan = plan_writes(desired, current, "v2", retire=[5, 1])
-
-    assert plan.create == ((1, desired[1]),)
-    assert plan.update == ((30, {"score": 0.5, "result": []}), (61, {"score": 0.8, "cluster": 2}))
-    assert plan.delete == (41, 60, 50)
-    assert plan.unchanged == 2
-    assert plan.n_writes == 6
-
-
-def test_plan_writes_is_empty_when_everything_matches() -> None:
-    desired = {7: DesiredPrediction(REGION, 0.0, 3)}
-    plan = plan_writes(desired, {7: [prediction(70, 7, "v1", 0.0, 3, REGION)]}, "v1")
-    assert (plan.create, plan.update, plan.delete, plan.unchanged) == ((), (), (), 1)
-
-
 def test_real_flip_disagreement_is_the_same_seen_from_either_side(
     trained_weights: Path, tmp_path: Path
 ) -> None:
@@ -350,7 +294,7 @@ def test_real_flip_disagreement_is_the_same_seen_from_either_side(
 
 def test_near_duplicates_are_marked_with_the_task_they_copy() -> None:
     def queued(task_id: int, position: int) -> QueuedTask:
-        return QueuedTask(task_id, position, position / 5, None, position, 1.0 - position / 5)
+        return QueuedTask(task_id, position, position / 5, position, 1.0 - position / 5)
 
     queue = [queued(20, 3), queued(21, 0), queued(22, 4), queued(23, 1), queued(24, 2)]
     groups = {20: 21, 21: 21, 22: 5, 23: 23}  # 24 has no group entry: its own group

@@ -13,8 +13,8 @@ def queue_config(extra: dict, tags: dict | None = None) -> QueueConfig:
 
 def test_default_is_the_hybrid_at_lambda_one_half_with_an_audit_slice() -> None:
     config = queue_config({})
-    assert config == QueueConfig("hybrid", {"lam": 0.5, "audit_share": 0.2}, 100, True)
-    assert queue_config({"al_clusters": "false"}).clusters is False
+    assert config == QueueConfig("hybrid", {"lam": 0.5, "audit_share": 0.2}, 100)
+    assert queue_config({"al_clusters": "false"}) == config  # a removed option is ignored
     assert type(config.build()).__name__ == "RankMix"
     assert config.build().audit_share == 0.2
 
@@ -96,7 +96,6 @@ def test_aggregation_reaches_the_right_parameter(extra: dict, params: dict) -> N
         ({"al_strategy": "dua", "al_aggregation": "max"}, "does not apply"),
         ({"al_batch_size": 0}, "between 1 and"),
         ({"al_batch_size": 2.5}, "integer"),
-        ({"al_clusters": "sometimes"}, "al_clusters must be true or false"),
         ({"al_audit": 2}, "al_audit must be true or false"),
         ({"al_near_duplicates": 2}, "al_near_duplicates must be between 0 and 1"),
         ({"al_uncertainty": "vibes"}, "al_uncertainty must be one of"),

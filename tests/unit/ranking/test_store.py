@@ -1,4 +1,5 @@
-"""The stored ranking `/predict` answers from: its file format, its place, its reads."""
+"""The stored ranking `/setup` and `/predict` answer from: its file format, its place, its
+reads."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from backend.ranking.store import (
     ranking_path,
     remove_other_rankings,
     save_ranking,
+    stored_queue_version,
 )
 
 REGION = [{"from_name": "label", "value": {"x": 1}}]
@@ -24,9 +26,10 @@ def stored(version: str = "v3") -> dict[str, Any]:
     return {
         "project_id": 4,
         "model_version": version,
+        "queue_version": f"{version}.q2",
         "tasks": {
-            "11": {"result": REGION, "score": 0.0, "cluster": 2, "ref": "/data/a.jpg"},
-            "12": {"result": [], "score": 0.5, "cluster": 3, "ref": "/data/b.jpg"},
+            "11": {"result": REGION, "score": 0.0, "ref": "/data/a.jpg"},
+            "12": {"result": [], "score": 0.5, "ref": "/data/b.jpg"},
         },
     }
 
@@ -36,11 +39,12 @@ def test_precomputed_prediction_answers_for_the_current_version(tmp_path: Path) 
 
     found = precomputed_prediction(tmp_path, 4, 11, "v3")
 
-    assert found == {"result": REGION, "score": 0.0, "model_version": "v3"}
+    # answered with the queue version Label Studio's project serves
+    assert found == {"result": REGION, "score": 0.0, "model_version": "v3.q2"}
     assert precomputed_prediction(tmp_path, 4, 12, "v3", image_ref="/data/b.jpg") == {
         "result": [],
         "score": 0.5,
-        "model_version": "v3",
+        "model_version": "v3.q2",
     }
     assert precomputed_prediction(tmp_path, 4, 12, "v3", image_ref="/data/other.jpg") is None
     assert precomputed_prediction(tmp_path, 4, 13, "v3") is None
@@ -57,12 +61,24 @@ def test_a_rewritten_ranking_is_read_afresh(tmp_path: Path) -> None:
     assert precomputed_prediction(tmp_path, 4, 12, "v3")["score"] == 0.5  # type: ignore[index]
     newer = stored()
     newer["tasks"]["12"]["score"] = 0.25
-    newer["tasks"]["14"] = {"result": [], "score": 0.75, "cluster": 1, "ref": "c"}
+    newer["tasks"]["14"] = {"result": [], "score": 0.75, "ref": "c"}
     save_ranking(path, newer)
 
     assert precomputed_prediction(tmp_path, 4, 12, "v3")["score"] == 0.25  # type: ignore[index]
     assert load_ranking(tmp_path, 4, "v3") == json.loads(path.read_text())
     assert sorted(p.name for p in ModelDir(tmp_path).project(4).ranking.iterdir()) == ["v3.json"]
+
+
+def test_the_queue_version_is_the_stored_rankings_of_that_model(tmp_path: Path) -> None:
+    save_ranking(ranking_path(tmp_path, 4, "v3"), stored())
+    assert stored_queue_version(tmp_path, 4, "v3") == "v3.q2"
+    assert stored_queue_version(tmp_path, 4, "v4") is None  # no ranking of that model
+    assert stored_queue_version(tmp_path, 5, "v3") is None
+    # a file written before queue versions: nothing is answered from it
+    old = {k: v for k, v in stored().items() if k != "queue_version"}
+    save_ranking(ranking_path(tmp_path, 4, "v3"), old)
+    assert stored_queue_version(tmp_path, 4, "v3") is None
+    assert precomputed_prediction(tmp_path, 4, 11, "v3") is None
 
 
 def test_an_unreadable_ranking_answers_none(tmp_path: Path) -> None:
@@ -74,24 +90,22 @@ def test_an_unreadable_ranking_answers_none(tmp_path: Path) -> None:
 
 def test_the_file_format_is_what_predict_and_people_read() -> None:
     entry = ranking_entry(
-        result=REGION,
-        score=0.25,
-        cluster=7,
-        model_version="v3",
-        rank=1,
-        strategy_rank=4,
-        strategy_score=0.75,
-        ref="/data/a.jpg",
+        result=REGION, score=0.25, rank=1, strategy_rank=4, strategy_score=0.75, ref="/data/a.jpg"
     )
     document = ranking_document(
-        project_id=4, model_version="v3", strategy="hybrid", created_at=12.5, tasks={"11": entry}
+        project_id=4,
+        model_version="v3",
+        queue_version="v3.q2",
+        strategy="hybrid",
+        created_at=12.5,
+        tasks={"11": entry},
     )
 
     assert json.dumps(document, separators=(",", ":")) == (
-        '{"project_id":4,"model_version":"v3","strategy":"hybrid","created_at":12.5,'
-        '"n_ranked":1,"tasks":{"11":{"result":[{"from_name":"label","value":{"x":1}}],'
-        '"score":0.25,"cluster":7,"model_version":"v3","rank":1,"strategy_rank":4,'
-        '"strategy_score":0.75,"ref":"/data/a.jpg"}}}'
+        '{"project_id":4,"model_version":"v3","queue_version":"v3.q2","strategy":"hybrid",'
+        '"created_at":12.5,"n_ranked":1,"tasks":{"11":{"result":[{"from_name":"label",'
+        '"value":{"x":1}}],"score":0.25,"rank":1,"strategy_rank":4,"strategy_score":0.75,'
+        '"ref":"/data/a.jpg"}}}'
     )
 
 

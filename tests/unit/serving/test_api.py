@@ -279,11 +279,14 @@ def test_setup_rejects_bad_queue_attributes_on_the_tag(client: FlaskClient) -> N
 def test_predict_answers_ranked_tasks_from_the_stored_ranking(
     client: FlaskClient, settings: Settings, image_root: Path
 ) -> None:
+    """Once ranked, /setup and every /predict answer carry the queue version the project
+    serves, so Label Studio shows what /predict returns and does not ask for it again."""
     from backend.ranking.store import ranking_path, save_ranking
 
     version = client.post("/setup", json={"project": "7.1", "schema": BOX_CONFIG}).get_json()[
         "model_version"
     ]
+    queue = f"{version}.q3"
     shapes = sorted((image_root / "shapes").glob("*.jpg"))
     stored = [{"from_name": "label", "to_name": "image", "type": "rectanglelabels", "value": {}}]
     save_ranking(
@@ -291,9 +294,13 @@ def test_predict_answers_ranked_tasks_from_the_stored_ranking(
         {
             "project_id": 7,
             "model_version": version,
+            "queue_version": queue,
             "tasks": {"1": {"result": stored, "score": 0.25, "ref": str(shapes[0])}},
         },
     )
+    setup = client.post("/setup", json={"project": "7.1", "schema": BOX_CONFIG}).get_json()
+    other = client.post("/setup", json={"project": "8.1", "schema": BOX_CONFIG}).get_json()
+    assert (setup["model_version"], other["model_version"]) == (queue, version)
     body = {
         "tasks": [
             {"id": 1, "data": {"image": str(shapes[0])}},  # ranked: answered from the file
@@ -304,9 +311,10 @@ def test_predict_answers_ranked_tasks_from_the_stored_ranking(
         "label_config": BOX_CONFIG,
     }
     first, second, changed = client.post("/predict", json=body).get_json()["results"]
-    assert first == {"result": stored, "score": 0.25, "model_version": version}
+    assert first == {"result": stored, "score": 0.25, "model_version": queue}
     assert second["result"] and 1.0 <= second["score"] <= 2.0
     assert changed["result"] != stored and changed["score"] >= 1.0
+    assert second["model_version"] == changed["model_version"] == queue
 
 
 def test_predict_resolves_each_controls_model_once(
