@@ -80,7 +80,7 @@ from backend.ranking.queue import (
     queue_predictions,
     queue_tasks,
 )
-from backend.ranking.queue_config import QueueConfig, queue_config
+from backend.ranking.queue_config import ENCODER_EMBEDDING, QueueConfig, queue_config
 from backend.ranking.store import (
     ranking_document,
     ranking_entry,
@@ -243,6 +243,9 @@ def rank_project(
         if cold_start(queue, registry, project_id, encoded, ranked):
             assert encoded is not None  # cold_start checked it
             strategy, embeddings = queue.build_cold_start(), encoded.index
+        elif queue.embedding == ENCODER_EMBEDDING and covers(encoded, ranked):
+            assert encoded is not None  # covers checked it
+            embeddings = encoded.index
         else:
             embeddings = index
 
@@ -401,9 +404,14 @@ def cold_start(
     before the project's first promoted model, when the encoder covers every ranked task and
     the project did not ask for a random queue."""
     return (
+        queue.strategy != "random" and registry.live(project_id) is None and covers(encoded, ranked)
+    )
+
+
+def covers(encoded: EncodedTasks | None, ranked: Sequence[RankTask]) -> bool:
+    """Whether the project encoder has an embedding for every ranked task."""
+    return (
         encoded is not None
-        and queue.strategy != "random"
-        and registry.live(project_id) is None
         and bool(ranked)
         and bool(encoded.index.contains([t.id for t in ranked]).all())
     )

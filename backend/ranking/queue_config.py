@@ -32,6 +32,10 @@ Studio, or as attributes of the RectangleLabels tag (extra params win):
     al_near_duplicates  0..1 (default 0, off): tasks closer than this fraction of the pool's
                     median nearest-neighbour embedding distance are near-duplicates: one of
                     them per batch, the others after it
+    al_embedding    detector (default) | encoder: the embeddings diversity is measured on
+                    once the project has a promoted model: the live detector's neck
+                    features, or the project encoder's (self-supervised on the project's
+                    own pictures; the detector's are used where the encoder is missing)
 
 Everything is validated at /setup, so a typo answers a clear 4xx there, not a failed ranking.
 """
@@ -56,6 +60,7 @@ KEYS = (
     "al_near_duplicates",
     "al_uncertainty",
     "al_flip",
+    "al_embedding",
 )
 DEFAULT_STRATEGY = "hybrid"
 COLD_START_STRATEGY = "typiclust"  # before the first promoted model, on the project encoder
@@ -65,6 +70,8 @@ DEFAULT_AUDIT = True
 DEFAULT_PER_SECOND = False
 DEFAULT_NEAR_DUPLICATES = 0.0
 DEFAULT_FLIP = 0.0
+DETECTOR_EMBEDDING, ENCODER_EMBEDDING = "detector", "encoder"  # al_embedding's choices
+EMBEDDINGS = (DETECTOR_EMBEDDING, ENCODER_EMBEDDING)
 _DIRECT = {"entropy", "margin", "least_confidence", "dua", "dcus"}  # score strategies
 _AGGREGATE_DIRECT = {"entropy", "margin", "least_confidence"}
 _NESTED = {"hybrid", "prefilter"}  # their uncertainty part takes the score options
@@ -78,6 +85,7 @@ class QueueConfig:
     params: Mapping[str, Any] = field(default_factory=lambda: {"lam": DEFAULT_LAMBDA})
     batch_size: int = DEFAULT_BATCH_SIZE
     flip_pass: bool = False  # the strategy uses flip disagreement: detect on mirrors too
+    embedding: str = DETECTOR_EMBEDDING  # al_embedding: whose embeddings diversity uses
 
     def build(self) -> Any:
         """The strategy object (strategies.get_strategy)."""
@@ -162,7 +170,10 @@ def queue_config(
         batch_size = int(_number(raw["al_batch_size"], "al_batch_size", 1, 100_000))
         if float(raw["al_batch_size"]) != batch_size:
             raise BadRequest(f"al_batch_size must be an integer, got {raw['al_batch_size']!r}")
-    config = QueueConfig(strategy, params, batch_size, flip_pass=flip > 0)
+    embedding = str(raw.get("al_embedding", DETECTOR_EMBEDDING)).strip().lower()
+    if embedding not in EMBEDDINGS:
+        raise BadRequest(f"al_embedding must be one of {', '.join(EMBEDDINGS)}, got {embedding!r}")
+    config = QueueConfig(strategy, params, batch_size, flip_pass=flip > 0, embedding=embedding)
     try:
         config.build()
     except ValueError as exc:

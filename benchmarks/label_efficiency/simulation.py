@@ -57,7 +57,7 @@ from backend.project_params import TrainParams
 from backend.ranking.detect import flip_disagreements
 from backend.ranking.detection_cache import ImageRecord
 from backend.ranking.queue import class_ap_vector, pool_box_scores, predicted_seconds
-from backend.ranking.queue_config import QueueConfig, queue_config
+from backend.ranking.queue_config import ENCODER_EMBEDDING, QueueConfig, queue_config
 from backend.training.calibration import shown_boxes
 from backend.training.dataset import LabeledImage
 from benchmarks.label_efficiency.coldstart import encode_pool, typiclust_batch
@@ -235,6 +235,9 @@ class SeedRun:
         self.scenario = Scenario.load(scenario, config, workdir, self.root, self.trainer)
         self.annotator = Annotator(self.scenario.truth)
         self.rows: list[CycleRow] = []
+        # the pool's embeddings by the encoder trained on it (`first_batches`), for the arms
+        # whose diversity uses them (al_embedding=encoder)
+        self.encoder_embeddings: np.ndarray | None = None
         self.full_pool: dict[str, dict[str, dict[str, int]]] = {PRODUCT: {}, CONVERGED: {}}
 
     def run(self) -> SeedResult:
@@ -281,6 +284,7 @@ class SeedRun:
         encoding = encode_pool(
             sc.images, self.root / "encoder", self.config.encoder_seconds, self.seed
         )
+        self.encoder_embeddings = encoding.embeddings
         neck = np.stack([found.embedding for found in base.found]).astype(np.float32)
         picks = {
             RANDOM: sorted(int(i) for i in rng.choice(len(sc.pool), size, replace=False)),
@@ -382,6 +386,15 @@ class SeedRun:
             None if prediction.flip is None else [prediction.flip[i] for i in unlabeled],
         )
         queue = self.queue(arm)
+        if (
+            queue.embedding == ENCODER_EMBEDDING
+        ):  # as the ranking does once the encoder covers the pool
+            assert self.encoder_embeddings is not None  # first_batches ran
+            pool = replace(
+                pool,
+                embeddings=self.encoder_embeddings[unlabeled],
+                labeled_embeddings=self.encoder_embeddings[labeled] if labeled else None,
+            )
         chosen = get_strategy(queue.strategy, **queue.params, seed=self.seed * 1000 + cycle).select(
             pool, n
         )

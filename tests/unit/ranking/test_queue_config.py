@@ -109,3 +109,10 @@ def test_aggregation_reaches_the_right_parameter(extra: dict, params: dict) -> N
 def test_invalid_values_are_clear_errors(extra: dict, message: str) -> None:
     with pytest.raises(BadRequest, match=message):
         queue_config(extra)
+
+
+def test_embedding_choice():
+    assert queue_config({}).embedding == "detector"
+    assert queue_config({"al_embedding": " Encoder "}).embedding == "encoder"
+    with pytest.raises(BadRequest, match="al_embedding must be one of detector, encoder"):
+        queue_config({"al_embedding": "neck"})
