@@ -93,6 +93,7 @@ ENV_NAMES = frozenset(
         "MODEL_YAML",
         "PORT",
         "PREDICT_BATCH",
+        "PREDICT_BUDGET_SECONDS",
         "PROMOTE_TOLERANCE",
         "REDIS_URL",
         "THREADS",
@@ -146,6 +147,9 @@ class Settings:
     device: str = "cpu"  # DEVICE: torch device ("cpu", "cuda:0", ...)
     torch_threads: int = 0  # TORCH_THREADS: 0 = all cores
     predict_batch: int = 8  # PREDICT_BATCH: images per forward pass
+    predict_budget_seconds: float = 60.0  # PREDICT_BUDGET_SECONDS: a /predict starts no
+    # detector batch after this (Label Studio waits 100 s, its UI about 90): the tasks left get
+    # no prediction and are asked again by the next "Retrieve predictions" (0: no budget)
     max_loaded_models: int = 4  # MAX_LOADED_MODELS: detectors kept in memory per process
     image_root: Path | None = None  # IMAGE_ROOT: local paths allowed under this folder
     local_files_root: Path | None = None  # LOCAL_FILES_DOCUMENT_ROOT: LS local storage on disk
@@ -242,6 +246,9 @@ class Settings:
             device=_get(env, "DEVICE") or d.device,
             torch_threads=_int(env, "TORCH_THREADS", d.torch_threads, minimum=0),
             predict_batch=_int(env, "PREDICT_BATCH", d.predict_batch),
+            predict_budget_seconds=_float(
+                env, "PREDICT_BUDGET_SECONDS", d.predict_budget_seconds, 0.0, 86400.0
+            ),
             max_loaded_models=_int(env, "MAX_LOADED_MODELS", d.max_loaded_models),
             image_root=_path(env, "IMAGE_ROOT"),
             local_files_root=_path(env, "LOCAL_FILES_DOCUMENT_ROOT")

@@ -153,6 +153,11 @@ class MLService:
         rest go through the detector. Once a ranking exists, every answer carries its queue
         version, and those others get scores above every ranked one (1 + mean confidence),
         so they queue after the ranked tasks until the next ranking places them.
+
+        No detector batch starts after PREDICT_BUDGET_SECONDS: the tasks left are answered
+        with no prediction at all (an empty list, which Label Studio stores nothing for), so
+        "Retrieve predictions" on thousands of tasks never times out, and the next one (or
+        the next ranking) predicts them.
         """
         tasks = body.get("tasks")
         if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
@@ -177,21 +182,35 @@ class MLService:
                 answers[i] = self._precomputed(project, version, primary, task)  # type: ignore[arg-type]
         todo = [i for i, answer in enumerate(answers) if answer is None]
         offset = 1.0 if queue is not None else 0.0
-        for i, regions in zip(
-            todo, self._detect([tasks[i] for i in todo], config, sources, project), strict=True
-        ):
+        budget = self.settings.predict_budget_seconds
+        found = self._detect(
+            [tasks[i] for i in todo],
+            config,
+            sources,
+            project,
+            deadline=started + budget if budget > 0 else float("inf"),
+        )
+        for i, regions in zip(todo, found, strict=True):
+            if regions is None:  # over budget: no prediction, so Label Studio asks again
+                continue
             answer = ls_format.task_prediction(regions, queue or version)
             answer["score"] = round(answer["score"] + offset, 4)
             answers[i] = answer
-        logger.info(
-            "project=%s predicted %d tasks (%d from the ranking) with model_version=%s in %.3fs",
+        left = sum(regions is None for regions in found)
+        logger.log(
+            logging.WARNING if left else logging.INFO,
+            "project=%s model_version=%s answered %d tasks in %.3fs: %d from the ranking, "
+            "%d detected, %d left without a prediction (over PREDICT_BUDGET_SECONDS=%g)",
             project,
-            len(tasks),
-            len(tasks) - len(todo),
             queue or version,
+            len(tasks),
             time.perf_counter() - started,
+            len(tasks) - len(todo),
+            len(todo) - left,
+            left,
+            budget,
         )
-        return {"results": answers}
+        return {"results": [[] if answer is None else answer for answer in answers]}
 
     def _precomputed(
         self, project: int, version: str, control: BoxControl, task: dict[str, Any]
@@ -214,19 +233,23 @@ class MLService:
         config: ParsedConfig,
         sources: Mapping[str, ModelSource],
         project: int | None,
-    ) -> list[list[dict[str, Any]]]:
+        deadline: float,
+    ) -> list[list[dict[str, Any]] | None]:
         """Regions per task from the detector(s) of the config's controls (`sources` maps
-        each control's name to the model resolved for this request)."""
+        each control's name to the model resolved for this request); None for the tasks not
+        reached by `deadline` (a `time.perf_counter` value) in every image field."""
         regions: list[list[dict[str, Any]]] = [[] for _ in tasks]
+        reached = len(tasks)
         for value_key, controls in _by_image_field(config).items():
             detectors = [(c, self.detectors.get(sources[c.from_name])) for c in controls]
-            self._in_image_batches(
-                tasks,
+            reached = self._in_image_batches(
+                tasks[:reached],
                 value_key,
                 project,
                 functools.partial(self._detect_batch, detectors, regions),
+                deadline,
             )
-        return regions
+        return [found if i < reached else None for i, found in enumerate(regions)]
 
     def _detect_batch(
         self,
@@ -256,11 +279,14 @@ class MLService:
         value_key: str,
         project: int | None,
         handle: Callable[[list[tuple[int, LoadedImage]]], None],
-    ) -> None:
+        deadline: float,
+    ) -> int:
         """Decode the tasks' images and hand them to `handle` as (task index, image) batches
-        holding at most MAX_REQUEST_PIXELS decoded pixels (a larger image goes alone), so a
-        request of many large images never holds them all in memory. Bytes are fetched a
-        window ahead, concurrently. A task whose image fails is logged and left out."""
+        of PREDICT_BATCH images holding at most MAX_REQUEST_PIXELS decoded pixels (a larger
+        image goes alone), so a request of many large images never holds them all in memory.
+        A batch's bytes are fetched concurrently. A task whose image fails is logged and left
+        out. Returns how many tasks (from the first) were handled: no batch starts
+        after `deadline`, but the first always does."""
 
         def read(task: dict[str, Any]) -> tuple[str, bytes, int] | None:
             data = task.get("data")
@@ -276,12 +302,14 @@ class MLService:
                 return None
 
         budget = self.settings.max_request_pixels
-        batch: list[tuple[int, LoadedImage]] = []
-        held = 0
         window = max(1, self.settings.predict_batch)
         for start in range(0, len(tasks), window):
+            if start and time.perf_counter() >= deadline:
+                return start
             indices = range(start, min(start + window, len(tasks)))
             fetched = list(self._fetchers.map(read, [tasks[i] for i in indices]))
+            batch: list[tuple[int, LoadedImage]] = []
+            held = 0
             for i, item in zip(indices, fetched, strict=True):
                 if item is None:
                     continue
@@ -297,8 +325,9 @@ class MLService:
                 batch.append((i, image))
                 held += pixels
             del fetched
-        if batch:
-            handle(batch)
+            if batch:
+                handle(batch)
+        return len(tasks)
 
     # -- /webhook --------------------------------------------------------------------------
     def record_event(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ of the servers it used; every backend log is copied to ``test-output/e2e-backend
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,8 +114,10 @@ class BackendFactory:
         api_key: str,
         document_root: Path | None,
         basic_auth: tuple[str, str] | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> BackendServer:
-        """A running backend; `document_root=None` makes it download images from LS."""
+        """A running backend; `document_root=None` makes it download images from LS; `env`,
+        more settings."""
         state_dir = self._tmp.mktemp(f"backend-{name}")
         settings = {
             "MODEL_DIR": str(state_dir / "models"),
@@ -131,6 +133,7 @@ class BackendFactory:
             settings["LOCAL_FILES_DOCUMENT_ROOT"] = str(document_root)
         if basic_auth is not None:
             settings["BASIC_AUTH_USER"], settings["BASIC_AUTH_PASS"] = basic_auth
+        settings.update(env or {})
         server = BackendServer(find_free_port(), settings, state_dir)
         server.start()
         self._started.append((name, server))

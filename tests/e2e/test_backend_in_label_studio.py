@@ -20,7 +20,7 @@ from devkit.datagen import ls_regions
 from devkit.demo import BackendServer, retrieve_predictions
 from devkit.local_label_studio import LocalLabelStudio
 
-from .conftest import Retrieval, ShapesProject, stored_predictions
+from .conftest import BackendFactory, Retrieval, ShapesProject, stored_predictions
 from .shapes import agreement, same_regions, total, wait_for
 
 MIN_RECALL = 0.8  # share of ground-truth boxes the backend must find (label and IoU >= 0.5)
@@ -112,6 +112,39 @@ def test_retrieving_again_keeps_the_current_predictions(
     assert {task: [p.id for p in ps] for task, ps in after.items()} == {
         task: [pid] for task, pid in before.items()
     }
+
+
+def test_retrieve_predictions_over_the_time_budget_never_fails_and_resumes(
+    label_studio: LocalLabelStudio,
+    ls_document_root: Path,
+    backend_factory: BackendFactory,
+    shapes_project: ShapesProject,
+    make_project: Callable[..., tuple[int, list[int]]],
+) -> None:
+    """A backend whose budget covers one detector batch per /predict: each "Retrieve
+    Predictions" succeeds, stores one batch of predictions and none for the tasks left, so
+    the next one predicts those; no task ever holds two."""
+    batch = 3
+    backend = backend_factory.start(
+        "budget",
+        api_key=label_studio.legacy_token,
+        document_root=ls_document_root,
+        env={"PREDICT_BATCH": str(batch), "PREDICT_BUDGET_SECONDS": "0.001"},
+    )
+    files = [shapes_project.files[t] for t in sorted(shapes_project.files)][: 3 * batch - 1]
+    project_id, task_ids = make_project("e2e retrieve over budget", files)
+    label_studio.connect_ml_backend(project_id, backend.url)
+
+    counts = []
+    for _ in range(3):
+        answer = retrieve_predictions(label_studio, project_id)
+        assert answer["detail"].startswith("Retrieved"), answer
+        stored = stored_predictions(label_studio, project_id)
+        assert all(len(predictions) == 1 for predictions in stored.values()), stored
+        counts.append(len(stored))
+    assert counts == [batch, 2 * batch, len(task_ids)]
+    assert sorted(stored) == sorted(task_ids)
+    assert "left without a prediction (over PREDICT_BUDGET_SECONDS=0.001)" in backend.log_tail()
 
 
 def test_opening_a_task_predicts_it_alone_with_the_same_regions(

@@ -115,6 +115,23 @@ def test_one_bad_image_does_not_fail_the_batch(client: FlaskClient, image_root: 
         assert results[i]["result"] == [] and results[i]["score"] == 0.0
 
 
+def test_tasks_over_the_time_budget_get_no_prediction(
+    settings: Settings, image_root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first detector batch always runs; none starts after PREDICT_BUDGET_SECONDS, and
+    the tasks left get an empty list: Label Studio stores nothing for them and asks again."""
+    refs = [str(p) for p in sorted((image_root / "shapes").glob("*.jpg"))][:6]
+    tight = create_app(replace(settings, predict_batch=2, predict_budget_seconds=1e-6))
+    with tight.test_client() as client:
+        results = _predict(client, refs)["results"]
+    assert len(results) == 6
+    assert all(isinstance(r, dict) and r["result"] for r in results[:2])
+    assert results[2:] == [[]] * 4
+    assert "2 detected, 4 left without a prediction" in caplog.text
+    with create_app(replace(settings, predict_batch=2)).test_client() as client:
+        assert _predict(client, refs)["results"][:2] == results[:2]
+
+
 def test_score_threshold_attribute_filters_boxes(client: FlaskClient, image_root: Path) -> None:
     strict = BOX_CONFIG.replace('toName="image"', 'toName="image" model_score_threshold="1.0"')
     refs = [str(p) for p in sorted((image_root / "shapes").glob("*.jpg"))]
