@@ -15,6 +15,7 @@ from backend.analytics.report import read_report, render
 from backend.config import Settings
 from backend.errors import BackendError
 from backend.jobs.ledger_sync import backfill
+from backend.jobs.queues import chunk_queue
 from backend.jobs.scheduler import BackgroundTrainer
 from backend.jobs.worker import run_worker
 from backend.logs import configure_logging
@@ -104,7 +105,11 @@ def _rank(args: argparse.Namespace, settings: Settings) -> int:
         print(f"\r{step.stage}: {step.done}/{step.total}{eta}   ", end="", file=sys.stderr)
 
     summary = rank_as_configured(
-        build_services(settings), args.project, overrides=overrides, progress=progress
+        build_services(settings),
+        args.project,
+        overrides=overrides,
+        progress=progress,
+        offload=chunk_queue(settings),
     )
     print(file=sys.stderr)
     print(

@@ -19,6 +19,8 @@ asks this module for a path instead of spelling it, so the layout can be read he
     projects/<id>/image-cache/           downloaded training images
     projects/<id>/ranking/               the stored queue, detection caches and .lock (ranking/)
     projects/<id>/embeddings/            FAISS indexes per model version (ranking/)
+    projects/<id>/detect-chunks/<token>/ a ranking's detect pass shared with RQ workers
+                                         (ranking/chunks.py)
     projects/<id>/encoder/               the self-supervised image encoder's versions
                                          (<eN>.pt + <eN>.json), their FAISS indexes
                                          (<eN>.faiss), the tasks' thumbnails (encoder/)
@@ -102,6 +104,10 @@ class ProjectPaths:
     @property
     def embeddings(self) -> Path:
         return self.root / "embeddings"
+
+    @property
+    def detect_chunks(self) -> Path:
+        return self.root / "detect-chunks"
 
     @property
     def encoder(self) -> Path:

@@ -18,17 +18,17 @@ from typing import Any, Protocol
 
 from redis import Redis
 from redis.exceptions import RedisError
-from rq import Queue, Retry
+from rq import Retry
 from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from backend.config import Settings
-from backend.errors import ConfigError
 from backend.events import EventStore, RunState
 from backend.files import die_with_parent
 from backend.jobs import child
 from backend.jobs.pipeline import run_job
+from backend.jobs.queues import connect, training_queue
 from backend.services import Services
 
 logger = logging.getLogger(__name__)
@@ -116,19 +116,6 @@ def _prepare_child() -> None:
 
 
 # -- scale-out: RQ ---------------------------------------------------------------------------
-
-
-def connect(settings: Settings) -> Redis:
-    """A Redis client for REDIS_URL (RQ needs raw bytes, so no decode_responses)."""
-    if settings.redis_url is None:
-        raise ConfigError("REDIS_URL is not set")
-    return Redis.from_url(settings.redis_url)
-
-
-def training_queue(settings: Settings, connection: Redis) -> Queue:
-    """The RQ queue of training jobs. JSON, not pickle: a job read from a shared Redis must
-    not be able to run arbitrary code in a worker."""
-    return Queue(settings.train_queue, connection=connection, serializer=JSONSerializer)
 
 
 def job_id(project_id: int, run_id: int) -> str:

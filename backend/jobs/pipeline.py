@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from backend.events import REQUESTED, RunState
+from backend.jobs.queues import chunk_queue
 from backend.ranking.errors import RankingBusy
 from backend.ranking.job import rank_as_configured
 from backend.services import Services
@@ -35,7 +36,7 @@ def rank_after_run(services: Services, project_id: int, run_id: int) -> None:
         logger.info("project=%s: no LABEL_STUDIO_URL/API key, queue not ranked", project_id)
         return
     try:
-        summary = rank_as_configured(services, project_id)
+        summary = rank_as_configured(services, project_id, offload=chunk_queue(services.settings))
     except RankingBusy:
         logger.info("project=%s: a ranking is already running", project_id)
     except Exception:

@@ -55,8 +55,9 @@ from backend.config import Settings
 from backend.errors import ConfigError
 from backend.events import RunState
 from backend.files import die_with_parent
-from backend.jobs.launchers import connect, training_queue
 from backend.jobs.pipeline import run_job
+from backend.jobs.queues import connect, training_queue
+from backend.ranking.chunks import take_chunk
 from backend.services import build_services
 
 logger = logging.getLogger(__name__)
@@ -146,6 +147,22 @@ def train_job(project_id: int, run_id: int) -> str:
             return str(run_job(services, project_id, run_id))
     finally:
         events.close()
+
+
+def detect_chunk_job(project_id: int, token: str, chunk: int) -> str:
+    """The RQ job of one detect chunk a ranking offered (`backend.ranking.chunks`), in a
+    worker's work horse; returns what became of it: done, taken (by the ranking or another
+    worker), gone (the ranking finished first) or refused (another detection setup)."""
+    settings = Settings.from_env()
+    services = build_services(settings)
+    try:
+        outcome = take_chunk(
+            settings, services.detectors, services.images, project_id, token, chunk
+        )
+    finally:
+        services.events.close()
+    logger.info("project=%s detect chunk %s/%s: %s", project_id, token, chunk, outcome)
+    return outcome
 
 
 @contextmanager

@@ -53,16 +53,47 @@ def open_stores(
     files are deleted), holding only tasks of `task_ids`: the project's tasks now."""
     project_id, version = run.project_id, run.model_version
     index = EmbeddingIndex.open(settings.model_dir, project_id, version)
-    signature = {
-        "model_version": version,
-        "image_size": settings.image_size,
-        "detect_conf_floor": settings.detect_conf_floor,
-        "classes": list(names),
-    }
+    signature = detection_signature(settings, version, names)
     cache = DetectionCache.open(settings.model_dir, project_id, version, signature)
     cache.retain(set(task_ids))
     index.remove(np.setdiff1d(index.ids(), np.array(task_ids, dtype=np.int64)))
     return index, cache
+
+
+def detection_signature(
+    settings: Settings, model_version: str, names: Sequence[str]
+) -> dict[str, object]:
+    """What a detection record depends on besides the image: records made under another
+    signature are never mixed with these."""
+    return {
+        "model_version": model_version,
+        "image_size": settings.image_size,
+        "detect_conf_floor": settings.detect_conf_floor,
+        "classes": list(names),
+    }
+
+
+def split_cached(
+    tasks: Sequence[TaskImage],
+    index: EmbeddingIndex,
+    cache: DetectionCache,
+    flip_tasks: Collection[int] = frozenset(),
+) -> tuple[dict[int, ImageRecord], list[TaskImage]]:
+    """The tasks' records the stores hold (same image, an embedding, the flip disagreement
+    where needed), and the tasks the detector must see."""
+    records: dict[int, ImageRecord] = {}
+    todo: list[TaskImage] = []
+    for task_id, ref in tasks:
+        cached = cache.get(task_id, ref) if isinstance(ref, str) else None
+        if (
+            cached is not None
+            and task_id in index
+            and not (task_id in flip_tasks and np.isnan(cached.flip_disagreement))
+        ):
+            records[task_id] = cached
+        else:
+            todo.append((task_id, ref))
+    return records, todo
 
 
 def detect(
@@ -82,19 +113,8 @@ def detect(
     chunk. `image_field` names the data field in the error of a task without one; the tasks
     of `flip_tasks` (those the queue ranks, when it blends flip disagreement in) need their
     record's flip disagreement too."""
-    records: dict[int, ImageRecord] = {}
+    records, todo = split_cached(tasks, index, cache, flip_tasks)
     failed: dict[int, str] = {}
-    todo: list[TaskImage] = []
-    for task_id, ref in tasks:
-        cached = cache.get(task_id, ref) if isinstance(ref, str) else None
-        if (
-            cached is not None
-            and task_id in index
-            and not (task_id in flip_tasks and np.isnan(cached.flip_disagreement))
-        ):
-            records[task_id] = cached
-        else:
-            todo.append((task_id, ref))
     if not todo:
         return Detections(records, failed, 0)
     load = functools.partial(_load_image, images, image_field)

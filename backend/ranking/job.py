@@ -8,7 +8,8 @@ returned (frozen records); only the stores on disk carry state from one run to t
 1. fetch: the project (label config) and every task with its predictions, paginated
    (`backend.labelstudio.predictions`);
 2. detect: the live model over the tasks it has no current detections for, reusing what
-   earlier runs of the same model version stored (`detect`);
+   earlier runs of the same model version stored (`detect`); with REDIS_URL, a large pass is
+   shared with idle workers in chunks (`chunks`);
 3. encode and select: every task's thumbnail through the project encoder (trained in the
    ranking when the project has none or has grown; `encoder_stage`), its near-duplicate
    groups, then a `strategies.Pool` of the ranked tasks (the class-score vectors of all kept
@@ -61,7 +62,8 @@ from backend.layout import ModelDir
 from backend.models.detector import DetectorPool
 from backend.models.registry import ModelRegistry
 from backend.project_params import TrainParams, load_project_params
-from backend.ranking.detect import Detections, detect, open_stores
+from backend.ranking.chunks import ChunkQueue, detect_shared
+from backend.ranking.detect import Detections, open_stores
 from backend.ranking.detection_cache import ImageRecord
 from backend.ranking.embedding_index import EmbeddingIndex
 from backend.ranking.encoder_stage import EncodedTasks, encode_tasks
@@ -145,6 +147,7 @@ def rank_as_configured(
     *,
     overrides: Mapping[str, Any] | None = None,
     progress: ProgressCallback | None = None,
+    offload: ChunkQueue | None = None,
 ) -> RankSummary:
     """Rank with the project's queue settings (extra params saved at /setup over the tag's
     attributes), `overrides` (al_* keys, e.g. from the CLI) on top of both.
@@ -169,6 +172,7 @@ def rank_as_configured(
             val_percent=TrainParams.resolve(settings, extra).val_percent,
         ),
         progress=progress,
+        offload=offload,
     )
 
 
@@ -182,6 +186,7 @@ def rank_project(
     project_id: int,
     queue: QueueConfig,
     progress: ProgressCallback | None = None,
+    offload: ChunkQueue | None = None,
 ) -> RankSummary:
     """Rank a project's unlabeled tasks with the live model and write the queue to Label Studio.
 
@@ -193,6 +198,8 @@ def rank_project(
         progress: called after each detector chunk and import chunk; it may raise
             `RankingCancelled` to stop (the detections computed so far are kept; a partly
             imported queue version is never served and the next ranking removes it).
+        offload: where workers hear of the detect pass's chunks (RQ, with REDIS_URL): they
+            share the pass when it is large (`chunks.detect_shared`); None: all done here.
 
     Raises:
         RankingConfigError, RankingBusy, RankingCancelled; ProjectNotFound and
@@ -223,9 +230,11 @@ def rank_project(
 
         remove_other_rankings(settings.model_dir, project_id, run.model_version)
         index, cache = open_stores(settings, run, detector.names, [t.id for t in tasks])
-        detections = detect(
+        detections = detect_shared(
             run,
             [(t.id, t.ref) for t in unlabeled + labeled],
+            settings=settings,
+            offload=offload,
             detector=detector,
             images=images,
             index=index,

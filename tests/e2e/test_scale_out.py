@@ -28,7 +28,8 @@ from rq.serializers import JSONSerializer
 
 from backend.config import Settings
 from backend.events import EventStore
-from backend.jobs.launchers import job_id, training_queue
+from backend.jobs.launchers import job_id
+from backend.jobs.queues import training_queue
 from backend.layout import ModelDir
 from backend.models.registry import ModelRegistry
 from backend.ranking.store import stored_queue_version

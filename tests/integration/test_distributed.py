@@ -29,8 +29,8 @@ from backend.jobs.launchers import (
     RQLauncher,
     job_id,
     retry_not_before,
-    training_queue,
 )
+from backend.jobs.queues import training_queue
 from backend.jobs.scheduler import TrainingScheduler
 from backend.jobs.worker import ProjectBusy, ProjectLock
 from devkit.local_label_studio import find_free_port
