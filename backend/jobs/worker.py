@@ -7,7 +7,8 @@ What travels where:
   and training runs in SQLite, model versions and the LIVE pointer in the registry. A run is
   recorded there before it is queued and closed there by whoever runs it.
 * **Redis** only carries work in flight: one RQ job per run, holding nothing but
-  ``(project_id, run_id)``, and a per-project lock. Losing Redis loses no event and no model.
+  ``(project_id, run_id)``, a per-project lock, and the detect chunks a ranking offers
+  (`detect_chunk_job`, `backend.ranking.chunks`). Losing Redis loses no event and no model.
 
 The flock-elected scheduler (backend.jobs.scheduler) still decides when a project is due;
 with Redis its launcher is `RQLauncher` (backend.jobs.launchers), which queues the run and
