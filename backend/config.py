@@ -164,8 +164,11 @@ class Settings:
     max_event_bytes: int = 4 * 1024 * 1024  # MAX_EVENT_BYTES: one webhook event (413)
     fetch_timeout: float = 15.0  # IMAGE_FETCH_TIMEOUT (seconds)
     training_enabled: bool = True  # TRAINING: "0" runs no background trainer in this process
-    train_every: int = 10  # TRAIN_EVERY: changed annotations that trigger a training run
-    train_quiet_seconds: float = 300.0  # TRAIN_QUIET_SECONDS: train pending changes after this
+    # TRAIN_EVERY, TRAIN_QUIET_SECONDS: changed annotations that trigger a training run, and
+    # how long pending changes wait at most; neither applies to a project whose Label Studio
+    # training switch is on (its START_TRAINING events drive it: jobs.scheduler)
+    train_every: int = 10
+    train_quiet_seconds: float = 300.0
     train_poll_seconds: float = 2.0  # TRAIN_POLL_SECONDS: how often the trainer looks for work
     train_retry_seconds: float = 60.0  # TRAIN_RETRY_SECONDS: first back-off after a failure
     train_subprocess: bool = True  # TRAIN_SUBPROCESS: run each job in a child process

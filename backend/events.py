@@ -61,6 +61,10 @@ class RunState(StrEnum):
 
 FINISHED_STATES = frozenset(RunState) - {RunState.RUNNING, RunState.QUEUED}
 REQUESTED = "requested"  # the reason of a run someone asked for (START_TRAINING)
+# Where Label Studio's webhook payloads carry the project's training switch, and how many of a
+# project's newest events are searched for it (a bound: each is a JSON parse, every poll).
+_SWITCH_PATH = "$.project.min_annotations_to_start_training"
+_SWITCH_LOOKBACK = 50
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,22 @@ class EventStore:
         with self._lock:
             rows = self._db.execute(query + " ORDER BY id", params).fetchall()
         return [_event(row) for row in rows]
+
+    def label_studio_trains_every(self, project_id: int) -> int | None:
+        """Label Studio's training switch for the project, as its newest event that carries it
+        says: the project's `min_annotations_to_start_training` (0: off; N: LS itself sends
+        START_TRAINING at every N-th annotation), or None when none of the project's last
+        `_SWITCH_LOOKBACK` events carries it. Every annotation event and LS's START_TRAINING
+        carry the project object, so the switch is read where it arrives, free of API calls.
+        """
+        with self._lock:
+            row = self._db.execute(
+                "SELECT json_extract(payload, ?) FROM (SELECT payload FROM events"
+                " WHERE project_id = ? ORDER BY id DESC LIMIT ?)"
+                " WHERE json_type(payload, ?) = 'integer' LIMIT 1",
+                (_SWITCH_PATH, project_id, _SWITCH_LOOKBACK, _SWITCH_PATH),
+            ).fetchone()
+        return None if row is None else max(0, int(row[0]))
 
     def pending_counts(self) -> dict[int, int]:
         """Unprocessed events per project."""

@@ -3,8 +3,11 @@ each poll, takes new annotations into the annotation ledger: `jobs.ledger_sync`)
 
 Coalescing rules, per project: train when START_TRAINING arrived, when at least TRAIN_EVERY
 distinct annotations changed, or when changes have been pending for TRAIN_QUIET_SECONDS with
-no newer event. A storm of events therefore yields one run; runs are executed one at a time,
-so a project never has two. Only one process per MODEL_DIR schedules (a file lock), however
+no newer event. A project whose Label Studio switch "Start model training on annotation
+submission" is on trains on START_TRAINING only: Label Studio then sends it every N
+annotations, as the user set it, and TRAIN_EVERY and TRAIN_QUIET_SECONDS stay out of its
+way. A storm of events therefore yields one run; runs are executed one at a time, so a
+project never has two. Only one process per MODEL_DIR schedules (a file lock), however
 many gunicorn workers there are; if that process dies, the lock passes to another.
 """
 
@@ -15,7 +18,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from backend.config import Settings
@@ -48,9 +51,16 @@ class Due:
 
 
 def due_projects(
-    pending: list[Event], now: float, train_every: int, quiet_seconds: float
+    pending: list[Event],
+    now: float,
+    train_every: int,
+    quiet_seconds: float,
+    label_studio_driven: Collection[int] = (),
 ) -> list[Due]:
-    """Which projects must train, from their pending events (pure; oldest project first)."""
+    """Which projects must train, from their pending events (pure; oldest project first).
+
+    Projects in `label_studio_driven` (Label Studio's training switch on) are due only once a
+    START_TRAINING is pending; their other events wait for it, kept, not dropped."""
     by_project: dict[int, list[Event]] = {}
     for event in pending:
         by_project.setdefault(event.project_id, []).append(event)
@@ -60,6 +70,8 @@ def due_projects(
         newest = max(e.received_at for e in events)
         if any(e.action == "START_TRAINING" for e in events):
             reason = REQUESTED
+        elif project_id in label_studio_driven:
+            continue
         elif len(changed) >= train_every:
             reason = f"{len(changed)} annotations changed"
         elif now - newest >= quiet_seconds:
@@ -99,9 +111,18 @@ class TrainingScheduler:
                 logger.exception("annotation ledger sync failed; retried on the next poll")
         now = time.time() if now is None else now
         pending = self._events.pending()
+        switched_on = {
+            project
+            for project in {e.project_id for e in pending}
+            if self._events.label_studio_trains_every(project)
+        }
         done = []
         for due in due_projects(
-            pending, now, self._settings.train_every, self._settings.train_quiet_seconds
+            pending,
+            now,
+            self._settings.train_every,
+            self._settings.train_quiet_seconds,
+            switched_on,
         ):
             retry_seconds = self._settings.train_retry_seconds
             if now < retry_not_before(self._events.runs(due.project_id, limit=50), retry_seconds):

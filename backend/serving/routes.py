@@ -54,6 +54,12 @@ def predict() -> Response:
     return jsonify(_service().predict(_json_body()))
 
 
+@bp.get("/versions")
+def versions() -> Response:
+    """Label Studio's `GET /api/ml/{id}/versions`; `?project=<id>` when asked directly."""
+    return jsonify(_service().versions(request.args.get("project")))
+
+
 @bp.post("/webhook")
 def webhook() -> tuple[Response, int]:
     service = _service()

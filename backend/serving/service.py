@@ -1,4 +1,5 @@
-"""The ML backend's behaviour behind the routes: setup, predict, webhook intake, status.
+"""The ML backend's behaviour behind the routes: setup, predict, versions, webhook intake,
+status.
 
 Routes parse HTTP and call one method here; this module validates Label Studio's JSON, picks
 the model for the project, runs the detector and maps the answer back to Label Studio JSON.
@@ -143,6 +144,32 @@ class MLService:
                 self._hooks_done.discard(project)  # try again at the next /setup
 
         self._fetchers.submit(attempt)
+
+    # -- /versions -------------------------------------------------------------------------
+    def versions(self, project_ref: str | None) -> dict[str, Any]:
+        """The project's model versions, for Label Studio's version list.
+
+        First the version the project is served under now, named as /setup names it (its
+        queue version once ranked: the project's `model_version` in Label Studio), then the
+        registry's other versions, newest first. Label Studio 1.23 sends no project with this
+        request, so without `project_ref` the one project holding registry versions is
+        meant (none: every project is served by the base model); with several, which one
+        Label Studio asks about cannot be known, and the answer is a 400.
+        """
+        project = self._project(project_ref)
+        if project is None:
+            held = [p for p in self.registry.projects() if self.registry.versions(p)]
+            if len(held) > 1:
+                raise BadRequest(
+                    f"{len(held)} projects hold model versions here and the request names "
+                    "none: ask /versions?project=<id>"
+                )
+            project = held[0] if held else None
+        serving = self.detectors.source_for(project, ()).version
+        current = self._answer_version(project, serving) or serving
+        stored = self.registry.versions(project) if project is not None else []
+        older = [v.version for v in reversed(stored) if v.version != serving]
+        return {"versions": [current, *older], "model_version": current}
 
     # -- /predict --------------------------------------------------------------------------
     def predict(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,10 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 REGION_ENTRY = ".lsf-outliner-item"
+# Settings > Annotation: the model-version picker's button (its value in data-value) and the
+# entries of its unfolded list
+MODEL_PICKER = "button[data-name=model_version]"
+PICKER_OPTION = "[role=option]"
 # The editor's <img> is replaced by a blob: URL once fetched; any decoded image will do.
 _IMAGE_SHOWN = """() => [...document.querySelectorAll('.lsf-main-view img')]
     .some(img => img.complete && img.naturalWidth > 0)"""
@@ -65,16 +69,20 @@ def _page(chromium: Path, timeout_s: float, screenshot: Path) -> Iterator[Any]:
             browser.close()
 
 
-def _open_task(
-    page: Any, base_url: str, username: str, password: str, project: int, task: int
-) -> None:
-    """Log into Label Studio and open a task in the labeling editor, its image decoded."""
+def _log_in(page: Any, base_url: str, username: str, password: str) -> None:
     page.goto(f"{base_url}/user/login/")
     page.fill("input[name=email]", username)
     page.fill("input[name=password]", password)
     page.click("button[type=submit]")
     page.wait_for_url(lambda url: "/user/login" not in url)
     logger.debug("Logged into %s as %s", base_url, username)
+
+
+def _open_task(
+    page: Any, base_url: str, username: str, password: str, project: int, task: int
+) -> None:
+    """Log into Label Studio and open a task in the labeling editor, its image decoded."""
+    _log_in(page, base_url, username, password)
     page.goto(f"{base_url}/projects/{project}/data?task={task}")
     page.wait_for_function(_IMAGE_SHOWN)
 
@@ -167,3 +175,33 @@ def submit_task_unchanged(
             page.get_by_role("button", name="Submit").first.click()
         if posted.value.status != 201:
             raise BrowserError(f"Submit answered HTTP {posted.value.status}")
+
+
+def model_version_picker(
+    base_url: str,
+    username: str,
+    password: str,
+    project_id: int,
+    screenshot: Path,
+    *,
+    chromium: Path = CHROMIUM,
+    timeout_s: float = 60.0,
+) -> tuple[str, list[str]]:
+    """Log in, open the project's Settings > Annotation and unfold its model-version picker
+    ("Select which predictions or which model you want to use"): returns the selected value
+    (the project's `model_version`) and the options' labels, as shown; the screenshot shows
+    the unfolded list."""
+    with _page(chromium, timeout_s, screenshot) as page:
+        _log_in(page, base_url, username, password)
+        page.goto(f"{base_url}/projects/{project_id}/settings/annotation")
+        trigger = page.locator(MODEL_PICKER)
+        trigger.wait_for()
+        selected = str(trigger.get_attribute("data-value"))
+        trigger.click()
+        page.wait_for_selector(PICKER_OPTION)
+        options = [text.strip() for text in page.locator(PICKER_OPTION).all_inner_texts()]
+        page.screenshot(path=str(screenshot), full_page=True)
+    logger.info(
+        "Project %d picks %s among %s; screenshot %s", project_id, selected, options, screenshot
+    )
+    return selected, options

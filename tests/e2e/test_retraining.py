@@ -87,7 +87,13 @@ def test_annotations_train_promote_and_serve_new_version(
     for task_id, (_, sample) in zip(task_ids[:TRAIN_EVERY], files, strict=False):
         client.annotations.create(id=task_id, result=ls_regions(sample))
 
-    info = _wait(server.url, project, lambda i: i.get("live_version"), 240, "a promoted model")
+    info = _wait(
+        server.url,
+        project,
+        lambda i: i.get("live_version") and _state(i) != "running",  # LIVE comes first
+        240,
+        "a promoted model",
+    )
     assert info["live_version"] == "v1"
     assert info["last_training"]["state"] == "promoted"
     assert info["last_training"]["metrics"]["map50"] > 0.5

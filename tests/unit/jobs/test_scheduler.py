@@ -147,3 +147,76 @@ def test_stale_running_runs_are_marked_interrupted(tmp_path: Path) -> None:
     assert reopened.interrupt_stale_runs() == 1
     assert reopened.runs(3)[0]["id"] == run and reopened.runs(3)[0]["state"] == "interrupted"
     assert len(reopened.pending(3)) == 1  # the event survives for the next run
+
+
+def test_label_studio_driven_projects_wait_for_start_training() -> None:
+    pending = [
+        *[_event(1 + i, 1, "ANNOTATION_CREATED", (10 + i,), at=0.0) for i in range(5)],
+        _event(6, 2, "ANNOTATION_CREATED", (20,), at=0.0),
+        _event(7, 2, "START_TRAINING", (), at=1.0),
+    ]
+    # TRAIN_EVERY (3) reached and quiet long since: due, unless Label Studio drives training
+    assert [d.project_id for d in due_projects(pending, 1000.0, 3, 60.0)] == [1, 2]
+    due = due_projects(pending, 1000.0, 3, 60.0, label_studio_driven={1, 2})
+    assert [(d.project_id, d.reason, d.max_event_id) for d in due] == [(2, "requested", 7)]
+
+
+def _annotation(project: int, annotation: int, trains_every: object) -> dict[str, object]:
+    """An ANNOTATION_CREATED payload as Label Studio sends it: the project object included."""
+    return {
+        "action": "ANNOTATION_CREATED",
+        "annotation": {"id": annotation},
+        "project": {"id": project, "min_annotations_to_start_training": trains_every},
+    }
+
+
+def test_the_switch_is_read_from_the_newest_event_carrying_it(tmp_path: Path) -> None:
+    events = EventStore(tmp_path / "events.sqlite3")
+    assert events.label_studio_trains_every(1) is None
+    events.append(1, "ANNOTATION_CREATED", (1,), _annotation(1, 1, 3))
+    events.append(2, "ANNOTATION_CREATED", (2,), _annotation(2, 2, 0))
+    assert events.label_studio_trains_every(1) == 3
+    assert events.label_studio_trains_every(2) == 0
+    events.append(1, "START_TRAINING", (), {"source": "cli"})  # carries no project object
+    events.append(1, "ANNOTATION_CREATED", (3,), _annotation(1, 3, True))  # not an int
+    assert events.label_studio_trains_every(1) == 3
+    events.append(1, "ANNOTATION_UPDATED", (1,), _annotation(1, 1, 0))  # switched off
+    assert events.label_studio_trains_every(1) == 0
+
+
+def test_the_switch_is_looked_for_among_the_newest_events_only(tmp_path: Path) -> None:
+    events = EventStore(tmp_path / "events.sqlite3")
+    events.append(1, "ANNOTATION_CREATED", (1,), _annotation(1, 1, 3))
+    for i in range(50):
+        events.append(1, "START_TRAINING", (), {"source": "cli", "n": i})
+    assert events.label_studio_trains_every(1) is None
+
+
+def test_with_the_switch_on_only_start_training_trains(tmp_path: Path) -> None:
+    settings = Settings(model_dir=tmp_path, train_every=2, train_quiet_seconds=0)
+    events = EventStore(tmp_path / "events.sqlite3")
+    runs: list[str] = []
+
+    def launcher(project_id: int, run_id: int) -> str:
+        runs.append(str(events.runs(project_id, limit=1)[0]["reason"]))
+        events.finish_run(run_id, "skipped", {})
+        return "skipped"
+
+    scheduler = TrainingScheduler(settings, events, launcher)
+    for annotation in (1, 2, 3):  # past TRAIN_EVERY, and quiet at once
+        events.append(4, "ANNOTATION_CREATED", (annotation,), _annotation(4, annotation, 3))
+    assert scheduler.run_once() == [] and len(events.pending(4)) == 3  # kept for the run
+
+    start = {
+        "action": "START_TRAINING",
+        "project": {"id": 4, "min_annotations_to_start_training": 3},
+    }
+    events.append(4, "START_TRAINING", (), start)
+    assert scheduler.run_once() == [(4, "skipped")]
+    assert runs == ["requested"] and events.pending(4) == []
+
+    # Switched off: the next annotations say so, and TRAIN_EVERY applies again
+    for annotation in (4, 5):
+        events.append(4, "ANNOTATION_CREATED", (annotation,), _annotation(4, annotation, 0))
+    assert scheduler.run_once() == [(4, "skipped")]
+    assert runs == ["requested", "2 annotations changed"]
