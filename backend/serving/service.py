@@ -18,18 +18,28 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
+
 from backend.analytics.report import read_report
 from backend.errors import BadRequest, ImageError, storage_error
 from backend.labelstudio import format as ls_format
 from backend.labelstudio.images import LoadedImage
 from backend.labelstudio.label_config import BoxControl, ParsedConfig, parse_label_config
-from backend.models.detector import Detector, ImageDetections, ModelSource
+from backend.models.detector import Box, Detector, ImageDetections, ModelSource
 from backend.project_params import TrainParams, save_project_params
 from backend.ranking.queue_config import KEYS as QUEUE_KEYS
 from backend.ranking.queue_config import queue_config
 from backend.ranking.store import precomputed_prediction, stored_queue_version
 from backend.services import Services
 from backend.serving.analytics_page import analytics_html
+from backend.serving.assist import (
+    best_overlap,
+    context_regions,
+    crop_window,
+    innermost,
+    shifted,
+    user_regions,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -202,8 +212,11 @@ class MLService:
         }
         primary = config.controls[0]
         version = sources[primary.from_name].version
-        answers: list[dict[str, Any] | None] = [None] * len(tasks)
         queue = self._answer_version(project, version)
+        drawn = context_regions(body.get("params"))
+        if drawn:
+            return self._assist(tasks, config, sources, drawn, queue or version, project)
+        answers: list[dict[str, Any] | None] = [None] * len(tasks)
         if queue is not None and len(_by_image_field(config)) == 1:
             for i, task in enumerate(tasks):
                 answers[i] = self._precomputed(project, version, primary, task)  # type: ignore[arg-type]
@@ -238,6 +251,80 @@ class MLService:
             budget,
         )
         return {"results": [[] if answer is None else answer for answer in answers]}
+
+    def _assist(
+        self,
+        tasks: Sequence[dict[str, Any]],
+        config: ParsedConfig,
+        sources: Mapping[str, ModelSource],
+        drawn: Sequence[Mapping[str, Any]],
+        model_version: str,
+        project: int | None,
+    ) -> dict[str, Any]:
+        """Interactive assist (`assist`): for the one task Label Studio sends, the box the
+        detector finds for each rectangle or click the annotator drew in `drawn`."""
+        if len(tasks) != 1:
+            raise BadRequest("an interactive /predict (params.context) takes exactly one task")
+        (task,) = tasks
+        started = time.perf_counter()
+        controls: dict[str, BoxControl] = {}
+        for control in config.controls:  # the first RectangleLabels over each image
+            controls.setdefault(control.to_name, control)
+        regions: list[dict[str, Any]] = []
+        for to_name in dict.fromkeys(str(r.get("to_name", "")) for r in drawn):
+            control = controls.get(to_name)
+            if control is None:
+                raise BadRequest(f"no RectangleLabels control over {to_name!r} in the label config")
+            data = task.get("data")
+            ref = data.get(control.value_key) if isinstance(data, dict) else None
+            try:
+                image = self.images.load(ref)
+            except ImageError as exc:
+                logger.warning("project=%s task=%s: %s", project, task.get("id"), exc)
+                continue
+            detector = self.detectors.get(sources[control.from_name])
+            mine = [r for r in drawn if str(r.get("to_name", "")) == to_name]
+            regions += self._snap(detector, control, image, mine)
+        logger.info(
+            "project=%s task=%s assist: %d region(s) drawn, %d answered in %.3fs",
+            project,
+            task.get("id"),
+            len(drawn),
+            len(regions),
+            time.perf_counter() - started,
+        )
+        return {"results": [ls_format.task_prediction(regions, model_version)]}
+
+    @staticmethod
+    def _snap(
+        detector: Detector,
+        control: BoxControl,
+        image: LoadedImage,
+        drawn: Sequence[Mapping[str, Any]],
+    ) -> list[dict[str, Any]]:
+        """The detector's box for each of one image's drawn regions (none where it finds
+        nothing there)."""
+        width, height = image.width, image.height
+        whole: list[Box] | None = None  # the whole image's boxes, for clicks
+        answers = []
+        for region in user_regions(drawn, width, height):
+            if region.is_point:
+                if whole is None:
+                    whole = list(detector.predict([image.pixels])[0].boxes)
+                box = innermost(whole, region)
+            else:
+                x0, y0, x1, y1 = crop_window(region, width, height)
+                crop = np.ascontiguousarray(image.pixels[y0:y1, x0:x1])
+                found = shifted(detector.predict([crop])[0].boxes, x0, y0)
+                box = best_overlap(found, region)
+            if box is None or not 0 <= box.class_id < len(detector.names):
+                continue
+            model_label = control.label_for(detector.names[box.class_id])
+            chosen = region.label if region.label in control.labels else None
+            label = chosen or model_label
+            if label is not None:
+                answers.append(ls_format.box_region(box, label, control, width, height))
+        return answers
 
     def _precomputed(
         self, project: int, version: str, control: BoxControl, task: dict[str, Any]

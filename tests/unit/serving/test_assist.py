@@ -1,0 +1,172 @@
+"""Interactive assist through /predict's `params.context` (Label Studio's smart tools), with
+the session's tiny trained model on the synthetic shapes, whose true boxes are known."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from devkit.datagen import SyntheticBox, SyntheticImage, write_images
+from tests.conftest import BOX_CONFIG
+
+ROUGH = 0.2  # the annotator's rectangle: this share of the object's size too large
+
+
+@pytest.fixture(scope="module")
+def scenes(image_root: Path) -> list[tuple[Path, SyntheticImage]]:
+    return write_images(image_root / "assist", 6, seed=123)
+
+
+def _ask(client: FlaskClient, path: Path, regions: list[dict[str, Any]], tasks: int = 1) -> Any:
+    body = {
+        "tasks": [{"id": i + 1, "data": {"image": str(path)}} for i in range(tasks)],
+        "project": "3.1",
+        "label_config": BOX_CONFIG,
+        "params": {"login": None, "password": None, "context": {"result": regions}},
+    }
+    return client.post("/predict", json=body)
+
+
+def _rough(box: SyntheticBox, size: tuple[int, int], label: str | None) -> dict[str, Any]:
+    """What a hurried annotator draws: too large, off-centre."""
+    width, height = size
+    w, h = box.x2 - box.x1, box.y2 - box.y1
+    return {
+        "type": "rectanglelabels",
+        "from_name": "label",
+        "to_name": "image",
+        "original_width": width,
+        "original_height": height,
+        "value": {
+            "x": 100 * (box.x1 - ROUGH * w) / width,
+            "y": 100 * (box.y1 - ROUGH * h / 2) / height,
+            "width": 100 * w * (1 + 1.5 * ROUGH) / width,
+            "height": 100 * h * (1 + ROUGH) / height,
+            "rotation": 0,
+            "rectanglelabels": [label] if label else [],
+        },
+    }
+
+
+def _click(x: float, y: float, size: tuple[int, int]) -> dict[str, Any]:
+    width, height = size
+    return {
+        "type": "keypointlabels",
+        "from_name": "kp",
+        "to_name": "image",
+        "value": {
+            "x": 100 * x / width,
+            "y": 100 * y / height,
+            "width": 1,
+            "keypointlabels": ["Point"],
+        },
+    }
+
+
+def _iou(region: dict[str, Any], box: SyntheticBox, size: tuple[int, int]) -> float:
+    width, height = size
+    v = region["value"]
+    x1, y1 = v["x"] * width / 100, v["y"] * height / 100
+    x2, y2 = x1 + v["width"] * width / 100, y1 + v["height"] * height / 100
+    iw = max(0.0, min(x2, box.x2) - max(x1, box.x1))
+    ih = max(0.0, min(y2, box.y2) - max(y1, box.y1))
+    inter = iw * ih
+    return inter / ((x2 - x1) * (y2 - y1) + (box.x2 - box.x1) * (box.y2 - box.y1) - inter)
+
+
+def test_a_rough_rectangle_snaps_to_the_object(
+    client: FlaskClient, scenes: list[tuple[Path, SyntheticImage]]
+) -> None:
+    drawn, snapped = [], []
+    for path, sample in scenes:
+        size = sample.image.size
+        for box in sample.boxes:
+            rough = _rough(box, size, label=None)
+            answer = _ask(client, path, [rough])
+            assert answer.status_code == 200, answer.get_json()
+            [result] = answer.get_json()["results"]
+            [region] = result["result"]
+            assert region["value"]["rectanglelabels"] == [box.label.capitalize()]  # the model's
+            assert (region["from_name"], region["to_name"]) == ("label", "image")
+            drawn.append(_iou(rough, box, size))
+            snapped.append(_iou(region, box, size))
+    assert len(snapped) >= 8
+    assert min(snapped) >= 0.6, snapped
+    assert sum(snapped) / len(snapped) >= sum(drawn) / len(drawn) + 0.05, (drawn, snapped)
+
+
+def test_the_annotators_label_wins_and_a_click_finds_the_object_around_it(
+    client: FlaskClient, scenes: list[tuple[Path, SyntheticImage]]
+) -> None:
+    path, sample = scenes[0]
+    size = sample.image.size
+    box = sample.boxes[0]
+    other = next(c for c in ("Square", "Circle", "Triangle") if c != box.label.capitalize())
+    [result] = _ask(client, path, [_rough(box, size, label=other)]).get_json()["results"]
+    assert [r["value"]["rectanglelabels"] for r in result["result"]] == [[other]]
+
+    centre = ((box.x1 + box.x2) / 2, (box.y1 + box.y2) / 2)
+    [result] = _ask(client, path, [_click(*centre, size)]).get_json()["results"]
+    [region] = result["result"]
+    assert region["value"]["rectanglelabels"] == [box.label.capitalize()]
+    assert _iou(region, box, size) >= 0.6
+    # nothing there: nothing answered; two regions: two answers, in order
+    [result] = _ask(client, path, [_click(1, 1, size)]).get_json()["results"]
+    assert result["result"] == [] and result["score"] == 0.0
+    both = [_rough(b, size, None) for b in sample.boxes[:2]]
+    [result] = _ask(client, path, both).get_json()["results"]
+    assert len(result["result"]) == len(both)
+
+
+@pytest.mark.parametrize(
+    ("context", "message"),
+    [
+        ("a box", "params.context must be an object"),
+        ({"result": {"x": 1}}, "params.context.result must be a list of regions"),
+        (
+            {"result": [{"type": "rectanglelabels", "to_name": "image", "value": {}}]},
+            "no numeric x/y",
+        ),
+        (
+            {
+                "result": [
+                    {"type": "rectanglelabels", "to_name": "other", "value": {"x": 1, "y": 1}}
+                ]
+            },
+            "no RectangleLabels control over 'other'",
+        ),
+    ],
+)
+def test_bad_context_is_a_400(
+    client: FlaskClient, scenes: list[tuple[Path, SyntheticImage]], context: object, message: str
+) -> None:
+    body = {
+        "tasks": [{"id": 1, "data": {"image": str(scenes[0][0])}}],
+        "project": "3.1",
+        "label_config": BOX_CONFIG,
+        "params": {"context": context},
+    }
+    answer = client.post("/predict", json=body)
+    assert answer.status_code == 400 and message in answer.get_json()["message"], answer.get_json()
+
+
+def test_an_interactive_call_takes_one_task(
+    client: FlaskClient, scenes: list[tuple[Path, SyntheticImage]]
+) -> None:
+    path, sample = scenes[0]
+    answer = _ask(client, path, [_rough(sample.boxes[0], sample.image.size, None)], tasks=2)
+    assert answer.status_code == 400
+    # Label Studio's "Retrieve predictions" sends a context of None: the plain path
+    plain = client.post(
+        "/predict",
+        json={
+            "tasks": [{"id": 1, "data": {"image": str(path)}}],
+            "project": "3.1",
+            "label_config": BOX_CONFIG,
+            "params": {"login": None, "password": None, "context": None},
+        },
+    )
+    assert plain.status_code == 200 and plain.get_json()["results"][0]["result"]
