@@ -418,13 +418,17 @@ class LocalLabelStudio(ManagedProcess):
         url: str,
         title: str = "ls-active-yolo",
         basic_auth: tuple[str, str] | None = None,
+        interactive: bool = False,
     ) -> MLBackendConnection:
         """Attach the ML backend at ``url`` to a project.
 
         LS calls the backend's ``/health`` and ``/setup`` before it accepts it, so the backend
-        must already be serving. ``basic_auth`` is ``(user, password)`` that LS will send.
+        must already be serving. ``basic_auth`` is ``(user, password)`` that LS will send;
+        ``interactive`` turns on "Use for interactive preannotations" (smart tools).
         """
         payload: dict[str, Any] = {"url": url, "project": project_id, "title": title}
+        if interactive:
+            payload["is_interactive"] = True
         if basic_auth is not None:
             payload.update(
                 auth_method="BASIC_AUTH",
