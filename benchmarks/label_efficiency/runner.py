@@ -35,7 +35,8 @@ logger = logging.getLogger(__name__)
 
 def bench_settings(settings: Settings, config: BenchConfig, workdir: Path) -> Settings:
     """The product settings every simulated project runs under (the product defaults, at the
-    benchmark's image size, with training left to the simulation)."""
+    benchmark's image size, with training left to the simulation). No backbone pretraining:
+    it is time-bounded, so the shared base model would depend on the machine's speed."""
     return replace(
         settings,
         model_dir=workdir / "references",
@@ -48,6 +49,7 @@ def bench_settings(settings: Settings, config: BenchConfig, workdir: Path) -> Se
         train_min_images=4,
         promote_tolerance=config.tolerance,
         training_enabled=False,
+        backbone_pretrain_seconds=0.0,
         label_studio_url=None,
         device=config.device,
         torch_threads=max(1, (os.cpu_count() or 1) // config.jobs),
