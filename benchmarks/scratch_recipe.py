@@ -57,14 +57,20 @@ def run(
     recipes: tuple[str, ...] = RECIPES[:2],
 ) -> list[dict[str, Any]]:
     config = BenchConfig(scenarios=("scenes",), jobs=1, extra_params=dict(extra or {}))
-    base = bench_settings(Settings.from_env(), config, workdir)
+    product = Settings.from_env()
+    base = bench_settings(product, config, workdir)
     rows = []
     for seed in range(seeds):
         for recipe in recipes:
             root = workdir / f"seed{seed}-{recipe}"
-            settings = replace(base, model_dir=root, model_path=None, train_image_size=0)
-            if recipe != "product":
-                settings = replace(settings, backbone_pretrain_seconds=0.0)
+            pretrain = product.backbone_pretrain_seconds if recipe == "product" else 0.0
+            settings = replace(
+                base,
+                model_dir=root,
+                model_path=None,
+                train_image_size=0,
+                backbone_pretrain_seconds=pretrain,
+            )
             trainer = Trainer(settings, config)
             scenario = Scenario.load("scenes", config, workdir, root, trainer)
             rng = np.random.default_rng([seed, 50])
