@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import requests
 
-from devkit.datagen import CLASSES, SyntheticBox, make_image
+from devkit.datagen import CLASSES, drawn_click, drawn_rectangle, make_image, region_iou
 from devkit.demo import BackendServer
 from devkit.demo_model import train_shapes_model
 from devkit.local_label_studio import find_free_port
@@ -36,48 +36,10 @@ from devkit.local_label_studio import find_free_port
 CONFIG = (
     '<View><Image name="image" value="$image"/><RectangleLabels name="label" toName="image">'
     + "".join(f'<Label value="{c.capitalize()}"/>' for c in CLASSES)
-    + '</RectangleLabels><KeyPointLabels name="kp" toName="image" smart="true">'
+    + '</RectangleLabels><KeyPointLabels name="click" toName="image" smart="true">'
     '<Label value="Object"/></KeyPointLabels></View>'
 )
 WIDTH, HEIGHT = 640, 480
-ROUGH = 0.2
-
-
-def rough(box: SyntheticBox) -> dict[str, Any]:
-    w, h = box.x2 - box.x1, box.y2 - box.y1
-    return {
-        "type": "rectanglelabels",
-        "to_name": "image",
-        "value": {
-            "x": 100 * (box.x1 - ROUGH * w) / WIDTH,
-            "y": 100 * (box.y1 - ROUGH * h / 2) / HEIGHT,
-            "width": 100 * w * (1 + 1.5 * ROUGH) / WIDTH,
-            "height": 100 * h * (1 + ROUGH) / HEIGHT,
-            "rectanglelabels": [],
-        },
-    }
-
-
-def click(box: SyntheticBox) -> dict[str, Any]:
-    return {
-        "type": "keypointlabels",
-        "to_name": "image",
-        "value": {
-            "x": 50 * (box.x1 + box.x2) / WIDTH,
-            "y": 50 * (box.y1 + box.y2) / HEIGHT,
-            "width": 1,
-            "keypointlabels": ["Object"],
-        },
-    }
-
-
-def iou(value: dict[str, Any], box: SyntheticBox) -> float:
-    x1, y1 = value["x"] * WIDTH / 100, value["y"] * HEIGHT / 100
-    x2, y2 = x1 + value["width"] * WIDTH / 100, y1 + value["height"] * HEIGHT / 100
-    iw = max(0.0, min(x2, box.x2) - max(x1, box.x1))
-    ih = max(0.0, min(y2, box.y2) - max(y1, box.y1))
-    inter = iw * ih
-    return inter / ((x2 - x1) * (y2 - y1) + (box.x2 - box.x1) * (box.y2 - box.y1) - inter)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -130,14 +92,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             for box in sample.boxes:
                 seconds, _ = ask(path, None)
                 times["plain"].append(seconds)
-                drawn = rough(box)
+                size = (WIDTH, HEIGHT)
+                drawn = drawn_rectangle(box, size)
                 seconds, found = ask(path, [drawn])
                 times["rectangle"].append(seconds)
-                quality["drawn"].append(iou(drawn["value"], box))
-                quality["snapped"].append(iou(found[0]["value"], box) if found else 0.0)
-                seconds, found = ask(path, [click(box)])
+                quality["drawn"].append(region_iou(drawn, box, size))
+                quality["snapped"].append(region_iou(found[0], box, size) if found else 0.0)
+                seconds, found = ask(path, [drawn_click(box, size)])
                 times["click"].append(seconds)
-                quality["clicked"].append(iou(found[0]["value"], box) if found else 0.0)
+                quality["clicked"].append(region_iou(found[0], box, size) if found else 0.0)
     finally:
         backend.stop()
     p50 = {k: round(1000 * statistics.median(v), 1) for k, v in times.items()}

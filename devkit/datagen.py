@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -145,3 +146,62 @@ def ls_regions(
         }
         for b in sample.boxes
     ]
+
+
+# -- what Label Studio's smart tools send (interactive assist) --------------------------------
+ROUGH = 0.2  # a hurried annotator's rectangle: this share of the object's size too large
+
+
+def drawn_rectangle(
+    box: SyntheticBox, size: tuple[int, int], label: str | None = None, rough: float = ROUGH
+) -> dict[str, object]:
+    """A smart RectangleLabels region as Label Studio sends it in /predict's
+    `params.context`: around `box` but `rough` too large and off-centre; `label` if chosen."""
+    width, height = size
+    w, h = box.x2 - box.x1, box.y2 - box.y1
+    return {
+        "type": "rectanglelabels",
+        "from_name": "label",
+        "to_name": "image",
+        "original_width": width,
+        "original_height": height,
+        "value": {
+            "x": 100 * (box.x1 - rough * w) / width,
+            "y": 100 * (box.y1 - rough * h / 2) / height,
+            "width": 100 * w * (1 + 1.5 * rough) / width,
+            "height": 100 * h * (1 + rough) / height,
+            "rotation": 0,
+            "rectanglelabels": [label] if label else [],
+        },
+    }
+
+
+def drawn_click(box: SyntheticBox, size: tuple[int, int]) -> dict[str, object]:
+    """A smart KeyPointLabels click at the centre of `box`."""
+    width, height = size
+    return {
+        "type": "keypointlabels",
+        "from_name": "click",
+        "to_name": "image",
+        "original_width": width,
+        "original_height": height,
+        "value": {
+            "x": 50 * (box.x1 + box.x2) / width,
+            "y": 50 * (box.y1 + box.y2) / height,
+            "width": 1,
+            "keypointlabels": ["Object"],
+        },
+    }
+
+
+def region_iou(region: dict[str, Any], box: SyntheticBox, size: tuple[int, int]) -> float:
+    """IoU of a rectangle region (Label Studio's percent `value`) with `box` (pixels)."""
+    width, height = size
+    value = region["value"]
+    x1, y1 = value["x"] * width / 100, value["y"] * height / 100
+    x2, y2 = x1 + value["width"] * width / 100, y1 + value["height"] * height / 100
+    iw = max(0.0, min(x2, box.x2) - max(x1, box.x1))
+    ih = max(0.0, min(y2, box.y2) - max(y1, box.y1))
+    inter = iw * ih
+    union = (x2 - x1) * (y2 - y1) + (box.x2 - box.x1) * (box.y2 - box.y1) - inter
+    return inter / union if union > 0 else 0.0

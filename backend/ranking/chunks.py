@@ -22,6 +22,7 @@ shared: a random init differs from process to process.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -232,19 +233,20 @@ def detect_shared(
 ) -> Detections:
     """`detect`, with the tasks to detect shared with workers through `offload` when there
     are at least two chunks of `chunk_tasks` and the model has weights; else `detect`."""
+    here = functools.partial(
+        detect,
+        run,
+        detector=detector,
+        images=images,
+        index=index,
+        cache=cache,
+        chunk=chunk,
+        image_field=image_field,
+        flip_tasks=flip_tasks,
+    )
     _, todo = split_cached(tasks, index, cache, flip_tasks)
     if offload is None or detector.source.weights is None or len(todo) < 2 * chunk_tasks:
-        return detect(
-            run,
-            tasks,
-            detector=detector,
-            images=images,
-            index=index,
-            cache=cache,
-            chunk=chunk,
-            image_field=image_field,
-            flip_tasks=flip_tasks,
-        )
+        return here(tasks)
     signature = detection_signature(settings, run.model_version, detector.names)
     plan = ChunkPlan.create(
         settings,
@@ -306,17 +308,7 @@ def detect_shared(
     records, missing = split_cached(tasks, index, cache, flip_tasks)
     missing = [(t, ref) for t, ref in missing if t not in failed]
     if missing:  # not expected: a chunk's stores lost a record
-        rest = detect(
-            run,
-            missing,
-            detector=detector,
-            images=images,
-            index=index,
-            cache=cache,
-            chunk=chunk,
-            image_field=image_field,
-            flip_tasks=flip_tasks,
-        )
+        rest = here(missing)
         records.update(rest.records)
         failed.update(rest.failed)
         predicted += rest.n_predicted

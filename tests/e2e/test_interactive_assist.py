@@ -9,12 +9,11 @@ from typing import Any
 
 import requests
 
-from devkit.datagen import CLASSES, SyntheticBox
+from devkit.datagen import CLASSES, drawn_click, drawn_rectangle, region_iou
 from devkit.demo import BackendServer
 from devkit.local_label_studio import LocalLabelStudio
 
 from .conftest import ShapesProject
-from .shapes import iou, pixel_box
 
 SMART_CONFIG = (
     '<View><Image name="image" value="$image"/>'
@@ -23,25 +22,6 @@ SMART_CONFIG = (
     + '</RectangleLabels><KeyPointLabels name="click" toName="image" smart="true">'
     '<Label value="Object"/></KeyPointLabels></View>'
 )
-
-
-def _rough(box: SyntheticBox, width: int, height: int) -> dict[str, Any]:
-    w, h = box.x2 - box.x1, box.y2 - box.y1
-    return {
-        "type": "rectanglelabels",
-        "from_name": "label",
-        "to_name": "image",
-        "original_width": width,
-        "original_height": height,
-        "value": {
-            "x": 100 * (box.x1 - 0.2 * w) / width,
-            "y": 100 * (box.y1 - 0.1 * h) / height,
-            "width": 100 * 1.3 * w / width,
-            "height": 100 * 1.2 * h / height,
-            "rotation": 0,
-            "rectanglelabels": [],
-        },
-    }
 
 
 def test_label_studio_forwards_a_rough_rectangle_and_a_click_and_gets_the_object(
@@ -68,22 +48,9 @@ def test_label_studio_forwards_a_rough_rectangle_and_a_click_and_gets_the_object
         return list(body["data"]["result"])
 
     for box in sample.boxes:
-        [region] = assist(_rough(box, width, height))
+        [region] = assist(drawn_rectangle(box, (width, height)))
         assert region["value"]["rectanglelabels"] == [box.label.capitalize()]
-        assert iou(pixel_box(region), box) >= 0.6, (region, box)
+        assert region_iou(region, box, (width, height)) >= 0.6, (region, box)
     box = sample.boxes[0]
-    click = {
-        "type": "keypointlabels",
-        "from_name": "click",
-        "to_name": "image",
-        "original_width": width,
-        "original_height": height,
-        "value": {
-            "x": 50 * (box.x1 + box.x2) / width,
-            "y": 50 * (box.y1 + box.y2) / height,
-            "width": 1,
-            "keypointlabels": ["Object"],
-        },
-    }
-    [region] = assist(click)
-    assert region["from_name"] == "label" and iou(pixel_box(region), box) >= 0.6
+    [region] = assist(drawn_click(box, (width, height)))
+    assert region["from_name"] == "label" and region_iou(region, box, (width, height)) >= 0.6

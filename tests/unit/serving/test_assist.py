@@ -9,10 +9,15 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from devkit.datagen import SyntheticBox, SyntheticImage, write_images
+from devkit.datagen import (
+    SyntheticBox,
+    SyntheticImage,
+    drawn_click,
+    drawn_rectangle,
+    region_iou,
+    write_images,
+)
 from tests.conftest import BOX_CONFIG
-
-ROUGH = 0.2  # the annotator's rectangle: this share of the object's size too large
 
 
 @pytest.fixture(scope="module")
@@ -30,53 +35,6 @@ def _ask(client: FlaskClient, path: Path, regions: list[dict[str, Any]], tasks: 
     return client.post("/predict", json=body)
 
 
-def _rough(box: SyntheticBox, size: tuple[int, int], label: str | None) -> dict[str, Any]:
-    """What a hurried annotator draws: too large, off-centre."""
-    width, height = size
-    w, h = box.x2 - box.x1, box.y2 - box.y1
-    return {
-        "type": "rectanglelabels",
-        "from_name": "label",
-        "to_name": "image",
-        "original_width": width,
-        "original_height": height,
-        "value": {
-            "x": 100 * (box.x1 - ROUGH * w) / width,
-            "y": 100 * (box.y1 - ROUGH * h / 2) / height,
-            "width": 100 * w * (1 + 1.5 * ROUGH) / width,
-            "height": 100 * h * (1 + ROUGH) / height,
-            "rotation": 0,
-            "rectanglelabels": [label] if label else [],
-        },
-    }
-
-
-def _click(x: float, y: float, size: tuple[int, int]) -> dict[str, Any]:
-    width, height = size
-    return {
-        "type": "keypointlabels",
-        "from_name": "kp",
-        "to_name": "image",
-        "value": {
-            "x": 100 * x / width,
-            "y": 100 * y / height,
-            "width": 1,
-            "keypointlabels": ["Point"],
-        },
-    }
-
-
-def _iou(region: dict[str, Any], box: SyntheticBox, size: tuple[int, int]) -> float:
-    width, height = size
-    v = region["value"]
-    x1, y1 = v["x"] * width / 100, v["y"] * height / 100
-    x2, y2 = x1 + v["width"] * width / 100, y1 + v["height"] * height / 100
-    iw = max(0.0, min(x2, box.x2) - max(x1, box.x1))
-    ih = max(0.0, min(y2, box.y2) - max(y1, box.y1))
-    inter = iw * ih
-    return inter / ((x2 - x1) * (y2 - y1) + (box.x2 - box.x1) * (box.y2 - box.y1) - inter)
-
-
 def test_a_rough_rectangle_snaps_to_the_object(
     client: FlaskClient, scenes: list[tuple[Path, SyntheticImage]]
 ) -> None:
@@ -84,15 +42,15 @@ def test_a_rough_rectangle_snaps_to_the_object(
     for path, sample in scenes:
         size = sample.image.size
         for box in sample.boxes:
-            rough = _rough(box, size, label=None)
+            rough = drawn_rectangle(box, size)
             answer = _ask(client, path, [rough])
             assert answer.status_code == 200, answer.get_json()
             [result] = answer.get_json()["results"]
             [region] = result["result"]
             assert region["value"]["rectanglelabels"] == [box.label.capitalize()]  # the model's
             assert (region["from_name"], region["to_name"]) == ("label", "image")
-            drawn.append(_iou(rough, box, size))
-            snapped.append(_iou(region, box, size))
+            drawn.append(region_iou(rough, box, size))
+            snapped.append(region_iou(region, box, size))
     assert len(snapped) >= 8
     assert min(snapped) >= 0.6, snapped
     assert sum(snapped) / len(snapped) >= sum(drawn) / len(drawn) + 0.05, (drawn, snapped)
@@ -105,18 +63,18 @@ def test_the_annotators_label_wins_and_a_click_finds_the_object_around_it(
     size = sample.image.size
     box = sample.boxes[0]
     other = next(c for c in ("Square", "Circle", "Triangle") if c != box.label.capitalize())
-    [result] = _ask(client, path, [_rough(box, size, label=other)]).get_json()["results"]
+    [result] = _ask(client, path, [drawn_rectangle(box, size, label=other)]).get_json()["results"]
     assert [r["value"]["rectanglelabels"] for r in result["result"]] == [[other]]
 
-    centre = ((box.x1 + box.x2) / 2, (box.y1 + box.y2) / 2)
-    [result] = _ask(client, path, [_click(*centre, size)]).get_json()["results"]
+    [result] = _ask(client, path, [drawn_click(box, size)]).get_json()["results"]
     [region] = result["result"]
     assert region["value"]["rectanglelabels"] == [box.label.capitalize()]
-    assert _iou(region, box, size) >= 0.6
+    assert region_iou(region, box, size) >= 0.6
     # nothing there: nothing answered; two regions: two answers, in order
-    [result] = _ask(client, path, [_click(1, 1, size)]).get_json()["results"]
+    corner = SyntheticBox("none", 0, 0, 2, 2)  # a click on the background
+    [result] = _ask(client, path, [drawn_click(corner, size)]).get_json()["results"]
     assert result["result"] == [] and result["score"] == 0.0
-    both = [_rough(b, size, None) for b in sample.boxes[:2]]
+    both = [drawn_rectangle(b, size) for b in sample.boxes[:2]]
     [result] = _ask(client, path, both).get_json()["results"]
     assert len(result["result"]) == len(both)
 
@@ -157,7 +115,7 @@ def test_an_interactive_call_takes_one_task(
     client: FlaskClient, scenes: list[tuple[Path, SyntheticImage]]
 ) -> None:
     path, sample = scenes[0]
-    answer = _ask(client, path, [_rough(sample.boxes[0], sample.image.size, None)], tasks=2)
+    answer = _ask(client, path, [drawn_rectangle(sample.boxes[0], sample.image.size)], tasks=2)
     assert answer.status_code == 400
     # Label Studio's "Retrieve predictions" sends a context of None: the plain path
     plain = client.post(
