@@ -3,7 +3,7 @@
 IMAGE_SIZE 640 as for real photos.
 
 * Retrieve, nothing ranked yet: the Data Manager's "Retrieve Predictions" on the N tasks of a
-  project, once against a backend with the product's PREDICT_BUDGET_SECONDS (60 s) and once
+  project, once against a backend with the product's PREDICT_BUDGET_SECONDS and once
   against one without a budget (0, the design before), each in its own project and MODEL_DIR.
   Per arm: wall time, Label Studio's answer, predictions stored; the first arm is then
   retrieved again until every task holds one.
@@ -35,6 +35,7 @@ from typing import Any
 import psutil
 import requests
 
+from backend.config import Settings
 from benchmarks.queue_writes import CpuMeter, Timed, timed
 from devkit.datagen import CLASSES, write_images
 from devkit.demo import BackendServer, retrieve_predictions
@@ -108,7 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         backends: dict[str, BackendServer] = {}
         projects: dict[str, int] = {}
         try:
-            for arm, budget in (("budget", "60"), ("no budget", "0")):
+            for arm, budget in (
+                ("budget", str(Settings().predict_budget_seconds)),
+                ("no budget", "0"),
+            ):
                 settings = {
                     "MODEL_DIR": str(work / arm.replace(" ", "-") / "models"),
                     "MODEL_PATH": str(weights),
