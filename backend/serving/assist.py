@@ -25,7 +25,7 @@ POINT_TYPES = frozenset({"keypointlabels", "keypoint"})
 # snapped box a mean IoU of 0.79, 0.81, 0.83, 0.80 and a worst of 0.64, 0.71, 0.67, 0.57.
 CROP_MARGIN = 1.0
 MIN_CROP = 64  # pixels: the smallest crop side
-MIN_IOU = 0.1  # a detection overlapping the rectangle less is not the object meant
+MIN_IOU = 0.3  # a detection overlapping the rectangle less is not the object meant
 
 
 @dataclass(frozen=True)
