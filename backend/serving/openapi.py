@@ -80,7 +80,7 @@ def openapi_document(app: Flask, open_paths: Collection[str] | None = None) -> d
         for method in sorted((rule.methods or set()) - _SKIPPED_METHODS):
             routes.append((path, method.lower(), op, (view.__doc__ or "").strip()))
 
-    models = {ErrorBody}
+    models: set[type[BaseModel]] = {ErrorBody}
     for _, _, op, _ in routes:
         models.update(a.json for a in op.answers.values() if a.json is not None)
         models.update([op.body] if op.body is not None else [])
@@ -90,8 +90,8 @@ def openapi_document(app: Flask, open_paths: Collection[str] | None = None) -> d
 
     paths: dict[str, dict[str, Any]] = {}
     for path, method, op, doc in routes:
-        guarded = open_paths is not None and path not in open_paths
-        paths.setdefault(path, {})[method] = _operation(op, doc, ref, open_paths, guarded)
+        auth = None if open_paths is None else path not in open_paths
+        paths.setdefault(path, {})[method] = _operation(op, doc, ref, auth)
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "ls-active-yolo", "version": _version()},
@@ -109,13 +109,10 @@ def _operation(
     op: Operation,
     doc: str,
     ref: Mapping[type[BaseModel], dict[str, Any]],
-    open_paths: Collection[str] | None,
-    guarded: bool,
+    auth: bool | None,
 ) -> dict[str, Any]:
-    summary, _, description = doc.partition("\n")
-    spec: dict[str, Any] = {"summary": summary.strip()}
-    if description.strip():
-        spec["description"] = " ".join(description.split())
+    """One operation object; `auth`: whether basic auth guards it (None: auth is off)."""
+    spec: dict[str, Any] = {"description": " ".join(doc.split())}
     parameters = [
         *_parameters(op.path, "path"),
         *_parameters(op.query, "query"),
@@ -138,7 +135,7 @@ def _operation(
     errors: dict[int, list[str]] = {500: ["An unexpected error (logged; the answer says no more)."]}
     for error in op.errors:
         errors.setdefault(error.status, []).append(_first_line(error.__doc__))
-    if guarded:
+    if auth:
         errors[401] = [_first_line(Unauthorized.__doc__)]
     for status, meanings in sorted(errors.items()):
         responses[str(status)] = {
@@ -146,8 +143,8 @@ def _operation(
             "content": {"application/json": {"schema": ref[ErrorBody]}},
         }
     spec["responses"] = responses
-    if open_paths is not None:
-        spec["security"] = [{"basicAuth": []}] if guarded else []
+    if auth is not None:
+        spec["security"] = [{"basicAuth": []}] if auth else []
     return spec
 
 
