@@ -12,12 +12,13 @@ from backend.config import Settings
 from backend.errors import BackendError, Unauthorized
 from backend.jobs.scheduler import BackgroundTrainer
 from backend.services import Services, build_services
+from backend.serving.openapi import EXTENSION, openapi_document
 from backend.serving.routes import bp
 from backend.serving.service import MLService
 
 logger = logging.getLogger(__name__)
 
-_OPEN_PATHS = frozenset({"/", "/health"})
+_OPEN_PATHS = frozenset({"/", "/health", "/openapi.json"})  # the rest needs basic auth, if on
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
@@ -32,6 +33,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     if settings.training_enabled:
         app.extensions["ls_active_yolo_trainer"] = BackgroundTrainer(services).start()
     app.register_blueprint(bp)
+    guarded = settings.basic_auth_user is not None
+    app.extensions[EXTENSION] = openapi_document(app, _OPEN_PATHS if guarded else None)
 
     if settings.basic_auth_user is not None:
         if not (settings.label_studio_url and settings.label_studio_api_key):

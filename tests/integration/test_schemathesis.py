@@ -1,0 +1,152 @@
+"""schemathesis against the live server: `ls-active-yolo serve` (gunicorn) with the tiny model.
+
+The description is loaded from the server's own /openapi.json; 500 requests are generated from
+it (valid ones, and ones that break it: wrong types, missing fields), the same each run, and
+every answer must be below 500, carry a documented status and content type, fit that status's
+schema, and a request that breaks the description must be refused with a 4xx.
+
+No request reaches the network: LABEL_STUDIO_URL and ALLOWED_IMAGE_HOSTS are unset, so an image
+URL on any host is refused before connecting (that task gets an empty result). Webhook events
+the generator sends are stored in a throwaway MODEL_DIR.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from schemathesis import BaseSchema, Case, GenerationMode
+from schemathesis import checks as st_checks
+
+from tests.conftest import BOX_CONFIG
+
+REQUESTS = 500
+CHECKS = [
+    st_checks.not_a_server_error,
+    st_checks.status_code_conformance,
+    st_checks.content_type_conformance,
+    st_checks.response_schema_conformance,
+    st_checks.negative_data_rejection,
+]
+# settings that would let a generated request leave the machine or need credentials
+UNSET = (
+    "LABEL_STUDIO_URL",
+    "LABEL_STUDIO_API_KEY",
+    "ALLOWED_IMAGE_HOSTS",
+    "LOCAL_FILES_DOCUMENT_ROOT",
+    "MODELS_ROOT",
+    "BASIC_AUTH_USER",
+    "BASIC_AUTH_PASS",
+    "REDIS_URL",
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def live_server(
+    tmp_path_factory: pytest.TempPathFactory,
+    trained_weights: Path,
+    image_root: Path,
+    ultralytics_dir: Path,
+) -> Iterator[str]:
+    """`ls-active-yolo serve` on a free port, no trainer; yields its base URL."""
+    folder = tmp_path_factory.mktemp("schemathesis")
+    env = {key: value for key, value in os.environ.items() if key not in UNSET}
+    env.update(
+        MODEL_DIR=str(folder / "models"),
+        MODEL_PATH=str(trained_weights),
+        IMAGE_ROOT=str(image_root),
+        IMAGE_SIZE="160",
+        YOLO_CONFIG_DIR=str(ultralytics_dir),
+        TRAINING="0",
+    )
+    port = _free_port()
+    command = [str(Path(sys.executable).with_name("ls-active-yolo")), "serve"]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--threads", "2"]
+    log_path = folder / "gunicorn.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:  # not accepting yet
+                pass
+            assert process.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, "gunicorn did not answer /health in 60 s"
+            time.sleep(0.3)
+        yield base
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    assert "Traceback" not in log_path.read_text(), log_path.read_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def schema(live_server: str) -> BaseSchema:
+    return schemathesis.openapi.from_url(f"{live_server}/openapi.json", timeout=10)
+
+
+@pytest.mark.slow
+@pytest.mark.schemathesis
+def test_generated_requests_against_the_live_server(
+    live_server: str, schema: BaseSchema, image_root: Path
+) -> None:
+    cases = st.one_of(
+        schema.as_strategy(GenerationMode.POSITIVE),
+        schema.as_strategy(GenerationMode.NEGATIVE),
+    )
+    # one request that reaches the detector, whatever the generator makes of the rest
+    image = str(sorted((image_root / "shapes").glob("*.jpg"))[0])
+    real = schema["/predict"]["POST"].Case(
+        body={
+            "tasks": [{"id": 1, "data": {"image": image}}, {"id": 2, "data": {"image": "x"}}],
+            "project": "3.1712345678",
+            "label_config": BOX_CONFIG,
+        },
+        media_type="application/json",
+    )
+    session = requests.Session()
+
+    def send(case: Case) -> None:
+        case.call_and_validate(base_url=live_server, session=session, checks=CHECKS, timeout=60)
+
+    send(real)
+
+    @settings(
+        max_examples=REQUESTS,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        phases=[Phase.explicit, Phase.generate, Phase.shrink],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=cases)
+    def check(case: Case) -> None:
+        send(case)
+
+    check()
+    assert requests.get(f"{live_server}/health", timeout=5).status_code == 200
