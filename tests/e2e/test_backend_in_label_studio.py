@@ -187,8 +187,10 @@ def test_opening_a_task_predicts_it_alone_with_the_same_regions(
         assert shown["result"], "the backend found nothing on an image with shapes"
         assert same_regions(shown["result"], batch.result), (shown["result"], batch.result)
     log = ml_backend.log_path.read_text(encoding="utf-8")
-    # The service logs each /predict call: "project=N predicted K tasks ...".
-    single_calls = re.findall(rf"project={project_id} predicted (\d+) tasks\b", log)
+    # The service logs each /predict call: "project=N model_version=V answered K tasks ...".
+    single_calls = re.findall(
+        rf"project={project_id} model_version=\S+ answered (\d+) tasks\b", log
+    )
     assert single_calls == ["1", "1"]
 
 

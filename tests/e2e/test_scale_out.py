@@ -227,7 +227,7 @@ def _served_versions(
 
 _PREDICTED = re.compile(
     r"\[(?P<pid>\d+)\] backend\.serving\.service: project=(?P<project>\d+) "
-    r"predicted 1 tasks\b[^\n]*? with model_version=(?P<version>\S+)"
+    r"model_version=(?P<version>\S+) answered 1 tasks\b"
 )
 
 
