@@ -45,9 +45,13 @@ class UserRegion:
 
 
 def context_regions(params: object) -> list[dict[str, Any]] | None:
-    """The annotator's regions in /predict's `params`, or None when the call is not
-    interactive (no `params.context`, as for "Retrieve predictions"); BadRequest if the
-    context is not Label Studio's shape."""
+    """The region the annotator just drew, from /predict's `params`, as a one-item list; None
+    when the call is not interactive (no `params.context`, as for "Retrieve predictions");
+    BadRequest if the context is not Label Studio's shape.
+
+    Label Studio 1.23's editor sends every region of the annotation, suggestions it accepted
+    (`origin` "prediction") and earlier drawings included, the new one last: answering them
+    all would suggest every earlier box again at each stroke."""
     if not isinstance(params, Mapping):
         return None
     context = params.get("context")
@@ -60,7 +64,8 @@ def context_regions(params: object) -> list[dict[str, Any]] | None:
         return None
     if not isinstance(result, list) or not all(isinstance(r, Mapping) for r in result):
         raise BadRequest("params.context.result must be a list of regions")
-    return [dict(r) for r in result]
+    drawn = [dict(r) for r in result if r.get("origin", "manual") == "manual"]
+    return drawn[-1:]
 
 
 def user_regions(regions: Sequence[Mapping[str, Any]], width: int, height: int) -> list[UserRegion]:

@@ -214,7 +214,7 @@ class MLService:
         version = sources[primary.from_name].version
         queue = self._answer_version(project, version)
         drawn = context_regions(body.get("params"))
-        if drawn:
+        if drawn is not None:
             return self._assist(tasks, config, sources, drawn, queue or version, project)
         answers: list[dict[str, Any] | None] = [None] * len(tasks)
         if queue is not None and len(_by_image_field(config)) == 1:

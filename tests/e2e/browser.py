@@ -32,6 +32,8 @@ REGION_ENTRY = ".lsf-outliner-item"
 # entries of its unfolded list
 MODEL_PICKER = "button[data-name=model_version]"
 PICKER_OPTION = "[role=option]"
+# With Auto-Annotation on, the toolbar's smart tools (folded behind one button)
+SMART_TOOLS = ".lsf-tool_smart"
 # The editor's <img> is replaced by a blob: URL once fetched; any decoded image will do.
 _IMAGE_SHOWN = """() => [...document.querySelectorAll('.lsf-main-view img')]
     .some(img => img.complete && img.naturalWidth > 0)"""
@@ -205,3 +207,43 @@ def model_version_picker(
         "Project %d picks %s among %s; screenshot %s", project_id, selected, options, screenshot
     )
     return selected, options
+
+
+def draw_smart_rectangle(
+    base_url: str,
+    username: str,
+    password: str,
+    project_id: int,
+    task_id: int,
+    corners: tuple[float, float, float, float],
+    image_width: int,
+    label: str,
+    screenshot: Path,
+    *,
+    chromium: Path = CHROMIUM,
+    timeout_s: float = 60.0,
+) -> dict[str, Any]:
+    """Log in, open a task, turn Auto-Annotation on, pick the smart rectangle tool and
+    `label`, and drag a rectangle over `corners` (x1, y1, x2, y2 in image pixels): Label
+    Studio then asks the interactive backend. Returns that answer (`interactive-annotating`)
+    once the editor lists its suggestion; the screenshot shows the editor then."""
+    with _page(chromium, timeout_s, screenshot) as page:
+        _open_task(page, base_url, username, password, project_id, task_id)
+        page.get_by_text("Auto-Annotation").click()
+        page.locator(f"{SMART_TOOLS}:not([aria-label])").first.click()  # unfold them
+        page.locator(f"{SMART_TOOLS}[aria-label=rectangle-tool]").click()
+        page.get_by_text(label, exact=True).first.click()
+        image = page.locator(".lsf-main-view img").first.bounding_box()
+        scale = image["width"] / image_width
+        x1, y1, x2, y2 = (
+            image["x" if i % 2 == 0 else "y"] + v * scale for i, v in enumerate(corners)
+        )
+        with page.expect_response(lambda answer: "interactive-annotating" in answer.url) as asked:
+            page.mouse.move(x1, y1)
+            page.mouse.down()
+            page.mouse.move((x1 + x2) / 2, (y1 + y2) / 2, steps=5)
+            page.mouse.move(x2, y2, steps=5)
+            page.mouse.up()
+        page.wait_for_function(_ENTRIES_AT_LEAST, arg=1)
+        page.screenshot(path=str(screenshot), full_page=True)
+        return dict(asked.value.json())

@@ -70,13 +70,21 @@ def test_the_annotators_label_wins_and_a_click_finds_the_object_around_it(
     [region] = result["result"]
     assert region["value"]["rectanglelabels"] == [box.label.capitalize()]
     assert region_iou(region, box, size) >= 0.6
-    # nothing there: nothing answered; two regions: two answers, in order
+    # nothing there: nothing answered
     corner = SyntheticBox("none", 0, 0, 2, 2)  # a click on the background
     [result] = _ask(client, path, [drawn_click(corner, size)]).get_json()["results"]
     assert result["result"] == [] and result["score"] == 0.0
-    both = [drawn_rectangle(b, size) for b in sample.boxes[:2]]
-    [result] = _ask(client, path, both).get_json()["results"]
-    assert len(result["result"]) == len(both)
+    # as the editor sends them: every region of the annotation, the new one last; only that
+    # one is answered (an accepted suggestion, origin "prediction", is never asked about)
+    path, sample = next((p, s) for p, s in scenes if len(s.boxes) >= 2)
+    size = sample.image.size
+    first, second = (drawn_rectangle(b, size) for b in sample.boxes[:2])
+    accepted = {**drawn_rectangle(sample.boxes[0], size), "origin": "prediction"}
+    [result] = _ask(client, path, [accepted, first, second]).get_json()["results"]
+    [region] = result["result"]
+    assert region_iou(region, sample.boxes[1], size) >= 0.6
+    [result] = _ask(client, path, [accepted]).get_json()["results"]  # nothing new drawn
+    assert result["result"] == []
 
 
 @pytest.mark.parametrize(
