@@ -106,7 +106,8 @@ def test_the_queue_is_imported_in_chunks_then_counted() -> None:
     first, second = (c[2] for c in ls.calls[:2])
     assert first["id"] == second["id"] == 4
     # never retried (a retried chunk could land twice), waited for as long as it may take
-    assert first["request_options"] == {"max_retries": 0, "timeout": SLOW_CALL_TIMEOUT_S + 200.0}
+    timeout = SLOW_CALL_TIMEOUT_S + BULK_CHUNK / 50.0  # 20 ms a prediction
+    assert first["request_options"] == {"max_retries": 0, "timeout": timeout}
     assert [len(first["request"]), len(second["request"])] == [BULK_CHUNK, 2]
     assert second["request"][1] == {
         "task": BULK_CHUNK + 1,
@@ -143,7 +144,9 @@ def test_an_empty_queue_makes_no_call() -> None:
 def test_a_failed_chunk_stops_the_import() -> None:
     ls: Any = Recorder({"import": httpx.ConnectError("refused")})
 
-    with pytest.raises(LabelStudioApiError, match="importing 10000 predictions failed: ConnectE"):
+    with pytest.raises(
+        LabelStudioApiError, match=f"importing {BULK_CHUNK} predictions failed: ConnectE"
+    ):
         import_queue(ls, 4, "v2.q1", queue(BULK_CHUNK + 2))
 
     assert ls.names() == ["import"]
