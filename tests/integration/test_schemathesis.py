@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from hypothesis import strategies as st
 from schemathesis import BaseSchema, Case, GenerationMode
 from schemathesis import checks as st_checks
 
+from devkit.local_label_studio import find_free_port
 from tests.conftest import BOX_CONFIG
 
 REQUESTS = 500
@@ -52,12 +52,6 @@ UNSET = (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def live_server(
     tmp_path_factory: pytest.TempPathFactory,
@@ -76,7 +70,7 @@ def live_server(
         YOLO_CONFIG_DIR=str(ultralytics_dir),
         TRAINING="0",
     )
-    port = _free_port()
+    port = find_free_port()
     command = [str(Path(sys.executable).with_name("ls-active-yolo")), "serve"]
     command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--threads", "2"]
     log_path = folder / "gunicorn.log"
