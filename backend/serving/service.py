@@ -240,7 +240,7 @@ class MLService:
         logger.log(
             logging.WARNING if left else logging.INFO,
             "project=%s model_version=%s answered %d tasks in %.3fs: %d from the ranking, "
-            "%d detected, %d left without a prediction (over PREDICT_BUDGET_SECONDS=%g)",
+            "%d detected, %d left without a prediction%s",
             project,
             queue or version,
             len(tasks),
@@ -248,7 +248,7 @@ class MLService:
             len(tasks) - len(todo),
             len(todo) - left,
             left,
-            budget,
+            f" (over PREDICT_BUDGET_SECONDS={budget:g})" if left else "",
         )
         return {"results": [[] if answer is None else answer for answer in answers]}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -127,9 +128,15 @@ def test_tasks_over_the_time_budget_get_no_prediction(
     assert len(results) == 6
     assert all(isinstance(r, dict) and r["result"] for r in results[:2])
     assert results[2:] == [[]] * 4
-    assert "2 detected, 4 left without a prediction" in caplog.text
+    assert "2 detected, 4 left without a prediction (over PREDICT_BUDGET_SECONDS=1e-06)" in (
+        caplog.text
+    )
+    caplog.clear()
+    caplog.set_level(logging.INFO)
     with create_app(replace(settings, predict_batch=2)).test_client() as client:
         assert _predict(client, refs)["results"][:2] == results[:2]
+    assert "6 detected, 0 left without a prediction" in caplog.text
+    assert "PREDICT_BUDGET_SECONDS" not in caplog.text
 
 
 def test_score_threshold_attribute_filters_boxes(client: FlaskClient, image_root: Path) -> None:
