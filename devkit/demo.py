@@ -169,9 +169,9 @@ class BackendServer(ManagedProcess):
         answer.raise_for_status()
         return dict(answer.json())
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM the process group (gunicorn's graceful stop); SIGKILL what outlives it."""
-        super().stop(timeout)
+        return super().stop(timeout)
 
 
 def retrieve_predictions(

@@ -165,11 +165,13 @@ class ManagedProcess:
         except requests.RequestException:
             return False  # not listening yet
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM the server (its whole process group); SIGKILL it if it outlives ``timeout``."""
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM the server (its whole process group); SIGKILL it if it outlives ``timeout``.
+
+        Returns its exit status (None when it was not running)."""
         process, self._process = self._process, None
         if process is None:
-            return
+            return None
         self._signal(process, signal.SIGTERM)
         try:
             process.wait(timeout=timeout)
@@ -182,6 +184,7 @@ class ManagedProcess:
             # (the leader's pid, as start_new_session=True) still reaches them.
             signal_group(process.pid, signal.SIGKILL)
         self._logger.info("%s on %s stopped (exit %s)", self.name, self.url, process.returncode)
+        return process.returncode
 
     def _signal(self, process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
         if self.own_group:

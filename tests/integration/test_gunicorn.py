@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from devkit.demo import BackendServer
+from devkit.local_label_studio import find_free_port
 from tests.conftest import BOX_CONFIG
 
 
@@ -60,55 +61,21 @@ def held(image_root: Path) -> Iterator[HeldImage]:
         server.server_close()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_gunicorn_serves_health_and_predict(
-    tmp_path: Path,
-    trained_weights: Path,
-    image_root: Path,
-    ultralytics_dir: Path,
-    held: HeldImage,
+    tmp_path: Path, trained_weights: Path, image_root: Path, held: HeldImage
 ) -> None:
-    port = _free_port()
-    env = {
-        **os.environ,
+    settings = {
         "MODEL_DIR": str(tmp_path / "models"),
         "MODEL_PATH": str(trained_weights),
         "IMAGE_ROOT": str(image_root),
         "IMAGE_SIZE": "160",
-        "YOLO_CONFIG_DIR": str(ultralytics_dir),
         "ALLOWED_IMAGE_HOSTS": "127.0.0.1",  # the held image below
+        "WORKERS": "2",
+        "THREADS": "2",
     }
-    command = [
-        str(Path(sys.executable).with_name("ls-active-yolo")),
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "2",
-        "--threads",
-        "2",
-    ]
-    log = (tmp_path / "gunicorn.log").open("w")
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    server = BackendServer(find_free_port(), settings, tmp_path).start()
+    base = server.url
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:  # not accepting yet, or still booting
-                pass
-            assert process.poll() is None, (tmp_path / "gunicorn.log").read_text()
-            assert time.monotonic() < deadline, "gunicorn did not answer /health in 60 s"
-            time.sleep(0.3)
         refs = [str(p) for p in sorted((image_root / "shapes").glob("*.jpg"))[:3]]
         refs.append(str(image_root / "bus.jpg"))
         body = {
@@ -153,7 +120,8 @@ def test_gunicorn_serves_health_and_predict(
         in_flight = threading.Thread(target=predict_held)
         in_flight.start()
         assert held.asked.wait(timeout=60), "the backend never asked for the image"
-        process.send_signal(signal.SIGTERM)
+        assert server.pid is not None
+        os.kill(server.pid, signal.SIGTERM)  # the gunicorn master only, as an orchestrator does
         time.sleep(3.0)  # tornado's stock worker closed its loop ~1 s after SIGTERM
         held.release.set()
         in_flight.join(timeout=90)
@@ -161,15 +129,10 @@ def test_gunicorn_serves_health_and_predict(
         assert isinstance(answer, requests.Response), answer
         assert answer.status_code == 200, answer.text
         assert len(answer.json()["results"]) == 1
-        assert process.wait(timeout=40) == 0
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+        held.release.set()
+        exit_status = server.stop(timeout=40)
+    assert exit_status == 0, server.log_tail()
 
 
 def test_sigterm_while_the_app_loads_stops_the_server(tmp_path: Path) -> None:
@@ -178,7 +141,7 @@ def test_sigterm_while_the_app_loads_stops_the_server(tmp_path: Path) -> None:
     then waited its full graceful_timeout (30 s) before killing the worker."""
     env = {**os.environ, "MODEL_DIR": str(tmp_path / "models"), "TRAINING": "0"}
     command = [str(Path(sys.executable).with_name("ls-active-yolo")), "serve"]
-    command += ["--host", "127.0.0.1", "--port", str(_free_port()), "--workers", "1"]
+    command += ["--host", "127.0.0.1", "--port", str(find_free_port()), "--workers", "1"]
     log_path = tmp_path / "gunicorn.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -12,11 +12,6 @@ the generator sends are stored in a throwaway MODEL_DIR.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +23,7 @@ from hypothesis import strategies as st
 from schemathesis import BaseSchema, Case, GenerationMode
 from schemathesis import checks as st_checks
 
+from devkit.demo import BackendServer
 from devkit.local_label_studio import find_free_port
 from tests.conftest import BOX_CONFIG
 
@@ -39,64 +35,31 @@ CHECKS = [
     st_checks.response_schema_conformance,
     st_checks.negative_data_rejection,
 ]
-# settings that would let a generated request leave the machine or need credentials
-UNSET = (
-    "LABEL_STUDIO_URL",
-    "LABEL_STUDIO_API_KEY",
-    "ALLOWED_IMAGE_HOSTS",
-    "LOCAL_FILES_DOCUMENT_ROOT",
-    "MODELS_ROOT",
-    "BASIC_AUTH_USER",
-    "BASIC_AUTH_PASS",
-    "REDIS_URL",
-)
-
-
 @pytest.fixture(scope="module")
 def live_server(
-    tmp_path_factory: pytest.TempPathFactory,
-    trained_weights: Path,
-    image_root: Path,
-    ultralytics_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory, trained_weights: Path, image_root: Path
 ) -> Iterator[str]:
-    """`ls-active-yolo serve` on a free port, no trainer; yields its base URL."""
+    """`ls-active-yolo serve` on a free port, no trainer; yields its base URL.
+
+    Only these settings reach it (BackendServer drops the caller's others), so no generated
+    request can leave the machine or needs credentials."""
     folder = tmp_path_factory.mktemp("schemathesis")
-    env = {key: value for key, value in os.environ.items() if key not in UNSET}
-    env.update(
-        MODEL_DIR=str(folder / "models"),
-        MODEL_PATH=str(trained_weights),
-        IMAGE_ROOT=str(image_root),
-        IMAGE_SIZE="160",
-        YOLO_CONFIG_DIR=str(ultralytics_dir),
-        TRAINING="0",
-    )
-    port = find_free_port()
-    command = [str(Path(sys.executable).with_name("ls-active-yolo")), "serve"]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--threads", "2"]
-    log_path = folder / "gunicorn.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    env = {
+        "MODEL_DIR": str(folder / "models"),
+        "MODEL_PATH": str(trained_weights),
+        "IMAGE_ROOT": str(image_root),
+        "IMAGE_SIZE": "160",
+        "TRAINING": "0",
+        "WORKERS": "1",
+        "THREADS": "2",
+    }
+    server = BackendServer(find_free_port(), env, folder).start()
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:  # not accepting yet
-                pass
-            assert process.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, "gunicorn did not answer /health in 60 s"
-            time.sleep(0.3)
-        yield base
+        yield server.url
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    assert "Traceback" not in log_path.read_text(), log_path.read_text()[-3000:]
+        server.stop(timeout=30)
+    log = server.log_path.read_text()
+    assert "Traceback" not in log, log[-3000:]
 
 
 @pytest.fixture(scope="module")

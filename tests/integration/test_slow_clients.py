@@ -8,11 +8,7 @@ threads) on 127.0.0.1 while 20 such connections stay open, and /health must stil
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,55 +16,19 @@ from pathlib import Path
 import pytest
 import requests
 
+from devkit.demo import BackendServer
+from devkit.local_label_studio import find_free_port
+
 SLOW_CLIENTS = 20  # five times the default THREADS
 HEALTH_TIMEOUT = 10.0  # generous: an answer, not a speed, is asserted
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[int]:
     """`ls-active-yolo serve` with the default WORKERS and THREADS; yields its port."""
-    port = _free_port()
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in ("WORKERS", "THREADS", "MODEL_PATH", "HOST", "PORT")
-    }
-    env.update(
-        MODEL_DIR=str(tmp_path / "models"),
-        YOLO_CONFIG_DIR=str(tmp_path / "ultralytics"),
-        TRAINING="0",
-    )
-    command = [sys.executable, "-m", "backend.cli", "serve", "--host", "127.0.0.1"]
-    log_path = tmp_path / "serve.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [*command, "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok:
-                    break
-            except requests.RequestException:  # not listening yet
-                pass
-            assert process.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, "serve did not answer /health in 120 s"
-            time.sleep(0.3)
-        yield port
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    settings = {"MODEL_DIR": str(tmp_path / "models"), "TRAINING": "0"}
+    with BackendServer(find_free_port(), settings, tmp_path, startup_timeout=120) as server:
+        yield server.port
 
 
 def _slow_connection(port: int, kind: int) -> socket.socket:
