@@ -40,7 +40,7 @@ lint: $(STAMP)
 
 test: $(STAMP) $(LS_STAMP) system-deps
 	$(MAKE) lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=30 $(PYTEST_ARGS)
 
 serve: $(STAMP)
 	$(VENV)/bin/ls-active-yolo serve
