@@ -31,14 +31,7 @@ import requests
 from rq import Worker
 
 from devkit.datagen import CLASSES
-from devkit.local_label_studio import (
-    DEFAULT_LS_EXECUTABLE,
-    REPO_ROOT,
-    LocalLabelStudio,
-    find_free_port,
-)
-from tests.conftest import BOX_CONFIG
-from tests.support.docker_engine import (
+from devkit.docker_engine import (
     TEST_LABEL,
     Engine,
     build,
@@ -47,10 +40,18 @@ from tests.support.docker_engine import (
     ensure_base,
     why_no_engine,
 )
+from devkit.local_label_studio import (
+    DEFAULT_LS_EXECUTABLE,
+    REPO_ROOT,
+    LocalLabelStudio,
+    find_free_port,
+)
+from tests.conftest import BOX_CONFIG
 from tests.support.http_fixture import canned_http_server
 from tests.support.scale_out import RedisServer, redis_server_path
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+# The first build on a machine downloads several GB of wheels (minutes); later ones are cached.
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 TAG = "ls-active-yolo:test"
 WEIGHTS = "yolo11n.pt"

@@ -1,4 +1,4 @@
-"""A real Docker engine for the tests: Debian's dockerd, started and stopped by the test.
+"""A real Docker engine for the tests and benchmarks: Debian's dockerd, started and stopped here.
 
 No image registry may be reachable, so the base image is made from Debian's packages
 (debootstrap) and imported once; the engine's data root lives in a cache outside the
