@@ -91,12 +91,12 @@ ENV_NAMES = frozenset(
         "MODELS_ROOT",
         "MODEL_DIR",
         "MODEL_PATH",
-        "PRETRAINED_DIR",
         "MODEL_SCORE_THRESHOLD",
         "MODEL_YAML",
         "PORT",
         "PREDICT_BATCH",
         "PREDICT_BUDGET_SECONDS",
+        "PRETRAINED_DIR",
         "PROMOTE_TOLERANCE",
         "REDIS_URL",
         "THREADS",
@@ -119,14 +119,14 @@ ENV_NAMES = frozenset(
         "TRAIN_TIME_LIMIT",
         "TRAIN_VAL_PERCENT",
         "TRAIN_WARM_START",
-        "WORKERS",
         "WEIGHTS_URL",
+        "WORKERS",
         "WORKER_HEARTBEAT_SECONDS",
     }
 )
 
 # MODEL_PATH may name ultralytics' pretrained weights instead of a file: a bare file name.
-_WEIGHTS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\.pt")
+WEIGHTS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\.pt")
 
 
 @dataclass(frozen=True)
@@ -360,7 +360,7 @@ def _model_path(env: Mapping[str, str]) -> tuple[Path | None, str | None]:
     path = Path(raw).expanduser().resolve()
     if path.is_file():
         return path, None
-    if _WEIGHTS_NAME.fullmatch(raw):
+    if WEIGHTS_NAME.fullmatch(raw):
         return None, raw
     raise ConfigError(f"MODEL_PATH {path} does not exist")
 

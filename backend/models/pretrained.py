@@ -20,7 +20,7 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from backend.config import Settings
+from backend.config import WEIGHTS_NAME, Settings
 from backend.errors import ConfigError
 from backend.models.offline import prepare_ultralytics
 
@@ -52,6 +52,8 @@ def download_named(name: str, settings: Settings, into: Path) -> Path:
     typo is named here rather than as a 404. WeightsUnavailable when the download fails; the
     folder then holds no file of that name and no part file.
     """
+    if not WEIGHTS_NAME.fullmatch(name):
+        raise WeightsUnavailable(f"{name!r} is no weights file name (such as yolo11n.pt)")
     prepare_ultralytics(settings.paths.ultralytics)
     from ultralytics.utils.downloads import (  # noqa: PLC0415  (after prepare_ultralytics)
         GITHUB_ASSETS_NAMES,

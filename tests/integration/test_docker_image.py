@@ -1,6 +1,6 @@
 """docker/: the image built by a real Docker engine, and run.
 
-The test starts Debian's dockerd (tests/support/docker_engine.py), builds docker/Dockerfile
+The test starts Debian's dockerd (devkit/docker_engine.py), builds docker/Dockerfile
 on a Debian base made by debootstrap (BASE build argument; no registry is needed), with the
 session's tiny trained model baked in by name (WEIGHTS=yolo11n.pt, from a local server standing
 in for ultralytics' release host), then:

@@ -132,6 +132,8 @@ def test_cli_fetch_bakes_weights_that_a_name_then_finds_without_downloads(
     assert capsys.readouterr().out.strip() == str(baked / NAME)
     assert (baked / NAME).read_bytes() == trained_weights.read_bytes()
     assert main(["weights", "fetch", "--into", str(baked), NAME]) == 0  # present: no request
+    assert main(["weights", "fetch", "--into", str(baked), "../outside.pt"]) == 2
+    assert "no weights file name" in capsys.readouterr().err
     assert release.paths == [f"/{NAME}"]
 
     settings = build_services(Settings.from_env({**env, "PRETRAINED_DIR": str(baked)})).settings
