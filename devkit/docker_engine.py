@@ -115,6 +115,7 @@ def docker_engine(cache: Path = CACHE, start_timeout: float = 60.0) -> Iterator[
                 engine.docker("image", "prune", "-f", check=False, timeout=120)
             _stop(daemon)
             log.close()
+            _unmount_under(run_dir)  # dockerd leaves its network namespace mounted there
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
@@ -212,3 +213,12 @@ def _stop(daemon: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(daemon.pid, signal.SIGKILL)  # dockerd and its containerd
         daemon.wait(timeout=10)
+
+
+def _unmount_under(folder: Path) -> None:
+    """Unmount whatever is still mounted below `folder` (deepest first)."""
+    mounts = Path("/proc/self/mounts").read_text().splitlines()
+    # /proc/self/mounts escapes spaces and the like as octal; our folder has none.
+    points = [line.split()[1] for line in mounts]
+    for point in sorted((p for p in points if p.startswith(f"{folder}/")), reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, timeout=30, check=False)
