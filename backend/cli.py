@@ -1,4 +1,5 @@
-"""`ls-active-yolo`: the command line (serve, models, train, rank, worker, analytics)."""
+"""`ls-active-yolo`: the command line (serve, models, train, rank, worker, analytics,
+weights)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 from backend.analytics.report import read_report, render
 from backend.config import Settings
@@ -19,6 +21,7 @@ from backend.jobs.queues import chunk_queue
 from backend.jobs.scheduler import BackgroundTrainer
 from backend.jobs.worker import run_worker
 from backend.logs import configure_logging
+from backend.models.pretrained import download_named, resolve_named_weights
 from backend.ranking.job import rank_as_configured
 from backend.ranking.progress import RankProgress
 from backend.services import build_services
@@ -141,6 +144,14 @@ def _analytics(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _weights(args: argparse.Namespace, settings: Settings) -> int:
+    into = args.into or settings.paths.pretrained
+    for name in args.names:
+        present = into / name
+        print(present if present.is_file() else download_named(name, settings, into))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ls-active-yolo",
@@ -236,6 +247,27 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "report":
             action.add_argument("--json", action="store_true", help="JSON instead of tables")
         action.set_defaults(handler=_analytics)
+
+    weights = commands.add_parser(
+        "weights",
+        help="download pretrained weights by name, for MODEL_PATH=<name>",
+        description="Pretrained weights by name (MODEL_PATH=yolo11n.pt). `fetch` downloads "
+        "them now, from WEIGHTS_URL (default: ultralytics' GitHub release), whatever "
+        "ALLOW_WEIGHT_DOWNLOADS says: running it is the consent. A name already in the folder "
+        "is not downloaded again. The Docker image's WEIGHTS build argument runs it.",
+    )
+    weights_actions = weights.add_subparsers(dest="action", required=True)
+    fetch = weights_actions.add_parser(
+        "fetch", help="download named weights", description="Download named weights."
+    )
+    fetch.add_argument("names", nargs="+", metavar="NAME", help="e.g. yolo11n.pt")
+    fetch.add_argument(
+        "--into",
+        type=Path,
+        help="folder to put them in (default: MODEL_DIR/pretrained; for an image, the "
+        "PRETRAINED_DIR it reads)",
+    )
+    fetch.set_defaults(handler=_weights, resolve_weights=False)
     return parser
 
 
@@ -244,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
         configure_logging(settings.log_level)
+        if getattr(args, "resolve_weights", True):  # before `serve` forks: one download
+            settings = resolve_named_weights(settings)
         return int(args.handler(args, settings))
     except (BackendError, LookupError, FileNotFoundError, ValueError) as exc:
         print(f"ls-active-yolo: error: {exc}", file=sys.stderr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -65,6 +66,7 @@ _REDIS_SCHEMES = ("redis", "rediss", "unix")
 ENV_NAMES = frozenset(
     {
         "ALLOWED_IMAGE_HOSTS",
+        "ALLOW_WEIGHT_DOWNLOADS",
         "BACKBONE_PRETRAIN_SECONDS",
         "BASIC_AUTH_PASS",
         "BASIC_AUTH_USER",
@@ -94,6 +96,7 @@ ENV_NAMES = frozenset(
         "PORT",
         "PREDICT_BATCH",
         "PREDICT_BUDGET_SECONDS",
+        "PRETRAINED_DIR",
         "PROMOTE_TOLERANCE",
         "REDIS_URL",
         "THREADS",
@@ -116,10 +119,14 @@ ENV_NAMES = frozenset(
         "TRAIN_TIME_LIMIT",
         "TRAIN_VAL_PERCENT",
         "TRAIN_WARM_START",
+        "WEIGHTS_URL",
         "WORKERS",
         "WORKER_HEARTBEAT_SECONDS",
     }
 )
+
+# MODEL_PATH may name ultralytics' pretrained weights instead of a file: a bare file name.
+WEIGHTS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\.pt")
 
 
 @dataclass(frozen=True)
@@ -128,6 +135,14 @@ class Settings:
 
     model_dir: Path = field(default_factory=lambda: Path("models").resolve())  # MODEL_DIR
     model_path: Path | None = None  # MODEL_PATH: base weights (.pt) used before any retraining
+    model_name: str | None = None  # MODEL_PATH given as pretrained weights' name (yolo11n.pt,
+    # no such file): found in PRETRAINED_DIR or MODEL_DIR/pretrained, or downloaded when
+    # allowed (backend/models/pretrained.py), which sets model_path
+    allow_weight_downloads: bool = False  # ALLOW_WEIGHT_DOWNLOADS: download a named MODEL_PATH
+    weights_url: str | None = None  # WEIGHTS_URL: where named weights are downloaded from
+    # (<WEIGHTS_URL>/<name>); unset = ultralytics' GitHub release of the installed version
+    pretrained_dir: Path | None = None  # PRETRAINED_DIR: read-only folder of named weights
+    # (an image's baked WEIGHTS), looked in before MODEL_DIR/pretrained
     model_yaml: str = "yolo11n.yaml"  # MODEL_YAML: architecture for a randomly initialised model
     models_root: Path | None = None  # MODELS_ROOT: the only folder a label config's
     # `model_path` may name weights in (weights are code: unpickling runs it); unset = refused
@@ -214,9 +229,12 @@ class Settings:
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ConfigError(f"LABEL_STUDIO_URL must be an http(s) URL, got {ls_url!r}")
             ls_url = ls_url.rstrip("/")
-        model_path = _path(env, "MODEL_PATH")
-        if model_path is not None and not model_path.is_file():
-            raise ConfigError(f"MODEL_PATH {model_path} does not exist")
+        model_path, model_name = _model_path(env)
+        weights_url = _get(env, "WEIGHTS_URL")
+        if weights_url is not None:
+            if urlsplit(weights_url).scheme not in ("http", "https"):
+                raise ConfigError(f"WEIGHTS_URL must be an http(s) URL, got {weights_url!r}")
+            weights_url = weights_url.rstrip("/")
         models_root = _path(env, "MODELS_ROOT")
         if models_root is not None and not models_root.is_dir():
             raise ConfigError(f"MODELS_ROOT {models_root} is not a folder")
@@ -233,6 +251,10 @@ class Settings:
         return cls(
             model_dir=_path(env, "MODEL_DIR") or d.model_dir,
             model_path=model_path,
+            model_name=model_name,
+            allow_weight_downloads=_bool(env, "ALLOW_WEIGHT_DOWNLOADS", d.allow_weight_downloads),
+            weights_url=weights_url,
+            pretrained_dir=_path(env, "PRETRAINED_DIR"),
             model_yaml=_get(env, "MODEL_YAML") or d.model_yaml,
             models_root=models_root,
             label_studio_url=ls_url,
@@ -314,12 +336,33 @@ class Settings:
     def from_json(cls, text: str) -> Settings:
         """The inverse of `to_json`."""
         raw = json.loads(text)
-        paths = {"model_dir", "model_path", "models_root", "image_root", "local_files_root"}
+        paths = {
+            "model_dir",
+            "model_path",
+            "models_root",
+            "image_root",
+            "local_files_root",
+            "pretrained_dir",
+        }
         values = {
             k: (Path(v) if k in paths and v is not None else tuple(v) if isinstance(v, list) else v)
             for k, v in raw.items()
         }
         return cls(**values)
+
+
+def _model_path(env: Mapping[str, str]) -> tuple[Path | None, str | None]:
+    """MODEL_PATH as (an existing weights file, None) or, for a bare `.pt` file name that is
+    no file here, (None, the name of pretrained weights); ConfigError otherwise."""
+    raw = _get(env, "MODEL_PATH")
+    if raw is None:
+        return None, None
+    path = Path(raw).expanduser().resolve()
+    if path.is_file():
+        return path, None
+    if WEIGHTS_NAME.fullmatch(raw):
+        return None, raw
+    raise ConfigError(f"MODEL_PATH {path} does not exist")
 
 
 def _jsonable(value: object) -> object:

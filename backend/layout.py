@@ -8,6 +8,8 @@ asks this module for a path instead of spelling it, so the layout can be read he
     annotations.sqlite3                  the annotation ledger (analytics/ledger.py)
     trainer.lock                         flock electing the one scheduler (jobs/scheduler.py)
     .ultralytics/                        ultralytics' settings, offline (models/offline.py)
+    pretrained/<name>.pt                 named weights downloaded for MODEL_PATH=<name>.pt
+                                         (models/pretrained.py; only when allowed)
     .health-probe                        /health's write test
     projects/<id>/LIVE                   the live version's name (models/registry.py)
     projects/<id>/history.jsonl          promotions and rollbacks
@@ -143,6 +145,11 @@ class ModelDir:
     @property
     def ultralytics(self) -> Path:
         return self.root / ".ultralytics"
+
+    @property
+    def pretrained(self) -> Path:
+        """Named pretrained weights downloaded for MODEL_PATH (ALLOW_WEIGHT_DOWNLOADS)."""
+        return self.root / "pretrained"
 
     @property
     def health_probe(self) -> Path:

@@ -12,6 +12,7 @@ from backend.labelstudio.client import LabelStudioClient
 from backend.labelstudio.images import ImageLoader
 from backend.models.detector import DetectorPool
 from backend.models.offline import prepare_ultralytics, set_torch_threads
+from backend.models.pretrained import resolve_named_weights
 from backend.models.registry import ModelRegistry
 
 
@@ -29,9 +30,11 @@ class Services:
 
 
 def build_services(settings: Settings) -> Services:
-    """Create MODEL_DIR, set ultralytics up offline, and wire the services together."""
+    """Create MODEL_DIR, set ultralytics up offline, find MODEL_PATH's named weights (a
+    download only with ALLOW_WEIGHT_DOWNLOADS), and wire the services together."""
     settings.model_dir.mkdir(parents=True, exist_ok=True)
     prepare_ultralytics(settings.paths.ultralytics)
+    settings = resolve_named_weights(settings)
     set_torch_threads(settings.torch_threads)
     registry = ModelRegistry(settings.model_dir)
     label_studio = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)

@@ -218,6 +218,13 @@ def test_the_copied_files_build_the_package_without_weights(tmp_path: Path) -> N
         entry_points = next(n for n in names if n.endswith("entry_points.txt"))
         console = archive.read(entry_points).decode()
     assert "backend/jobs/worker.py" in names
+    # Every source file ships: a folder without __init__.py is no package to setuptools.
+    sources = {
+        p.relative_to(context).as_posix()
+        for package in ("backend", "strategies")
+        for p in (context / package).rglob("*.py")
+    }
+    assert sources <= set(names), sorted(sources - set(names))
     assert not [n for n in names if n.startswith(("devkit/", "benchmarks/", "tests/"))]
     assert "strategies/__init__.py" in names
     assert "ls-active-yolo = backend.cli:main" in console

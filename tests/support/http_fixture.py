@@ -16,6 +16,7 @@ class CannedServer:
     redirects: dict[str, tuple[int, str]] = field(default_factory=dict)  # path: status, Location
     seen_headers: dict[str, dict[str, str]] = field(default_factory=dict)
     paths: list[str] = field(default_factory=list)  # every path requested, in order
+    cut: dict[str, int] = field(default_factory=dict)  # path: bytes sent before hanging up
 
     @property
     def port(self) -> int:
@@ -47,7 +48,8 @@ def canned_http_server(host: str = "127.0.0.1") -> Iterator[CannedServer]:
             self.send_response(status)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            self.wfile.write(body[: state.cut.get(self.path, len(body))])
+            self.close_connection = self.path in state.cut
 
         def log_message(self, *_args: object) -> None:
             pass

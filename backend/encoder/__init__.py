@@ -1,0 +1,2 @@
+"""The self-supervised image encoder learned from a project's own images, and the detector
+backbone pretrained on them."""
