@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from backend.training.trainer import gate_noise
+from backend.training.gate import gate_noise
 
 
 def test_tiny_differences_on_few_boxes_are_noise() -> None:
