@@ -35,6 +35,7 @@ from backend.project_params import TrainParams, load_project_params
 from backend.services import Services
 from backend.training.calibration import calibrate
 from backend.training.classes import (
+    ClassChange,
     class_change,
     grow_head,
     label_aliases,
@@ -209,22 +210,13 @@ def train_and_register(
     pretraining = None
     head = None
     if live is not None and change is not None and params.warm_start:
-        parent_weights, parent = live.weights, live.version
-        if not change.unchanged:
-            parent_weights = run_dir / "parent.pt"
-            head = grow_head(live.weights, change, parent_weights)
-            logger.info(
-                "project=%s run=%s classes changed since %s: %s; head grown",
-                project_id,
-                run_id,
-                live.version,
-                change.as_dict(),
-            )
+        parent, context = live.version, f"project={project_id} run={run_id} parent {live.version}"
+        parent_weights, head = _fitted_parent(live.weights, change, run_dir, context)
     elif settings.model_path is not None:
-        parent_weights, parent = (
-            settings.model_path,
-            f"MODEL_PATH:{file_version(settings.model_path)}",
-        )
+        parent = f"MODEL_PATH:{file_version(settings.model_path)}"
+        model_change = class_change(model_class_names(settings.model_path), classes, aliases)
+        context = f"project={project_id} run={run_id} parent {parent}"
+        parent_weights, head = _fitted_parent(settings.model_path, model_change, run_dir, context)
     else:
         # A first model has no trained size of its own: one chosen from the data.
         image_size = image_size or stats.scratch_image_size()
@@ -294,6 +286,19 @@ def train_and_register(
     details["durations"]["total_s"] = round(time.perf_counter() - t0, 3)
     shutil.rmtree(run_dir, ignore_errors=True)
     return details
+
+
+def _fitted_parent(
+    weights: Path, change: ClassChange, run_dir: Path, context: str
+) -> tuple[Path, dict[str, Any] | None]:
+    """The weights a fine-tune starts from: `weights` when its classes are the dataset's,
+    else a copy with its head grown to the dataset's classes (`grow_head`), and the report."""
+    if change.unchanged:
+        return weights, None
+    grown = run_dir / "parent.pt"
+    head = grow_head(weights, change, grown)
+    logger.info("%s: classes changed %s; head grown by name", context, change.as_dict())
+    return grown, head
 
 
 # The fixed part of every training run's recipe (ultralytics arguments): one place, so the
