@@ -50,9 +50,9 @@ NEW_CLASS = "triangle"
 NEW = ("square", "triangle", "circle")  # the new label config: the class inserted mid-list
 ARMS = ("today", "head-reset", "grown", "scratch")
 IMAGE_SIZE = 160
-LIVE_EPOCHS = 40  # the live model's training, and the scratch arm's
-FINE_TUNE_EPOCHS = 20
-OLD_IMAGES = (96, 16)  # the old project's train / validation images
+LIVE_EPOCHS = 30  # the live model's training, and the scratch arm's
+FINE_TUNE_EPOCHS = 15
+OLD_IMAGES = (64, 16)  # the old project's train / validation images
 NEW_IMAGES = (30, 6)  # images with the new class labeled, train / validation
 TEST_IMAGES = 60
 TARGET_DROP = 0.02
@@ -289,16 +289,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = replace(Settings(), model_dir=workdir / "models", device="cpu")
     prepare_ultralytics(settings.paths.ultralytics)
     set_torch_threads(settings.torch_threads)
-    rows = [run_seed(seed, workdir, arms, settings) for seed in range(args.seeds)]
-    summary = summarise(rows, arms)
-    table = markdown(rows, summary, arms)
+    rows = []
+    for seed in range(args.seeds):
+        rows.append(run_seed(seed, workdir, arms, settings))
+        summary = summarise(rows, arms)
+        table = markdown(rows, summary, arms)
+        if args.out is not None:  # after every seed: a long run keeps what it measured
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "results.json").write_text(
+                json.dumps({"rows": rows, "summary": summary}, indent=2) + "\n"
+            )
+            (args.out / "results.md").write_text(table)
     print(table)
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.json").write_text(
-            json.dumps({"rows": rows, "summary": summary}, indent=2) + "\n"
-        )
-        (args.out / "results.md").write_text(table)
     return 0
 
 
