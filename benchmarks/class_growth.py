@@ -10,7 +10,10 @@ dozen images with triangles are labeled. The next run is made four ways:
 - `head-reset`: the same with ultralytics' remap off (`cls_remap=False`): every class output
   restarts, which is what ultralytics versions without the remap do;
 - `grown`: the product now: the live model's head grown by name (`grow_head`), then the
-  same fine-tune;
+  same fine-tune. With no rename it starts from the very weights `today` starts from (checked:
+  only the new class's randomly initialised row differs), so the two differ by the noise of
+  training; the grown head also keeps classes renamed through `predicted_values`, which
+  ultralytics cannot match, and does not rest on ultralytics' `cls_remap`;
 - `scratch`: a new model from random weights on all the labels, with the live model's epochs.
 Every model is scored on one fixed test split (images with all three shapes, never trained
 on) with the product's `evaluate`: old-class mAP@0.5 (the mean AP@0.5 of square and circle)
@@ -18,8 +21,10 @@ before (the live model) and after, and the new class's AP@0.5. For the fine-tune
 the product is also computed (`gate_decision` on the run's validation split: both models on
 the classes both know). Target: the grown head loses at most 0.02 old-class mAP@0.5.
 
-    python -m benchmarks.class_growth [--seeds 2] [--workdir DIR] [--out DIR]
+    python -m benchmarks.class_growth [--seeds 2] [--start 0] [--workdir DIR] [--out DIR]
         [--arms today,head-reset,grown,scratch]
+    python -m benchmarks.class_growth --summarise DIR [DIR ...] --out DIR
+        (the seeds of several runs' results.json in one table)
 """
 
 from __future__ import annotations
@@ -274,8 +279,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.class_growth", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--seeds", type=int, default=2, help="how many seeds to run")
+    parser.add_argument("--start", type=int, default=0, help="the first seed")
+    parser.add_argument(
+        "--summarise",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="DIR",
+        help="train nothing: one table of the seeds in these runs' results.json",
+    )
+    parser.add_argument("--workdir", type=Path, default=None, help="default: a new temp dir")
     parser.add_argument(
         "--out", type=Path, default=None, help="write results.json and results.md here"
     )
@@ -285,23 +299,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = set(arms) - set(ARMS)
     if unknown:
         parser.error(f"unknown arms {sorted(unknown)}; choose from {', '.join(ARMS)}")
+    if args.summarise:
+        rows = [row for d in args.summarise for row in _read_rows(d / "results.json")]
+        _write(rows, arms, args.out)
+        return 0
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="class-growth-"))
     settings = replace(Settings(), model_dir=workdir / "models", device="cpu")
     prepare_ultralytics(settings.paths.ultralytics)
     set_torch_threads(settings.torch_threads)
-    rows = []
-    for seed in range(args.seeds):
+    rows: list[dict[str, Any]] = []
+    for seed in range(args.start, args.start + args.seeds):
         rows.append(run_seed(seed, workdir, arms, settings))
-        summary = summarise(rows, arms)
-        table = markdown(rows, summary, arms)
-        if args.out is not None:  # after every seed: a long run keeps what it measured
-            args.out.mkdir(parents=True, exist_ok=True)
-            (args.out / "results.json").write_text(
-                json.dumps({"rows": rows, "summary": summary}, indent=2) + "\n"
-            )
-            (args.out / "results.md").write_text(table)
-    print(table)
+        _write(rows, arms, args.out)  # after every seed: a long run keeps what it measured
     return 0
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    return list(json.loads(path.read_text())["rows"])
+
+
+def _write(rows: Sequence[dict[str, Any]], arms: Sequence[str], out: Path | None) -> None:
+    summary = summarise(rows, arms)
+    table = markdown(rows, summary, arms)
+    print(table, flush=True)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(
+            json.dumps({"rows": list(rows), "summary": summary}, indent=2) + "\n"
+        )
+        (out / "results.md").write_text(table)
 
 
 if __name__ == "__main__":
