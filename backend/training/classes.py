@@ -193,10 +193,13 @@ def restricted_dataset(data_yaml: Path, change: ClassChange, target: Path) -> Pa
     """
     root = data_yaml.parent
     old_index = {n: o for o, n in change.old_to_new().items()}
-    (target / "images").mkdir(parents=True, exist_ok=True)
+    # Each image linked, not the folder: ultralytics resolves the split's folder, and through
+    # a linked folder it would read the labels next to the original images.
     images = target / "images" / "val"
-    if not images.exists():
-        os.symlink((root / "images" / "val").resolve(), images, target_is_directory=True)
+    images.mkdir(parents=True, exist_ok=True)
+    for image in sorted((root / "images" / "val").iterdir()):
+        if not (images / image.name).exists():
+            os.symlink(image.resolve(), images / image.name)
     labels = target / "labels" / "val"
     labels.mkdir(parents=True, exist_ok=True)
     for source in sorted((root / "labels" / "val").glob("*.txt")):

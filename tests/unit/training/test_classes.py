@@ -103,7 +103,11 @@ def _dataset(root: Path, classes: list[str], labels: dict[str, list[YoloBox]]) -
     return data_yaml
 
 
-def test_the_restricted_dataset_speaks_the_live_model_s_classes(tmp_path: Path) -> None:
+def test_the_restricted_dataset_speaks_the_live_model_s_classes(
+    tmp_path: Path, ultralytics_dir: Path
+) -> None:
+    from ultralytics.data.utils import check_det_dataset, img2label_paths
+
     new = ["Bike", "Van", "Car"]
     data_yaml = _dataset(
         tmp_path / "data",
@@ -130,6 +134,10 @@ def test_the_restricted_dataset_speaks_the_live_model_s_classes(tmp_path: Path) 
         "c.jpg",
     ]
     assert 'names:\n  0: "Car"\n  1: "Person"\n  2: "Bike"\n' in out.read_text()
+    # what ultralytics reads: its own labels, not those beside the original images
+    data = check_det_dataset(str(out))
+    images = sorted(str(p) for p in Path(data["val"]).iterdir())
+    assert [Path(p).parent for p in img2label_paths(images)] == [labels.resolve()] * 3
 
 
 def _head_rows(weights: Path) -> dict[str, torch.Tensor]:
