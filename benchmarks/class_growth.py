@@ -25,6 +25,8 @@ the classes both know). Target: the grown head loses at most 0.02 old-class mAP@
         [--arms today,head-reset,grown,scratch]
     python -m benchmarks.class_growth --summarise DIR [DIR ...] --out DIR
         (the seeds of several runs' results.json in one table)
+    python -m benchmarks.class_growth --regate DIR --workdir WORKDIR --out DIR
+        (the gate column again from a run's kept models, with the current gate code)
 """
 
 from __future__ import annotations
@@ -202,10 +204,7 @@ def run_seed(seed: int, workdir: Path, arms: Sequence[str], settings: Settings) 
             "metrics": after,
         }
         if arm != "scratch":
-            candidate = score(weights, phase2, NEW)
-            live_on_val = score(live, restricted_dataset(phase2, change, folder / "val-old"), OLD)
-            val_boxes = sum(len(sample.boxes) for _, sample in old_val + new_val)
-            result["gate"] = gate_decision(candidate, live_on_val, change, 0.0, val_boxes)
+            result["gate"] = shared_gate(root, arm, score)
         row["arms"][arm] = result
         print(
             f"seed {seed} {arm}: old-class mAP50 {result['old_map50']:.4f} "
@@ -214,6 +213,19 @@ def run_seed(seed: int, workdir: Path, arms: Sequence[str], settings: Settings) 
             flush=True,
         )
     return row
+
+
+def shared_gate(root: Path, arm: str, score: Yardstick) -> dict[str, Any]:
+    """The product's gate for an arm's candidate against the live model, on the run's
+    validation split: both scored on the classes both know."""
+    phase2 = root / "phase2" / "data.yaml"
+    change = class_change(OLD, NEW)
+    candidate = score(root / arm / "weights.pt", phase2, NEW)
+    restricted = restricted_dataset(phase2, change, root / arm / "val-live")
+    live = score(root / "live" / "weights.pt", restricted, OLD)
+    labels = (root / "phase2" / "labels" / "val").glob("*.txt")
+    val_boxes = sum(len(path.read_text().splitlines()) for path in labels)
+    return gate_decision(candidate, live, change, 0.0, val_boxes)
 
 
 def summarise(rows: Sequence[dict[str, Any]], arms: Sequence[str]) -> dict[str, Any]:
@@ -289,6 +301,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="DIR",
         help="train nothing: one table of the seeds in these runs' results.json",
     )
+    parser.add_argument(
+        "--regate",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="train nothing: the gate of DIR/results.json's runs again, from --workdir's models",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="default: a new temp dir")
     parser.add_argument(
         "--out", type=Path, default=None, help="write results.json and results.md here"
@@ -307,7 +326,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = replace(Settings(), model_dir=workdir / "models", device="cpu")
     prepare_ultralytics(settings.paths.ultralytics)
     set_torch_threads(settings.torch_threads)
-    rows: list[dict[str, Any]] = []
+    if args.regate is not None:
+        score = Yardstick(settings, workdir)
+        rows = _read_rows(args.regate / "results.json")
+        for row in rows:
+            for arm, result in row["arms"].items():
+                if "gate" in result:
+                    result["gate"] = shared_gate(workdir / f"seed{row['seed']}", arm, score)
+        _write(rows, arms, args.out)
+        return 0
+    rows = []
     for seed in range(args.start, args.start + args.seeds):
         rows.append(run_seed(seed, workdir, arms, settings))
         _write(rows, arms, args.out)  # after every seed: a long run keeps what it measured
