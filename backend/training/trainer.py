@@ -172,8 +172,8 @@ def train_and_register(
     pretrains on with the labeled images (`first_parent`). `aliases`: lower-cased class name
     -> label (`label_aliases`), how the live model's classes are matched to `classes` when
     they differ (else by name, ignoring case): the fine-tune then starts from the live model
-    with its class outputs fitted to `classes` (`grow_head`), and the gate compares both
-    models on the classes both know.
+    (or MODEL_PATH) with its class outputs fitted to `classes` (`grow_head`), and the gate
+    compares candidate and live model on the classes both know.
     """
     prepare_ultralytics(settings.paths.ultralytics)
     set_torch_threads(settings.torch_threads)
