@@ -37,9 +37,13 @@ class SyntheticImage:
 
 
 def make_image(
-    rng: np.random.Generator, width: int = 320, height: int = 256, max_objects: int = 4
+    rng: np.random.Generator,
+    width: int = 320,
+    height: int = 256,
+    max_objects: int = 4,
+    classes: tuple[str, ...] = CLASSES,
 ) -> SyntheticImage:
-    """One image with 1..max_objects non-overlapping shapes."""
+    """One image with 1..max_objects non-overlapping shapes of `classes` (of CLASSES)."""
     base = np.full(3, int(rng.integers(70, 170))) + rng.integers(-15, 15, size=3)
     noise = rng.normal(0, 18, size=(height, width, 3))
     gradient = np.linspace(0, 40, width)[None, :, None]
@@ -57,7 +61,7 @@ def make_image(
                 break
         else:
             continue
-        label = CLASSES[int(rng.integers(0, len(CLASSES)))]
+        label = classes[int(rng.integers(0, len(classes)))]
         colour = tuple(int(np.clip(c + rng.integers(-35, 35), 0, 255)) for c in _HUES[label])
         if label == "square":
             draw.rectangle(box, fill=colour)
@@ -81,14 +85,15 @@ def _disjoint(a: tuple[float, ...], b: tuple[float, ...], margin: float = 4.0) -
 
 
 def write_images(
-    folder: Path, count: int, seed: int, prefix: str = "img"
+    folder: Path, count: int, seed: int, prefix: str = "img", classes: tuple[str, ...] = CLASSES
 ) -> list[tuple[Path, SyntheticImage]]:
-    """Write `count` JPEGs into `folder`; returns (path, image with its boxes) pairs."""
+    """Write `count` JPEGs of shapes of `classes` into `folder`; returns (path, image with
+    its boxes) pairs."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     written = []
     for i in range(count):
-        sample = make_image(rng)
+        sample = make_image(rng, classes=classes)
         path = folder / f"{prefix}_{i:04d}.jpg"
         sample.image.save(path, quality=92)
         written.append((path, sample))

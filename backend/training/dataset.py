@@ -4,9 +4,10 @@ Annotations are pulled fresh from Label Studio (so updates and deletions are hon
 newest non-cancelled annotation of each task is the ground truth, and RectangleLabels regions
 become YOLO boxes: rotated boxes are replaced by their axis-aligned envelope (the SDK's
 converter does that geometry), boxes are clipped to the image, labels outside the config are
-skipped with a warning, and an annotation with no box stays as a negative image. Each task's
-train/validation split is a hash of its id: stable across runs, so the promotion gate always
-compares models on the same kind of split.
+skipped with a warning (a label's old name listed in its `predicted_values` counts as the
+label), and an annotation with no box stays as a negative image. Each task's train/validation
+split is a hash of its id: stable across runs, so the promotion gate always compares models
+on the same kind of split.
 """
 
 from __future__ import annotations
@@ -182,6 +183,12 @@ def task_to_labeled(
         return None
     names = {c.from_name for c in controls}
     index = {name: i for i, name in enumerate(classes)}
+    # A region may carry a label's old name that the config now lists in the label's
+    # `predicted_values` (a rename that keeps the class): it counts as that label.
+    for control in controls:
+        for alias, label in control.class_to_label.items():
+            if label in index:
+                index.setdefault(alias, index[label])
     boxes = []
     for region in annotation.get("result") or []:
         if not isinstance(region, dict) or region.get("from_name") not in names:
@@ -209,7 +216,8 @@ def _region_box(
         if skip.reason == "malformed box":
             logger.warning("task=%s: malformed rectangle %s; box skipped", task_id, region)
         return None
-    if box.label not in index:
+    class_index = index.get(box.label, index.get(box.label.lower()))
+    if class_index is None:
         skipped["label not in the config"] += 1
         logger.warning(
             "task=%s: label %s is not in the label config; box skipped", task_id, box.label
@@ -218,7 +226,7 @@ def _region_box(
     if box.clipped:
         skipped["box clipped to the image"] += 1
     return YoloBox(
-        class_index=index[box.label],
+        class_index=class_index,
         cx=(box.x1 + box.x2) / 200.0,
         cy=(box.y1 + box.y2) / 200.0,
         w=(box.x2 - box.x1) / 100.0,
@@ -291,9 +299,9 @@ def write_dataset(
         stats.box_short_sides.extend(min(b.w * width, b.h * height) for b in item.boxes)
         stats.class_counts.update(classes[b.class_index] for b in item.boxes)
     data_yaml = out_dir / "data.yaml"
-    names = "".join(f"  {i}: {_yaml_string(name)}\n" for i, name in enumerate(classes))
+    names = "".join(f"  {i}: {yaml_string(name)}\n" for i, name in enumerate(classes))
     data_yaml.write_text(
-        f"path: {_yaml_string(str(out_dir.resolve()))}\ntrain: images/train\nval: images/val\n"
+        f"path: {yaml_string(str(out_dir.resolve()))}\ntrain: images/train\nval: images/val\n"
         f"names:\n{names}"
     )
     return data_yaml
@@ -329,6 +337,6 @@ def _link_or_copy(source: Path, target: Path) -> None:
         target.write_bytes(source.read_bytes())
 
 
-def _yaml_string(text: str) -> str:
+def yaml_string(text: str) -> str:
     """A double-quoted YAML scalar (label names may hold ':' or '#')."""
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -9,7 +9,6 @@ becomes live only through the registry's atomic promotion.
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -28,13 +27,21 @@ from backend.errors import BackendError, ImageError
 from backend.events import RunState
 from backend.labelstudio.client import LabelStudioClient
 from backend.labelstudio.images import ImageLoader
-from backend.labelstudio.label_config import parse_label_config
+from backend.labelstudio.label_config import BoxControl, parse_label_config
 from backend.models.detector import INFERENCE_IMAGE_SIZE, file_version, trained_image_size
 from backend.models.offline import prepare_ultralytics, set_torch_threads
 from backend.models.registry import DISPLAY_THRESHOLD, ModelRegistry
 from backend.project_params import TrainParams, load_project_params
 from backend.services import Services
 from backend.training.calibration import calibrate
+from backend.training.classes import (
+    ClassChange,
+    class_change,
+    grow_head,
+    label_aliases,
+    model_class_names,
+    restricted_dataset,
+)
 from backend.training.dataset import (
     ExportStats,
     LabeledImage,
@@ -44,6 +51,7 @@ from backend.training.dataset import (
     task_to_labeled,
     write_dataset,
 )
+from backend.training.gate import gate_decision
 
 logger = logging.getLogger(__name__)
 
@@ -102,13 +110,23 @@ def _train(
 ) -> dict[str, Any]:
     params = TrainParams.resolve(settings, load_project_params(settings.paths, project_id))
     started = time.perf_counter()
-    labeled, classes, stats, value_key = export_labeled(ls, project_id)
+    labeled, classes, stats, controls = export_labeled(ls, project_id)
     unlabeled: list[str] = []
     if pretrains_backbone(settings, registry, project_id, params):
-        unlabeled = fetch_unlabeled_refs(ls.sdk, project_id, value_key)
+        unlabeled = fetch_unlabeled_refs(ls.sdk, project_id, controls[0].value_key)
     exported_s = round(time.perf_counter() - started, 3)
     details = train_and_register(
-        settings, registry, loader, project_id, run_id, labeled, classes, stats, params, unlabeled
+        settings,
+        registry,
+        loader,
+        project_id,
+        run_id,
+        labeled,
+        classes,
+        stats,
+        params,
+        unlabeled,
+        aliases=label_aliases(controls),
     )
     details["durations"]["label_studio_export_s"] = exported_s
     return details
@@ -116,10 +134,10 @@ def _train(
 
 def export_labeled(
     ls: LabelStudioClient, project_id: int
-) -> tuple[list[LabeledImage], list[str], ExportStats, str]:
+) -> tuple[list[LabeledImage], list[str], ExportStats, tuple[BoxControl, ...]]:
     """The project's ground truth from Label Studio: images, class list (label config
-    order), what was skipped, and the image field. Boxes come from the controls over the
-    first image field."""
+    order), what was skipped, and the controls it was read with (those over the first image
+    field)."""
     project = ls.sdk.projects.get(id=project_id)
     config = parse_label_config(project.label_config or "")
     controls = config.primary_controls
@@ -131,7 +149,7 @@ def export_labeled(
         item = task_to_labeled(task, controls, classes, stats.skipped)
         if item is not None:
             labeled.append(item)
-    return labeled, classes, stats, controls[0].value_key
+    return labeled, classes, stats, controls
 
 
 def train_and_register(
@@ -145,12 +163,17 @@ def train_and_register(
     stats: ExportStats,
     params: TrainParams,
     unlabeled: Sequence[str] = (),
+    aliases: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Dataset -> fine-tune from the live model -> evaluate both -> new version -> gate.
 
     The one training path: Label Studio runs and the label-efficiency simulation both use it.
     `unlabeled`: image references of tasks without labels, which a first model's backbone
-    pretrains on with the labeled images (`first_parent`).
+    pretrains on with the labeled images (`first_parent`). `aliases`: lower-cased class name
+    -> label (`label_aliases`), how the live model's classes are matched to `classes` when
+    they differ (else by name, ignoring case): the fine-tune then starts from the live model
+    (or MODEL_PATH) with its class outputs fitted to `classes` (`grow_head`), and the gate
+    compares candidate and live model on the classes both know.
     """
     prepare_ultralytics(settings.paths.ultralytics)
     set_torch_threads(settings.torch_threads)
@@ -180,15 +203,20 @@ def train_and_register(
     )
 
     live = registry.live(project_id)
+    change = None
+    if live is not None:
+        change = class_change(model_class_names(live.weights), classes, aliases)
     image_size = params.image_size
     pretraining = None
-    if live is not None and params.warm_start:
-        parent_weights, parent = live.weights, live.version
+    head = None
+    if live is not None and change is not None and params.warm_start:
+        parent, context = live.version, f"project={project_id} run={run_id} parent {live.version}"
+        parent_weights, head = _fitted_parent(live.weights, change, run_dir, context)
     elif settings.model_path is not None:
-        parent_weights, parent = (
-            settings.model_path,
-            f"MODEL_PATH:{file_version(settings.model_path)}",
-        )
+        parent = f"MODEL_PATH:{file_version(settings.model_path)}"
+        model_change = class_change(model_class_names(settings.model_path), classes, aliases)
+        context = f"project={project_id} run={run_id} parent {parent}"
+        parent_weights, head = _fitted_parent(settings.model_path, model_change, run_dir, context)
     else:
         # A first model has no trained size of its own: one chosen from the data.
         image_size = image_size or stats.scratch_image_size()
@@ -209,26 +237,19 @@ def train_and_register(
         settings, params, candidate, data_yaml, classes, run_dir / "eval-candidate", size
     )
     live_metrics = None
-    if live is not None:
+    if live is not None and change is not None and change.shared:
+        # The live model is judged on its own classes: the same images, labels re-indexed.
+        live_data = data_yaml
+        if not change.unchanged:
+            live_data = restricted_dataset(data_yaml, change, run_dir / "data-live")
         live_metrics = evaluate(
-            settings, params, live.weights, data_yaml, classes, run_dir / "eval-live", size
+            settings, params, live.weights, live_data, list(change.old), run_dir / "eval-live", size
         )
     t3 = time.perf_counter()
     if metrics is None:
         raise RuntimeError("the trained candidate does not predict the project's classes")
-    if live_metrics is None:
-        passed = True
-        why = "no comparable live model" if live is None else "live model predicts other classes"
-    else:
-        margin = max(
-            params.tolerance, gate_noise(metrics["map50"], live_metrics["map50"], stats.val_boxes)
-        )
-        passed = metrics["map50"] >= live_metrics["map50"] - margin
-        why = (
-            f"candidate mAP50 {metrics['map50']:.4f} vs live {live_metrics['map50']:.4f} "
-            f"(margin {margin:.4f}: tolerance {params.tolerance}, noise of "
-            f"{stats.val_boxes} validation boxes)"
-        )
+    gate = gate_decision(metrics, live_metrics, change, params.tolerance, stats.val_boxes)
+    passed, why = gate["passed"], gate["reason"]
     display = calibrate(settings, loader, candidate, data_yaml.parent, classes)
     t4 = time.perf_counter()
     details: dict[str, Any] = {
@@ -238,10 +259,11 @@ def train_and_register(
         "params": {**asdict(params), "image_size": size},
         "epochs": epochs,  # run, and the best one kept (1-based; 0: no validation ran)
         "backbone_pretraining": pretraining,  # this run's, when it pretrained one
+        "head_growth": head,  # when the classes changed: what the parent's head kept
         "data": stats.as_dict(),
         "metrics": metrics,
         "live_metrics": live_metrics,
-        "gate": {"passed": passed, "reason": why},
+        "gate": gate,
         DISPLAY_THRESHOLD: None if display is None else display["threshold"],
         "display_calibration": display,
         "durations": {
@@ -264,6 +286,19 @@ def train_and_register(
     details["durations"]["total_s"] = round(time.perf_counter() - t0, 3)
     shutil.rmtree(run_dir, ignore_errors=True)
     return details
+
+
+def _fitted_parent(
+    weights: Path, change: ClassChange, run_dir: Path, context: str
+) -> tuple[Path, dict[str, Any] | None]:
+    """The weights a fine-tune starts from: `weights` when its classes are the dataset's,
+    else a copy with its head grown to the dataset's classes (`grow_head`), and the report."""
+    if change.unchanged:
+        return weights, None
+    grown = run_dir / "parent.pt"
+    head = grow_head(weights, change, grown)
+    logger.info("%s: classes changed %s; head grown by name", context, change.as_dict())
+    return grown, head
 
 
 # The fixed part of every training run's recipe (ultralytics arguments): one place, so the
@@ -365,19 +400,6 @@ def _pretraining_pictures(
             yield np.ascontiguousarray(loader.load(ref).pixels[..., ::-1])  # BGR -> RGB
         except ImageError as exc:
             logger.info("pretraining picture %s skipped: %s", ref, exc)
-
-
-def gate_noise(candidate: float, live: float, val_boxes: int) -> float:
-    """One standard error of the difference of two mAP@0.5 figures measured on `val_boxes`
-    boxes (binomial approximation, sqrt(2 m (1 - m) / n) at their mean m).
-
-    The gate rejects a candidate only when it is worse by more than this: on a handful of
-    validation boxes a difference of 0.0001 is noise, and rejecting on it froze models.
-    """
-    if val_boxes <= 0:
-        return 1.0
-    mean = min(max((candidate + live) / 2.0, 0.0), 1.0)
-    return math.sqrt(2.0 * mean * (1.0 - mean) / val_boxes)
 
 
 def stop_rule(params: TrainParams, started: float, context: str) -> Callable[[Any], None]:

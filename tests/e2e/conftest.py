@@ -87,6 +87,28 @@ SHAPES_SEED = 7  # neither of the training seeds (0, 1): images the model never 
 SHAPES_IMAGES = 8
 
 
+def project_backend_env(
+    tmp_path: Path,
+    label_studio: LocalLabelStudio,
+    document_root: Path,
+    weights: Path,
+    more: Mapping[str, str],
+) -> dict[str, str]:
+    """The settings of a backend a test starts for its own project: MODEL_DIR under
+    `tmp_path`, `weights` as MODEL_PATH at their size, images read from `document_root`, the
+    trainer polling fast; `more` (TRAIN_EVERY and the like) on top."""
+    return {
+        "MODEL_DIR": str(tmp_path / "models"),
+        "MODEL_PATH": str(weights),
+        "IMAGE_SIZE": BACKEND_IMAGE_SIZE,
+        "LABEL_STUDIO_URL": label_studio.url,
+        "LABEL_STUDIO_API_KEY": label_studio.legacy_token,
+        "LOCAL_FILES_DOCUMENT_ROOT": str(document_root),
+        "TRAIN_POLL_SECONDS": "0.3",
+        **more,
+    }
+
+
 class BackendFactory:
     """Starts `ls-active-yolo serve` processes wired to the session's Label Studio.
 

@@ -24,6 +24,7 @@ from devkit.local_label_studio import REPO_ROOT, LocalLabelStudio, find_free_por
 from tests.conftest import BOX_CONFIG
 
 from .browser import screenshot_page, submit_task_unchanged
+from .conftest import project_backend_env
 
 
 def rect(x: float, y: float, label: str, region_id: str | None = None) -> dict[str, Any]:
@@ -82,17 +83,16 @@ def test_annotations_reach_the_ledger_with_their_edits(
     files = write_images(ls_document_root / f"analytics-{tmp_path.name}", 4, seed=41)
     project = label_studio.create_project("e2e analytics", BOX_CONFIG)
     tasks = label_studio.import_images(project, [p for p, _ in files])
-    env = {
-        "MODEL_DIR": str(tmp_path / "models"),
-        "MODEL_PATH": str(trained_weights),
-        "IMAGE_SIZE": "160",
-        "LABEL_STUDIO_URL": label_studio.url,
-        "LABEL_STUDIO_API_KEY": label_studio.legacy_token,
-        "LOCAL_FILES_DOCUMENT_ROOT": str(ls_document_root),
-        "TRAIN_EVERY": "1000",  # the trainer's loop runs (and syncs the ledger), never trains
-        "TRAIN_QUIET_SECONDS": "86400",
-        "TRAIN_POLL_SECONDS": "0.3",
-    }
+    env = project_backend_env(
+        tmp_path,
+        label_studio,
+        ls_document_root,
+        trained_weights,
+        {
+            "TRAIN_EVERY": "1000",  # the trainer's loop runs (and syncs the ledger), never trains
+            "TRAIN_QUIET_SECONDS": "86400",
+        },
+    )
     server = BackendServer(find_free_port(), env, tmp_path / "backend").start()
     try:
         label_studio.connect_ml_backend(project, server.url)

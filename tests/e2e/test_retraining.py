@@ -22,6 +22,8 @@ from devkit.demo import BackendServer, retrieve_predictions
 from devkit.local_label_studio import LocalLabelStudio, find_free_port
 from tests.conftest import BOX_CONFIG
 
+from .conftest import project_backend_env
+
 TRAIN_EVERY = 6
 
 
@@ -57,20 +59,19 @@ def project_and_backend(
     )
     project = label_studio.create_project("e2e retraining", BOX_CONFIG)
     task_ids = label_studio.import_images(project, [p for p, _ in files])
-    settings = {
-        "MODEL_DIR": str(tmp_path / "models"),
-        "MODEL_PATH": str(trained_weights),
-        "IMAGE_SIZE": "160",
-        "LABEL_STUDIO_URL": label_studio.url,
-        "LABEL_STUDIO_API_KEY": label_studio.legacy_token,
-        "LOCAL_FILES_DOCUMENT_ROOT": str(ls_document_root),
-        "TRAIN_EVERY": str(TRAIN_EVERY),
-        "TRAIN_QUIET_SECONDS": "3600",
-        "TRAIN_POLL_SECONDS": "0.3",
-        "TRAIN_EPOCHS": "15",
-        "TRAIN_IMAGE_SIZE": "160",
-        "TRAIN_MIN_IMAGES": "4",
-    }
+    settings = project_backend_env(
+        tmp_path,
+        label_studio,
+        ls_document_root,
+        trained_weights,
+        {
+            "TRAIN_EVERY": str(TRAIN_EVERY),
+            "TRAIN_QUIET_SECONDS": "3600",
+            "TRAIN_EPOCHS": "15",
+            "TRAIN_IMAGE_SIZE": "160",
+            "TRAIN_MIN_IMAGES": "4",
+        },
+    )
     server = BackendServer(find_free_port(), settings, tmp_path / "backend").start()
     try:
         label_studio.connect_ml_backend(project, server.url)

@@ -24,6 +24,8 @@ from devkit.demo import BackendServer
 from devkit.local_label_studio import LocalLabelStudio, find_free_port
 from tests.conftest import BOX_CONFIG
 
+from .conftest import project_backend_env
+
 TRAIN_EVERY = 2
 LABEL_STUDIO_EVERY = 3  # the switch's N: above TRAIN_EVERY, so TRAIN_EVERY would fire first
 
@@ -57,19 +59,18 @@ def switch_setup(
     files = write_images(ls_document_root / f"switch-{tmp_path.name}", 4, seed=41)
     project = label_studio.create_project("e2e training switch", BOX_CONFIG)
     task_ids = label_studio.import_images(project, [p for p, _ in files])
-    settings = {
-        "MODEL_DIR": str(tmp_path / "models"),
-        "MODEL_PATH": str(trained_weights),
-        "IMAGE_SIZE": "160",
-        "LABEL_STUDIO_URL": label_studio.url,
-        "LABEL_STUDIO_API_KEY": label_studio.legacy_token,
-        "LOCAL_FILES_DOCUMENT_ROOT": str(ls_document_root),
-        "TRAIN_EVERY": str(TRAIN_EVERY),
-        "TRAIN_QUIET_SECONDS": str(getattr(request, "param", 3600)),
-        "TRAIN_POLL_SECONDS": "0.3",
-        "TRAIN_MIN_IMAGES": "100",
-        "ENCODER_TRAIN_SECONDS": "0",
-    }
+    settings = project_backend_env(
+        tmp_path,
+        label_studio,
+        ls_document_root,
+        trained_weights,
+        {
+            "TRAIN_EVERY": str(TRAIN_EVERY),
+            "TRAIN_QUIET_SECONDS": str(getattr(request, "param", 3600)),
+            "TRAIN_MIN_IMAGES": "100",
+            "ENCODER_TRAIN_SECONDS": "0",
+        },
+    )
     server = BackendServer(find_free_port(), settings, tmp_path / "backend").start()
     try:
         label_studio.connect_ml_backend(project, server.url)

@@ -255,3 +255,19 @@ def test_a_scratch_model_trains_at_a_size_chosen_from_the_data(
 ) -> None:
     stats = ExportStats(long_sides=long_sides, box_short_sides=box_sides)
     assert stats.scratch_image_size() == expected
+
+
+def test_a_renamed_label_s_old_name_in_predicted_values_counts_as_the_label() -> None:
+    config = parse_label_config(
+        '<View><Image name="image" value="$image"/><RectangleLabels name="label" toName="image">'
+        '<Label value="Person"/><Label value="Auto" predicted_values="Car,Vehicle"/>'
+        "</RectangleLabels></View>"
+    )
+    skipped: Counter[str] = Counter()
+    result = [_region(0, 0, 10, 10, "Car"), _region(50, 50, 10, 10, "Bus")]
+    item = task_to_labeled(
+        _task({"id": 1, "result": result}), config.controls, ["Person", "Auto"], skipped
+    )
+    assert item is not None
+    assert [b.class_index for b in item.boxes] == [1]  # annotated "Car" before the rename
+    assert skipped == Counter({"label not in the config": 1})
