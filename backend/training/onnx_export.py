@@ -226,7 +226,9 @@ def check_images(folder: Path, limit: int = MAX_CHECK_IMAGES) -> list[Path]:
     if not folder.is_dir():
         return []
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    return files[:: max(1, math.ceil(len(files) / limit))][:limit]
+    if len(files) <= limit:
+        return files
+    return [files[i * len(files) // limit] for i in range(limit)]
 
 
 def export_onnx(weights: Path, image_size: int | None, workdir: Path) -> tuple[Path, int]:
@@ -283,7 +285,7 @@ def compare(
         "output": {"name": fetched.name, "shape": list(fetched.shape)},
     }
     letterbox = LetterBox(new_shape=(image_size, image_size), auto=False)
-    tally = _Tally(conf)
+    tally = BoxTally(conf)
     torch_s = onnx_s = 0.0
     for path in images:
         try:
@@ -310,7 +312,7 @@ def compare(
     return tally.figures(torch_s, onnx_s), io
 
 
-class _Tally:
+class BoxTally:
     """The figures of `compare`, added up image by image."""
 
     def __init__(self, conf: float) -> None:
