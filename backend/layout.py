@@ -91,6 +91,10 @@ class ProjectPaths:
         """Where an ONNX export is written and checked before it is moved into its version."""
         return self.root / f".export-{token}"
 
+    def export_scratches(self) -> list[Path]:
+        """Every export scratch folder there is (under the export lock: left by a crash)."""
+        return sorted(self.root.glob(f"{self.export_scratch('')}*"))
+
     @property
     def params(self) -> Path:
         return self.root / "params.json"

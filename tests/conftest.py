@@ -14,7 +14,7 @@ from PIL import Image
 
 from backend.config import Settings
 from backend.models.offline import prepare_ultralytics
-from backend.models.registry import ModelRegistry
+from backend.models.registry import ONNX_EXPORT, ModelRegistry, ModelVersion
 from backend.serving.app import create_app
 from backend.training.onnx_export import export_promoted
 from devkit.datagen import CLASSES, write_images
@@ -90,6 +90,14 @@ class ExportedModel:
         """A copy of the MODEL_DIR to change (returns `target`)."""
         shutil.copytree(self.model_dir, target)
         return target
+
+
+def unexported_version(registry: ModelRegistry) -> ModelVersion:
+    """EXPORTED_PROJECT's v1 (weights and meta) stored again as a new version, not exported
+    (nor promoted)."""
+    v1 = registry.get(EXPORTED_PROJECT, "v1")
+    meta = {k: v for k, v in v1.meta.items() if k not in (ONNX_EXPORT, "version")}
+    return registry.create_version(EXPORTED_PROJECT, v1.weights, meta)
 
 
 @pytest.fixture(scope="session")

@@ -133,6 +133,8 @@ def export_version(
         version = registry.get(project_id, name)
         if version.onnx is not None:
             return dict(version.meta[ONNX_EXPORT])
+        for stale in paths.export_scratches():  # an export killed mid-way
+            shutil.rmtree(stale, ignore_errors=True)
         scratch = paths.export_scratch(uuid.uuid4().hex)
         scratch.mkdir(parents=True)
         try:

@@ -14,7 +14,7 @@ from backend.cli import main
 from backend.config import Settings
 from backend.models.handout import live_file
 from backend.models.registry import ONNX_EXPORT, ModelRegistry
-from tests.conftest import EXPORTED_PROJECT, ExportedModel
+from tests.conftest import EXPORTED_PROJECT, ExportedModel, unexported_version
 
 P = EXPORTED_PROJECT
 
@@ -65,8 +65,7 @@ def test_export_makes_a_missing_onnx_and_an_opted_in_rollback_exports(
 ) -> None:
     registry = ModelRegistry(model_dir)
     v1 = registry.get(P, "v1")
-    meta = {k: v for k, v in v1.meta.items() if k not in (ONNX_EXPORT, "version")}
-    registry.create_version(P, v1.weights, meta)
+    unexported_version(registry)
     cache = Settings(model_dir=model_dir).paths.project(P).image_cache
     shutil.copytree(image_root / "shapes", cache)  # the project's cached training images
 

@@ -14,9 +14,9 @@ from flask import Flask
 from werkzeug.test import TestResponse
 
 from backend.config import Settings
-from backend.models.registry import ONNX_EXPORT, ModelRegistry
+from backend.models.registry import ModelRegistry
 from backend.serving.app import create_app
-from tests.conftest import EXPORTED_PROJECT, ExportedModel
+from tests.conftest import EXPORTED_PROJECT, ExportedModel, unexported_version
 
 P = EXPORTED_PROJECT
 CREDENTIALS = ("device", "update-s3cret")
@@ -83,12 +83,10 @@ def test_the_weights_and_the_checked_onnx_come_with_their_metadata(
     _fits(app, "/models/{project_id}/live/meta", client.get(f"/models/{P}/live/meta", headers=AUTH))
 
 
-def test_missing_models_are_404s_and_bad_requests_400s(app: Flask, settings: Settings) -> None:
+def test_missing_models_are_404s_and_bad_requests_400s(app: Flask) -> None:
     client = app.test_client()
     registry = ModelRegistry(Path(app.extensions["ls_active_yolo"].settings.model_dir))
-    v1 = registry.get(P, "v1")
-    meta = {k: v for k, v in v1.meta.items() if k not in (ONNX_EXPORT, "version")}
-    registry.promote(P, registry.create_version(P, v1.weights, meta).version, reason="test")
+    registry.promote(P, unexported_version(registry).version, reason="test")
 
     answers = {
         f"/models/{P}/live?format=onnx": (404, "project 3's live model v2 has no ONNX export"),

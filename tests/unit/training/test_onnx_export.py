@@ -28,7 +28,7 @@ from backend.training.onnx_export import (
     export_promoted,
     export_wanted,
 )
-from tests.conftest import EXPORTED_PROJECT, ExportedModel
+from tests.conftest import EXPORTED_PROJECT, ExportedModel, unexported_version
 
 P = EXPORTED_PROJECT
 
@@ -83,24 +83,22 @@ def test_a_version_exported_once_is_not_exported_again(
     assert again == exported_model.record
 
 
-def _second_version(settings: Settings) -> ModelRegistry:
-    """v2 (the same weights) promoted, not exported yet."""
+@pytest.fixture
+def promoted_v2(exported_model: ExportedModel, tmp_path: Path) -> tuple[Settings, ModelRegistry]:
+    """A copy of the exported MODEL_DIR whose v2 (v1's weights again) is live, not exported."""
+    settings = Settings(model_dir=exported_model.copy(tmp_path / "models"))
     registry = ModelRegistry(settings.model_dir)
-    v1 = registry.get(P, "v1")
-    meta = {k: v for k, v in v1.meta.items() if k not in (ONNX_EXPORT, "version")}
-    v2 = registry.create_version(P, v1.weights, meta)
-    registry.promote(P, v2.version, reason="test")
-    return registry
+    registry.promote(P, unexported_version(registry).version, reason="test")
+    return settings, registry
 
 
 def test_a_mismatching_export_fails_its_check_and_the_version_stays_live(
-    exported_model: ExportedModel,
+    promoted_v2: tuple[Settings, ModelRegistry],
     tmp_path: Path,
     image_root: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    settings = Settings(model_dir=exported_model.copy(tmp_path / "models"))
-    registry = _second_version(settings)
+    settings, registry = promoted_v2
     good = registry.get(P, "v1").onnx
     assert good is not None
 
@@ -137,13 +135,12 @@ def test_a_mismatching_export_fails_its_check_and_the_version_stays_live(
 
 
 def test_an_export_that_breaks_is_recorded_not_raised(
-    exported_model: ExportedModel,
+    promoted_v2: tuple[Settings, ModelRegistry],
     tmp_path: Path,
     image_root: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    settings = Settings(model_dir=exported_model.copy(tmp_path / "models"))
-    registry = _second_version(settings)
+    settings, registry = promoted_v2
 
     def truncated_export(_weights: Path, size: int | None, workdir: Path) -> tuple[Path, int]:
         path = workdir / "weights.onnx"
@@ -151,6 +148,9 @@ def test_an_export_that_breaks_is_recorded_not_raised(
         return path, size or 160
 
     monkeypatch.setattr(onnx_export, "export_onnx", truncated_export)
+    killed = settings.paths.project(P).export_scratch("killed-mid-way")
+    killed.mkdir()
+    (killed / "weights.onnx").write_bytes(b"half")
     record = export_promoted(settings, registry, P, "v2", image_root / "shapes", True)
 
     assert record is not None and record["passed"] is False
@@ -162,10 +162,9 @@ def test_an_export_that_breaks_is_recorded_not_raised(
 
 
 def test_nothing_is_exported_unless_the_project_opted_in(
-    exported_model: ExportedModel, tmp_path: Path, image_root: Path
+    promoted_v2: tuple[Settings, ModelRegistry], image_root: Path
 ) -> None:
-    settings = Settings(model_dir=exported_model.copy(tmp_path / "models"))
-    registry = _second_version(settings)
+    settings, registry = promoted_v2
     assert export_promoted(settings, registry, P, "v2", image_root / "shapes", False) is None
     assert ONNX_EXPORT not in registry.get(P, "v2").meta
     assert not (registry.get(P, "v2").path / "model.onnx").exists()
