@@ -1,8 +1,8 @@
 """ONNX export of a promoted model: what it costs, how close onnxruntime stays to PyTorch, and
 how fast each runs on the CPU.
 
-For each of --sizes: trains yolo11n on the generated shapes at that size
-(`devkit.demo_model`, --epochs), or takes --weights; exports it with the product's own
+Trains yolo11n on the generated shapes at --train-size for --epochs (`devkit.demo_model`),
+or takes --weights; then for each of --sizes exports it at that size with the product's own
 `export_onnx` (timed, file size), runs the product's check (`compare`, the figures a version's
 meta records) on --images generated validation pictures (320 x 256), then times inference per
 image on one letterboxed picture: PyTorch (fused, as the detector runs it) and onnxruntime
@@ -10,8 +10,9 @@ image on one letterboxed picture: PyTorch (fused, as the detector runs it) and o
 letterbox, no NMS), at --threads threads (0: every core). Prints a table and writes
 results.json to --out.
 
-    python -m benchmarks.onnx_export [--sizes 320,640] [--epochs 12] [--images 50]
-        [--repeats 30] [--threads 0] [--weights W.pt] [--out benchmarks/results/onnx-export]
+    python -m benchmarks.onnx_export [--train-size 320] [--epochs 30] [--sizes 320,640]
+        [--images 50] [--repeats 30] [--threads 0] [--weights W.pt]
+        [--out benchmarks/results/onnx-export]
 """
 
 from __future__ import annotations
@@ -77,15 +78,7 @@ def _inference_ms(
     return {"torch_ms": round(torch_ms, 2), "onnxruntime_ms": round(onnx_ms, 2)}
 
 
-def measure(args: argparse.Namespace, size: int, workdir: Path) -> dict[str, Any]:
-    weights = args.weights
-    train_s = None
-    if weights is None:
-        started = time.perf_counter()
-        weights = train_shapes_model(
-            workdir / f"model-{size}", workdir / "ultralytics", imgsz=size, epochs=args.epochs
-        )
-        train_s = round(time.perf_counter() - started, 1)
+def measure(args: argparse.Namespace, weights: Path, size: int, workdir: Path) -> dict[str, Any]:
     images = workdir / f"val-{size}"
     write_images(images, args.images, seed=1000 + size)
     scratch = workdir / f"export-{size}"
@@ -99,8 +92,6 @@ def measure(args: argparse.Namespace, size: int, workdir: Path) -> dict[str, Any
     )
     return {
         "image_size": exported_size,
-        "model": str(args.weights) if args.weights else f"yolo11n, shapes, {args.epochs} epochs",
-        "train_s": train_s,
         "export_s": round(export_s, 2),
         "pt_bytes": weights.stat().st_size,
         "onnx_bytes": onnx.stat().st_size,
@@ -112,8 +103,9 @@ def measure(args: argparse.Namespace, size: int, workdir: Path) -> dict[str, Any
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--sizes", default="320,640", help="image sizes, comma-separated")
-    parser.add_argument("--epochs", type=int, default=12, help="training epochs per model")
+    parser.add_argument("--train-size", type=int, default=320, help="training image size")
+    parser.add_argument("--epochs", type=int, default=30, help="training epochs")
+    parser.add_argument("--sizes", default="320,640", help="export sizes, comma-separated")
     parser.add_argument("--images", type=int, default=50, help="validation pictures checked")
     parser.add_argument("--repeats", type=int, default=30, help="timed runs per runtime")
     parser.add_argument("--threads", type=int, default=0, help="inference threads (0: all)")
@@ -124,7 +116,17 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(folder)
         prepare_ultralytics(workdir / "ultralytics")
         set_torch_threads(args.threads)
-        rows = [measure(args, int(size), workdir) for size in args.sizes.split(",")]
+        weights, train_s = args.weights, None
+        if weights is None:
+            started = time.perf_counter()
+            weights = train_shapes_model(
+                workdir / "model",
+                workdir / "ultralytics",
+                imgsz=args.train_size,
+                epochs=args.epochs,
+            )
+            train_s = round(time.perf_counter() - started, 1)
+        rows = [measure(args, weights, int(size), workdir) for size in args.sizes.split(",")]
     print(
         f"{'size':>5} {'export s':>9} {'pt MB':>6} {'onnx MB':>8} {'images':>7} {'boxes':>6} "
         f"{'matched':>8} {'min IoU':>8} {'max score diff':>15} {'torch ms':>9} {'ort ms':>7}"
@@ -143,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python -m benchmarks.onnx_export", *(argv or sys.argv[1:])]),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "threads": args.threads,
+        "model": str(args.weights)
+        if args.weights
+        else f"yolo11n trained on the generated shapes at {args.train_size} px, {args.epochs} "
+        f"epochs, in {train_s} s",
         "rows": rows,
     }
     (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
