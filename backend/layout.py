@@ -93,7 +93,7 @@ class ProjectPaths:
 
     def export_scratches(self) -> list[Path]:
         """Every export scratch folder there is (under the export lock: left by a crash)."""
-        return sorted(self.root.glob(f"{self.export_scratch('')}*"))
+        return sorted(self.root.glob(f"{self.export_scratch('').name}*"))
 
     @property
     def params(self) -> Path:
