@@ -109,7 +109,10 @@ def export_promoted(
 ) -> dict[str, Any] | None:
     """The one call after a promotion: export version `name` to ONNX and check it on the
     pictures in the folder `images`, when `enabled`; returns its record (None when not
-    enabled). Never raises: the promotion stands whatever happens here."""
+    enabled). Never raises: the promotion stands whatever happens here. A failure outside the
+    export and its check (the export lock not had within LOCK_WAIT_S, MODEL_DIR refusing the
+    record) is logged and answered but not recorded: writing it could overwrite the record of
+    the export that held the lock."""
     if not enabled:
         return None
     try:
