@@ -16,16 +16,19 @@ from pathlib import Path
 from backend.analytics.report import read_report, render
 from backend.config import Settings
 from backend.errors import BackendError
+from backend.files import atomic_write
 from backend.jobs.ledger_sync import backfill
 from backend.jobs.queues import chunk_queue
 from backend.jobs.scheduler import BackgroundTrainer
 from backend.jobs.worker import run_worker
 from backend.logs import configure_logging
+from backend.models.handout import FORMATS, live_file
 from backend.models.pretrained import download_named, resolve_named_weights
 from backend.ranking.job import rank_as_configured
 from backend.ranking.progress import RankProgress
 from backend.services import build_services
 from backend.serving.server import serve
+from backend.training.onnx_export import export_promoted, export_version, export_wanted
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -37,10 +40,19 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 def _models(args: argparse.Namespace, settings: Settings) -> int:
     registry = build_services(settings).registry
+    promoted = None
     if args.action == "promote":
-        registry.promote(args.project, args.version, reason="manual (ls-active-yolo models)")
+        promoted = registry.promote(
+            args.project, args.version, reason="manual (ls-active-yolo models)"
+        )
     elif args.action == "rollback":
-        registry.rollback(args.project)
+        promoted = registry.rollback(args.project)
+    if promoted is not None:  # checked on the project's cached training images
+        images = settings.paths.project(args.project).image_cache
+        wanted = export_wanted(settings, args.project)
+        record = export_promoted(settings, registry, args.project, promoted.version, images, wanted)
+        if record is not None:
+            print(f"{promoted.version} ONNX export: {_export_outcome(record)}")
     live = registry.live(args.project)
     print(f"{'version':<9}{'live':<6}{'mAP50':>8}{'mAP50-95':>10}  {'gate':<9}parent")
     for version in registry.versions(args.project):
@@ -53,6 +65,37 @@ def _models(args: argparse.Namespace, settings: Settings) -> int:
             f"{version.version:<9}{marker:<6}{map50:>8.4f}{map50_95:>10.4f}"
             f"  {gate:<9}{meta.get('parent', '')}"
         )
+    return 0
+
+
+def _export_outcome(record: dict[str, object]) -> str:
+    check = record.get("check")
+    if not record.get("passed") or not isinstance(check, dict):
+        return f"not handed out: {record.get('error')}"
+    return (
+        f"checked on {check['images']} images, {check['matched']}/{check['boxes_torch']} boxes "
+        f"matched at IoU >= {check['iou_required']}"
+    )
+
+
+def _models_export(args: argparse.Namespace, settings: Settings) -> int:
+    registry = build_services(settings).registry
+    live = registry.live(args.project)
+    if args.format == "onnx" and live is not None and live.onnx is None:
+        images = settings.paths.project(args.project).image_cache
+        record = export_version(settings, registry, args.project, live.version, images)
+        print(f"{live.version} ONNX export: {_export_outcome(record)}", file=sys.stderr)
+    found = live_file(registry, args.project, args.format)
+    target = args.out or Path(found.filename)
+    atomic_write(target, found.path.read_bytes())
+    meta = atomic_write(
+        target.with_name(target.name + ".json"),
+        (json.dumps(found.metadata, indent=2, sort_keys=True) + "\n").encode(),
+    )
+    print(
+        f"project {args.project} {found.version} ({args.format}): wrote {target} "
+        f"({found.metadata['bytes']} bytes, sha256 {found.sha256}) and {meta}"
+    )
     return 0
 
 
@@ -173,9 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser(
         "models",
-        help="list, promote or roll back a project's model versions",
-        description="Manage the model registry under MODEL_DIR. Every action prints the "
-        "project's versions afterwards; '*' marks the live one.",
+        help="list, promote, roll back or export a project's model versions",
+        description="Manage the model registry under MODEL_DIR. list, promote and rollback "
+        "print the project's versions afterwards; '*' marks the live one. A promotion or "
+        "rollback also exports the version to ONNX when the project exports (EXPORT_ONNX or "
+        "its export_onnx param) and the version has no checked export yet.",
     )
     actions = models.add_subparsers(dest="action", required=True)
     for name, text in (
@@ -188,6 +233,22 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "promote":
             action.add_argument("version", help="the version to promote, e.g. v3")
         action.set_defaults(handler=_models)
+    export = actions.add_parser(
+        "export",
+        help="write the project's live model and its metadata to files",
+        description="Write the live model (--format pt: its weights; onnx: its ONNX export) "
+        "to --out, and its metadata (version, SHA-256, classes, image size, metrics; for "
+        "ONNX its input, output and check figures) to --out plus '.json', as GET "
+        "/models/<project>/live and .../live/meta hand them out. With --format onnx, a live "
+        "model without a checked ONNX export is exported and checked first (on the "
+        "project's cached training images), whatever EXPORT_ONNX says.",
+    )
+    export.add_argument("--project", type=int, required=True, help="Label Studio project id")
+    export.add_argument("--format", choices=FORMATS, default="pt", help="default: pt")
+    export.add_argument(
+        "--out", type=Path, help="the file to write (default: project-<id>-<version>.<format>)"
+    )
+    export.set_defaults(handler=_models_export)
 
     train = commands.add_parser(
         "train",

@@ -73,6 +73,7 @@ ENV_NAMES = frozenset(
         "DETECT_CONF_FLOOR",
         "DEVICE",
         "ENCODER_TRAIN_SECONDS",
+        "EXPORT_ONNX",
         "HOST",
         "IMAGE_FETCH_TIMEOUT",
         "IMAGE_ROOT",
@@ -203,6 +204,8 @@ class Settings:
     train_val_percent: int = 20  # TRAIN_VAL_PERCENT: share of tasks held out for the gate
     train_min_images: int = 4  # TRAIN_MIN_IMAGES: fewer annotated images: no training
     promote_tolerance: float = 0.0  # PROMOTE_TOLERANCE: mAP50 drop always allowed (see gate_noise)
+    export_onnx: bool = False  # EXPORT_ONNX: a promoted version also gets model.onnx, checked
+    # against PyTorch (training/onnx_export.py); a project's `export_onnx` param overrides it
     encoder_train_seconds: float = 120.0  # ENCODER_TRAIN_SECONDS: time budget of the project
     # encoder (cold-start picks, near-duplicate groups) when a ranking needs a new one; 0: off
     backbone_pretrain_seconds: float = 300.0  # BACKBONE_PRETRAIN_SECONDS: before a project's
@@ -314,6 +317,7 @@ class Settings:
             train_val_percent=int(_float(env, "TRAIN_VAL_PERCENT", d.train_val_percent, 1, 90)),
             train_min_images=_int(env, "TRAIN_MIN_IMAGES", d.train_min_images, minimum=2),
             promote_tolerance=_float(env, "PROMOTE_TOLERANCE", d.promote_tolerance, 0.0, 1.0),
+            export_onnx=_bool(env, "EXPORT_ONNX", d.export_onnx),
             redis_url=redis_url,
             train_queue=_get(env, "TRAIN_QUEUE") or d.train_queue,
             train_job_timeout=_int(env, "TRAIN_JOB_TIMEOUT", d.train_job_timeout, minimum=60),

@@ -37,6 +37,14 @@ class LabelConfigError(BackendError):
     code = "unsupported_label_config"
 
 
+class NotFound(BackendError):
+    """What the request names is not there (a project without a live model, a live model
+    without a checked ONNX export)."""
+
+    status = 404
+    code = "not_found"
+
+
 class Unauthorized(BackendError):
     """Basic-auth credentials are missing or wrong."""
 

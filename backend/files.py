@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import hashlib
 import os
 import signal
 import sqlite3
@@ -48,6 +49,15 @@ def atomic_write(path: Path, data: bytes) -> Path:
         temp.unlink(missing_ok=True)
     fsync_path(path.parent)
     return path
+
+
+def file_sha256(path: Path) -> str:
+    """The hex SHA-256 of a file's bytes, read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def fsync_path(path: Path) -> None:

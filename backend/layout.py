@@ -13,7 +13,11 @@ asks this module for a path instead of spelling it, so the layout can be read he
     .health-probe                        /health's write test
     projects/<id>/LIVE                   the live version's name (models/registry.py)
     projects/<id>/history.jsonl          promotions and rollbacks
-    projects/<id>/versions/<vN>/         weights.pt + meta.json, never changed once written
+    projects/<id>/versions/<vN>/         weights.pt + meta.json, never changed once written, but
+                                         for the ONNX export added after promotion: model.onnx
+                                         and meta.json's `onnx_export` (training/onnx_export.py)
+    projects/<id>/export.lock            flock: one ONNX export of the project at a time
+    projects/<id>/.export-<token>/       an ONNX export and its check while they run
     projects/<id>/params.json            the project's extra params, saved at /setup
     projects/<id>/CANCEL                 touched to cancel the running training job
     projects/<id>/logs/run-<n>.log       a training run's log
@@ -50,6 +54,11 @@ class VersionPaths:
     def meta(self) -> Path:
         return self.root / "meta.json"
 
+    @property
+    def onnx(self) -> Path:
+        """The version's ONNX export, added after its promotion when it passed its check."""
+        return self.root / "model.onnx"
+
 
 @dataclass(frozen=True)
 class ProjectPaths:
@@ -75,6 +84,18 @@ class ProjectPaths:
     def staging(self, token: str) -> VersionPaths:
         """A version being written, renamed into `versions/` when whole."""
         return VersionPaths(self.root / f".staging-{token}")
+
+    @property
+    def export_lock(self) -> Path:
+        return self.root / "export.lock"
+
+    def export_scratch(self, token: str) -> Path:
+        """Where an ONNX export is written and checked before it is moved into its version."""
+        return self.root / f".export-{token}"
+
+    def export_scratches(self) -> list[Path]:
+        """Every export scratch folder there is (under the export lock: left by a crash)."""
+        return sorted(self.root.glob(f"{self.export_scratch('').name}*"))
 
     @property
     def params(self) -> Path:

@@ -52,6 +52,7 @@ class TrainParams:
     min_epochs: int
     time_limit: float
     warm_start: bool
+    export_onnx: bool  # a promoted version also gets a checked model.onnx
 
     # extra_params key -> (field, type, lowest, highest)
     OVERRIDES = {  # noqa: RUF012  (a class constant, not a dataclass field)
@@ -65,6 +66,7 @@ class TrainParams:
         "train_val_percent": ("val_percent", int, 1, 90),
         "train_min_images": ("min_images", int, 2, 1_000_000),
         "promote_tolerance": ("tolerance", float, 0.0, 1.0),
+        "export_onnx": ("export_onnx", bool, False, True),
     }
 
     @classmethod
@@ -81,6 +83,7 @@ class TrainParams:
             "min_epochs": settings.train_min_epochs,
             "time_limit": settings.train_time_limit,
             "warm_start": settings.train_warm_start,
+            "export_onnx": settings.export_onnx,
         }
         values.update(validate_overrides(overrides))
         return cls(**values)

@@ -3,7 +3,9 @@
 Per project (paths in backend.layout): `versions/<vN>/` holds weights.pt and meta.json
 (parent, data counts, metrics, durations); `LIVE` names the live version ("v7"). A version
 folder never changes once written; promotion rewrites LIVE with `os.replace`, so a reader
-sees the old or the new version, never half of one.
+sees the old or the new version, never half of one. The one addition: after a promotion,
+the version's ONNX export (`record_onnx`): model.onnx moved in whole, then meta.json's
+`onnx_export` record rewritten whole; its weights and every other meta key stay as written.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from backend.files import atomic_write, fsync_path
-from backend.layout import ModelDir, ProjectPaths
+from backend.layout import ModelDir, ProjectPaths, VersionPaths
 
 logger = logging.getLogger(__name__)
 
 _VERSION = re.compile(r"^v(\d+)$")
 DISPLAY_THRESHOLD = "display_threshold"  # meta key: the version's calibrated display threshold
+ONNX_EXPORT = "onnx_export"  # meta key: the ONNX export's record (training/onnx_export.py)
 _PROJECT_DIR = re.compile(r"^[0-9]{1,19}$")
 MAX_PROJECT_ID = 2**63 - 1  # Label Studio's ids are positive 64-bit signed integers (SQLite's)
 
@@ -47,6 +50,15 @@ class ModelVersion:
         value = self.meta.get(DISPLAY_THRESHOLD)
         if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1:
             return float(value)
+        return None
+
+    @property
+    def onnx(self) -> Path | None:
+        """The version's ONNX export, only when its record says it passed its check."""
+        record = self.meta.get(ONNX_EXPORT)
+        path = VersionPaths(self.path).onnx
+        if isinstance(record, dict) and record.get("passed") is True and path.is_file():
+            return path
         return None
 
 
@@ -143,6 +155,26 @@ class ModelRegistry:
             history.write(json.dumps(entry) + "\n")
         logger.info("project=%s promoted %s (%s)", project_id, name, reason)
         return version
+
+    def record_onnx(
+        self, project_id: int, name: str, record: dict[str, Any], onnx: Path | None
+    ) -> ModelVersion:
+        """Add a version's ONNX export after the fact: `onnx` (a finished file on the same disk,
+        or None when the export failed) is moved in as model.onnx, then `record` is written as
+        meta.json's ONNX_EXPORT key. Each step replaces a whole file, so a crash between them
+        leaves a file without a passing record, which `ModelVersion.onnx` ignores."""
+        folder = self._project(project_id).version(name)
+        if not folder.meta.is_file():
+            raise FileNotFoundError(f"project {project_id} has no version {name}")
+        if onnx is None:
+            folder.onnx.unlink(missing_ok=True)
+        else:
+            os.replace(onnx, folder.onnx)
+        fsync_path(folder.root)
+        meta = json.loads(folder.meta.read_text(encoding="utf-8"))
+        meta[ONNX_EXPORT] = record
+        atomic_write(folder.meta, json.dumps(meta, indent=2, sort_keys=True).encode())
+        return self.get(project_id, name)
 
     def history(self, project_id: int) -> list[dict[str, Any]]:
         """Promotions, oldest first."""

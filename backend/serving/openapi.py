@@ -33,12 +33,14 @@ View = TypeVar("View", bound=Callable[..., Any])
 
 @dataclass(frozen=True)
 class Answer:
-    """One documented status: a JSON body of `json`'s model and/or a text body of `text`'s
-    media type."""
+    """One documented status: a JSON body of `json`'s model and/or a body of another media
+    type (`text`: text/html, application/octet-stream, ...); `headers`: the headers it sets,
+    each with what it holds."""
 
     description: str
     json: type[BaseModel] | None = None
     text: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,11 @@ def _operation(
         if answer.text is not None:
             content[answer.text] = {"schema": {"type": "string"}}
         responses[str(status)] = {"description": answer.description, "content": content}
+        if answer.headers:
+            responses[str(status)]["headers"] = {
+                name: {"description": text, "schema": {"type": "string"}}
+                for name, text in answer.headers.items()
+            }
     errors: dict[int, list[str]] = {500: ["An unexpected error (logged; the answer says no more)."]}
     for error in op.errors:
         errors.setdefault(error.status, []).append(_first_line(error.__doc__))

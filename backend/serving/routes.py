@@ -9,17 +9,19 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request, send_file
 from pydantic import BaseModel, ValidationError
 
 from backend.errors import (
     BadRequest,
     LabelConfigError,
     ModelError,
+    NotFound,
     PayloadTooLarge,
     StorageError,
     StorageFull,
 )
+from backend.models.handout import LiveFile
 from backend.serving import schemas
 from backend.serving.exposition import prometheus_text
 from backend.serving.openapi import EXTENSION, Answer, Operation, operation, operation_of
@@ -155,7 +157,7 @@ def webhook() -> tuple[Response, int]:
 @bp.get("/analytics/<int:project_id>")
 @operation(
     Operation(
-        path=schemas.AnalyticsPath,
+        path=schemas.ProjectPath,
         answers={
             200: Answer("An HTML page.", text="text/html"),
             404: Answer("The id is not a whole number: no such route.", json=schemas.ErrorBody),
@@ -167,6 +169,65 @@ def analytics(project_id: int) -> Response:
     """What the pre-annotations saved in one project: tables and plots (HTML)."""
     _validated(_operation().path, {"project_id": project_id}, "path")
     return Response(_service().analytics_page(project_id), mimetype="text/html")
+
+
+_LIVE_MODEL = Operation(
+    path=schemas.ProjectPath,
+    query=schemas.LiveModelQuery,
+    answers={
+        200: Answer(
+            "The file (an attachment named as in `.../live/meta`).",
+            text="application/octet-stream",
+            headers={
+                "X-Model-Version": "The registry version the file is.",
+                "X-Model-SHA256": "The file's SHA-256 (hex), as `.../live/meta` gives it.",
+                "ETag": "The same SHA-256, quoted.",
+            },
+        )
+    },
+    errors=(BadRequest, NotFound, ModelError),
+)
+
+
+@bp.get("/models/<int:project_id>/live")
+@operation(_LIVE_MODEL)
+def live_model(project_id: int) -> Response:
+    """The project's live model, to run elsewhere: `?format=pt` (default) the PyTorch
+    weights, `?format=onnx` its ONNX export (only once the export passed its check against
+    PyTorch)."""
+    found = _live_file(project_id)
+    response = send_file(
+        found.path,
+        mimetype="application/octet-stream",
+        as_attachment=True,
+        download_name=found.filename,
+        conditional=False,
+        etag=False,
+    )
+    response.set_etag(found.sha256)
+    response.headers["X-Model-Version"] = found.version
+    response.headers["X-Model-SHA256"] = found.sha256
+    return response
+
+
+@bp.get("/models/<int:project_id>/live/meta")
+@operation(
+    Operation(
+        path=schemas.ProjectPath,
+        query=schemas.LiveModelQuery,
+        answers={200: Answer("What `.../live` sends now.", json=schemas.LiveModelAnswer)},
+        errors=(BadRequest, NotFound, ModelError),
+    )
+)
+def live_model_meta(project_id: int) -> Response:
+    """What `GET /models/{project_id}/live` sends now, without the file: version, SHA-256,
+    classes, image size, metrics and, for ONNX, its input, output and check figures."""
+    return jsonify(_live_file(project_id).metadata)
+
+
+def _live_file(project_id: int) -> LiveFile:
+    _validated(_operation().path, {"project_id": project_id}, "path")
+    return _service().live_file(project_id, _query().get("format") or "pt")
 
 
 @bp.get("/metrics")

@@ -164,10 +164,22 @@ class MetricsQuery(_Request):
     )
 
 
-class AnalyticsPath(_Request):
-    """The path parameters of `GET /analytics/{project_id}`."""
+class ProjectPath(_Request):
+    """The path parameters of `GET /analytics/{project_id}` and `GET /models/{project_id}/...`."""
 
     project_id: int = Field(ge=1, le=MAX_PROJECT_ID, description="The Label Studio project id.")
+
+
+class LiveModelQuery(_Request):
+    """The query of `GET /models/{project_id}/live` and `.../live/meta`."""
+
+    format: Literal["pt", "onnx"] | None = Field(
+        None,
+        description=(
+            "`pt` (default): the PyTorch weights; `onnx`: the ONNX export, present when the "
+            "project exports on promotion (EXPORT_ONNX) and the export passed its check."
+        ),
+    )
 
 
 # -- responses --------------------------------------------------------------------------------
@@ -295,6 +307,34 @@ class ProjectStatus(_Answer):
 
 class MetricsAnswer(_Answer):
     projects: dict[str, ProjectStatus] = Field(description="By project id.")
+
+
+class LiveModelAnswer(_Answer):
+    """The live model's file as `GET /models/{project_id}/live` sends it, and what a device
+    needs to run it."""
+
+    project: int
+    version: str = Field(description="The registry version, e.g. `v3`.")
+    format: Literal["pt", "onnx"]
+    filename: str = Field(description="`project-<id>-<version>.<format>`.")
+    bytes: int
+    sha256: str = Field(description="Of the file's bytes (hex); also its ETag.")
+    classes: list[str] = Field(description="Class names in class-id order.")
+    image_size: int | None = Field(
+        description="The square input size in pixels it was trained (and ONNX-exported) at."
+    )
+    display_threshold: float | None = Field(
+        description="The confidence from which its boxes are worth showing (calibrated)."
+    )
+    metrics: dict[str, Any] | None = Field(description="mAP50, mAP50-95 on the validation split.")
+    created_at: float | None
+    promoted_at: float | None = Field(description="Its latest promotion (Unix time).")
+    onnx: dict[str, Any] | None = Field(
+        description=(
+            "With format `onnx`: the export's record: input and output (name, shape), the "
+            "check's figures, package versions. Null for `pt`."
+        )
+    )
 
 
 class OpenAPIDocument(_OpenAnswer):

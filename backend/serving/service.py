@@ -26,6 +26,7 @@ from backend.labelstudio import format as ls_format
 from backend.labelstudio.images import LoadedImage
 from backend.labelstudio.label_config import BoxControl, ParsedConfig, parse_label_config
 from backend.models.detector import Box, Detector, ImageDetections, ModelSource
+from backend.models.handout import LiveFile, live_file
 from backend.project_params import TrainParams, save_project_params
 from backend.ranking.queue_config import KEYS as QUEUE_KEYS
 from backend.ranking.queue_config import queue_config
@@ -503,6 +504,11 @@ class MLService:
                 ),
             }
         return {"projects": per_project}
+
+    # -- /models/<id>/live -----------------------------------------------------------------
+    def live_file(self, project_id: int, fmt: str) -> LiveFile:
+        """The project's live model as a file to run elsewhere (see `models.handout`)."""
+        return live_file(self.registry, project_id, fmt)
 
     def analytics_page(self, project_id: int) -> str:
         """The project's annotation analytics as an HTML page (see `analytics_page`)."""

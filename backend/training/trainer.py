@@ -52,6 +52,7 @@ from backend.training.dataset import (
     write_dataset,
 )
 from backend.training.gate import gate_decision
+from backend.training.onnx_export import export_promoted
 
 logger = logging.getLogger(__name__)
 
@@ -279,6 +280,10 @@ def train_and_register(
     details["version"] = version.version
     if passed:
         registry.promote(project_id, version.version, reason=f"run {run_id}: {why}")
+        checked_on = data_yaml.parent / "images" / "val"  # before run_dir is removed
+        details["onnx_export"] = export_promoted(
+            settings, registry, project_id, version.version, checked_on, params.export_onnx
+        )
     else:
         logger.warning(
             "project=%s run=%s %s rejected: %s", project_id, run_id, version.version, why

@@ -6,6 +6,7 @@ on the same MODEL_DIR, and check that no event was lost and training resumes.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import time
@@ -70,6 +71,7 @@ def project_and_backend(
             "TRAIN_EPOCHS": "15",
             "TRAIN_IMAGE_SIZE": "160",
             "TRAIN_MIN_IMAGES": "4",
+            "EXPORT_ONNX": "1",
         },
     )
     server = BackendServer(find_free_port(), settings, tmp_path / "backend").start()
@@ -101,6 +103,17 @@ def test_annotations_train_promote_and_serve_new_version(
     assert info["queued_events"] == 0
     events = EventStore(ModelDir(Path(settings["MODEL_DIR"])).events_db)
     assert [r["state"] for r in events.runs(project)] == ["promoted"]  # one run for the storm
+
+    # EXPORT_ONNX: the run exported v1 after promoting it, checked on its validation split
+    meta = requests.get(f"{server.url}/models/{project}/live/meta?format=onnx", timeout=10)
+    assert meta.status_code == 200, meta.text
+    record = meta.json()["onnx"]
+    assert record["passed"] is True and record["check"]["images"] >= 1
+    assert record["check"]["images_from"].endswith("/data/images/val")
+    assert record["check"]["boxes_torch"] >= 1 and record["check"]["unmatched"] == 0
+    onnx = requests.get(f"{server.url}/models/{project}/live?format=onnx", timeout=30)
+    assert onnx.status_code == 200 and onnx.headers["X-Model-Version"] == "v1"
+    assert hashlib.sha256(onnx.content).hexdigest() == record["sha256"] == meta.json()["sha256"]
 
     # The promotion re-ranks the queue: Label Studio now serves the ranked tasks of v1, as
     # their first queue version.

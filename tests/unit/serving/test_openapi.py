@@ -6,6 +6,7 @@ The generated-request run against a live server is tests/integration/test_schema
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ def test_every_route_and_method_is_described(app: Flask) -> None:
 
 def test_the_description_loads_and_names_its_schemas(schema: BaseSchema) -> None:
     operations = [result.ok().label for result in schema.get_all_operations()]  # raises if bad
-    assert len(operations) == 8  # all but GET /openapi.json: schemathesis leaves its source out
+    assert len(operations) == 10  # all but GET /openapi.json: schemathesis leaves its source out
     predict = schema["/predict"]["POST"].definition.raw
     body = predict["requestBody"]["content"]["application/json"]["schema"]
     assert body == {"$ref": "#/components/schemas/PredictRequest"}
@@ -95,11 +96,15 @@ def test_answers_fit_their_description(
         ("GET", "/metrics", {"headers": {"Accept": "text/plain"}}, 200),
         ("GET", "/analytics/3", {}, 200),
         ("GET", "/analytics/0", {}, 400),
+        ("GET", "/models/3/live", {}, 404),
+        ("GET", "/models/3/live", {"query_string": "format=x"}, 400),
+        ("GET", "/models/3/live/meta", {"query_string": "format=onnx"}, 404),
+        ("GET", "/models/0/live/meta", {}, 400),
     ]
     for method, path, kwargs, status in calls:
         response = client.open(path, method=method, **kwargs)
         assert response.status_code == status, (method, path, response.get_data()[:200])
-        documented = "/analytics/{project_id}" if path.startswith("/analytics/") else path
+        documented = re.sub(r"^/(analytics|models)/\d+", r"/\1/{project_id}", path)
         _fits(schema, method, documented, response)
     # a task the time budget did not reach is answered [], which fits too
     tight = create_app(replace(settings, predict_batch=1, predict_budget_seconds=1e-6))
