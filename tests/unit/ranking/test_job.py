@@ -24,6 +24,7 @@ from backend.errors import ImageError
 from backend.labelstudio.images import LoadedImage
 from backend.labelstudio.label_config import parse_label_config
 from backend.labelstudio.predictions import (
+    PAGE_SIZE,
     UNCERTAINTY_SAMPLING,
     LabelStudioApiError,
     ProjectNotFound,
@@ -129,7 +130,7 @@ class FakeLabelStudio:
         return {"deleted_predictions": gone}
 
     def list_tasks(self, **params: Any) -> list[dict[str, Any]]:
-        assert params["project"] == PROJECT and params["page_size"] == 100
+        assert params["project"] == PROJECT and params["page_size"] == PAGE_SIZE
         if "query" not in params:
             assert (params["fields"], params["include"]) == ("all", "id,data,total_annotations")
             self.calls.append(("list",))
