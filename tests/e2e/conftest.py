@@ -87,26 +87,30 @@ SHAPES_SEED = 7  # neither of the training seeds (0, 1): images the model never 
 SHAPES_IMAGES = 8
 
 
+BackendEnv = Callable[[Mapping[str, str]], dict[str, str]]
+
+
+@pytest.fixture
 def project_backend_env(
-    tmp_path: Path,
-    label_studio: LocalLabelStudio,
-    document_root: Path,
-    weights: Path,
-    more: Mapping[str, str],
-) -> dict[str, str]:
+    tmp_path: Path, label_studio: LocalLabelStudio, ls_document_root: Path, trained_weights: Path
+) -> BackendEnv:
     """The settings of a backend a test starts for its own project: MODEL_DIR under
-    `tmp_path`, `weights` as MODEL_PATH at their size, images read from `document_root`, the
-    trainer polling fast; `more` (TRAIN_EVERY and the like) on top."""
-    return {
-        "MODEL_DIR": str(tmp_path / "models"),
-        "MODEL_PATH": str(weights),
-        "IMAGE_SIZE": BACKEND_IMAGE_SIZE,
-        "LABEL_STUDIO_URL": label_studio.url,
-        "LABEL_STUDIO_API_KEY": label_studio.legacy_token,
-        "LOCAL_FILES_DOCUMENT_ROOT": str(document_root),
-        "TRAIN_POLL_SECONDS": "0.3",
-        **more,
-    }
+    `tmp_path`, `trained_weights` as MODEL_PATH at their size, images read from the session's
+    document root, the trainer polling fast; the argument (TRAIN_EVERY and the like) on top."""
+
+    def settings(more: Mapping[str, str]) -> dict[str, str]:
+        return {
+            "MODEL_DIR": str(tmp_path / "models"),
+            "MODEL_PATH": str(trained_weights),
+            "IMAGE_SIZE": BACKEND_IMAGE_SIZE,
+            "LABEL_STUDIO_URL": label_studio.url,
+            "LABEL_STUDIO_API_KEY": label_studio.legacy_token,
+            "LOCAL_FILES_DOCUMENT_ROOT": str(ls_document_root),
+            "TRAIN_POLL_SECONDS": "0.3",
+            **more,
+        }
+
+    return settings
 
 
 class BackendFactory:
@@ -250,8 +254,11 @@ def retrieved(label_studio: LocalLabelStudio, shapes_project: ShapesProject) -> 
     return Retrieval(answer, stored_predictions(label_studio, shapes_project.project_id))
 
 
+MakeProject = Callable[[str, Sequence[Path]], tuple[int, list[int]]]
+
+
 @pytest.fixture
-def make_project(label_studio: LocalLabelStudio) -> Callable[..., tuple[int, list[int]]]:
+def make_project(label_studio: LocalLabelStudio) -> MakeProject:
     """Create a project of the given image files: returns (project id, task ids)."""
 
     def make(title: str, files: Sequence[Path]) -> tuple[int, list[int]]:

@@ -21,10 +21,9 @@ from backend.layout import ModelDir
 from devkit.datagen import write_images
 from devkit.demo import BackendServer
 from devkit.local_label_studio import REPO_ROOT, LocalLabelStudio, find_free_port
-from tests.conftest import BOX_CONFIG
 
 from .browser import screenshot_page, submit_task_unchanged
-from .conftest import project_backend_env
+from .conftest import BackendEnv, MakeProject
 
 
 def rect(x: float, y: float, label: str, region_id: str | None = None) -> dict[str, Any]:
@@ -76,18 +75,14 @@ def test_annotations_reach_the_ledger_with_their_edits(
     tmp_path: Path,
     label_studio: LocalLabelStudio,
     ls_document_root: Path,
-    trained_weights: Path,
+    project_backend_env: BackendEnv,
+    make_project: MakeProject,
     chromium: Path,
     test_output_dir: Path,
 ) -> None:
     files = write_images(ls_document_root / f"analytics-{tmp_path.name}", 4, seed=41)
-    project = label_studio.create_project("e2e analytics", BOX_CONFIG)
-    tasks = label_studio.import_images(project, [p for p, _ in files])
+    project, tasks = make_project("e2e analytics", [p for p, _ in files])
     env = project_backend_env(
-        tmp_path,
-        label_studio,
-        ls_document_root,
-        trained_weights,
         {
             "TRAIN_EVERY": "1000",  # the trainer's loop runs (and syncs the ledger), never trains
             "TRAIN_QUIET_SECONDS": "86400",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,12 +15,11 @@ from devkit.datagen import ls_regions, write_images
 from devkit.demo import BackendServer, retrieve_predictions
 from devkit.local_label_studio import LocalLabelStudio
 
-from .conftest import BackendFactory, ShapesProject, stored_predictions
+from .conftest import BackendFactory, MakeProject, ShapesProject, stored_predictions
 from .shapes import agreement, wait_for
 
 CREDENTIALS = ("ls-ml", "correct-horse-battery-7")
 BASIC_HEADER = "Basic " + base64.b64encode(":".join(CREDENTIALS).encode()).decode()
-MakeProject = Callable[..., tuple[int, list[int]]]
 
 
 @pytest.fixture(scope="session")

@@ -16,9 +16,8 @@ from backend.layout import ModelDir
 from devkit.datagen import SyntheticImage, ls_regions, write_images
 from devkit.demo import BackendServer, retrieve_predictions
 from devkit.local_label_studio import LocalLabelStudio, find_free_port
-from tests.conftest import BOX_CONFIG
 
-from .conftest import project_backend_env
+from .conftest import BackendEnv, MakeProject
 from .shapes import iou, pixel_box, truth_boxes
 
 TRAIN_EVERY = 4
@@ -80,16 +79,12 @@ def test_labels_follow_a_config_change_before_and_after_the_next_run(
     tmp_path: Path,
     label_studio: LocalLabelStudio,
     ls_document_root: Path,
-    trained_weights: Path,
+    project_backend_env: BackendEnv,
+    make_project: MakeProject,
 ) -> None:
     files = write_images(ls_document_root / f"config-change-{tmp_path.name}", 8, seed=43)
-    project = label_studio.create_project("e2e label config change", BOX_CONFIG)
-    task_ids = label_studio.import_images(project, [p for p, _ in files])
+    project, task_ids = make_project("e2e label config change", [p for p, _ in files])
     settings = project_backend_env(
-        tmp_path,
-        label_studio,
-        ls_document_root,
-        trained_weights,
         {
             "TRAIN_EVERY": str(TRAIN_EVERY),
             "TRAIN_QUIET_SECONDS": "3600",

@@ -23,7 +23,7 @@ from devkit.demo import BackendServer, retrieve_predictions
 from devkit.local_label_studio import LocalLabelStudio, find_free_port
 from tests.conftest import BOX_CONFIG
 
-from .conftest import project_backend_env
+from .conftest import BackendEnv, MakeProject
 
 TRAIN_EVERY = 6
 
@@ -53,18 +53,14 @@ def project_and_backend(
     tmp_path: Path,
     label_studio: LocalLabelStudio,
     ls_document_root: Path,
-    trained_weights: Path,
+    project_backend_env: BackendEnv,
+    make_project: MakeProject,
 ) -> Any:
     files = write_images(
         ls_document_root / f"retrain-{tmp_path.name}", 2 * TRAIN_EVERY + 3, seed=31
     )
-    project = label_studio.create_project("e2e retraining", BOX_CONFIG)
-    task_ids = label_studio.import_images(project, [p for p, _ in files])
+    project, task_ids = make_project("e2e retraining", [p for p, _ in files])
     settings = project_backend_env(
-        tmp_path,
-        label_studio,
-        ls_document_root,
-        trained_weights,
         {
             "TRAIN_EVERY": str(TRAIN_EVERY),
             "TRAIN_QUIET_SECONDS": "3600",
@@ -110,7 +106,10 @@ def test_annotations_train_promote_and_serve_new_version(
     record = meta.json()["onnx"]
     assert record["passed"] is True and record["check"]["images"] >= 1
     assert record["check"]["images_from"].endswith("/data/images/val")
-    assert record["check"]["boxes_torch"] >= 1 and record["check"]["unmatched"] == 0
+    # Every anchor's class scores agree; whether a box clears DETECT_CONF_FLOOR on these few
+    # validation images depends on the run (15 epochs at 160 px), so none is required.
+    assert record["check"]["unmatched"] == 0
+    assert record["check"]["max_score_diff"] <= record["check"]["score_tolerance"]
     onnx = requests.get(f"{server.url}/models/{project}/live?format=onnx", timeout=30)
     assert onnx.status_code == 200 and onnx.headers["X-Model-Version"] == "v1"
     assert hashlib.sha256(onnx.content).hexdigest() == record["sha256"] == meta.json()["sha256"]

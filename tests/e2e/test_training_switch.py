@@ -22,9 +22,8 @@ from backend.layout import ModelDir
 from devkit.datagen import ls_regions, write_images
 from devkit.demo import BackendServer
 from devkit.local_label_studio import LocalLabelStudio, find_free_port
-from tests.conftest import BOX_CONFIG
 
-from .conftest import project_backend_env
+from .conftest import BackendEnv, MakeProject
 
 TRAIN_EVERY = 2
 LABEL_STUDIO_EVERY = 3  # the switch's N: above TRAIN_EVERY, so TRAIN_EVERY would fire first
@@ -50,20 +49,16 @@ def switch_setup(
     tmp_path: Path,
     label_studio: LocalLabelStudio,
     ls_document_root: Path,
-    trained_weights: Path,
+    project_backend_env: BackendEnv,
+    make_project: MakeProject,
 ) -> Iterator[tuple[int, list[Any], EventStore]]:
     """A project of 4 images connected to its own backend: (project, [(task, sample)], events).
 
     TRAIN_QUIET_SECONDS is the test's parameter (`indirect`), else an hour.
     """
     files = write_images(ls_document_root / f"switch-{tmp_path.name}", 4, seed=41)
-    project = label_studio.create_project("e2e training switch", BOX_CONFIG)
-    task_ids = label_studio.import_images(project, [p for p, _ in files])
+    project, task_ids = make_project("e2e training switch", [p for p, _ in files])
     settings = project_backend_env(
-        tmp_path,
-        label_studio,
-        ls_document_root,
-        trained_weights,
         {
             "TRAIN_EVERY": str(TRAIN_EVERY),
             "TRAIN_QUIET_SECONDS": str(getattr(request, "param", 3600)),
