@@ -162,6 +162,18 @@ class EventStore:
             ).fetchone()
         return None if row is None else max(0, int(row[0]))
 
+    def annotations_created_since(self, project_id: int, since: float) -> int:
+        """How many distinct annotations the project's events received after `since` (unix
+        seconds) created."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COUNT(DISTINCT created.value) FROM events, json_each(events.annotation_ids)"
+                " AS created WHERE project_id = ? AND received_at > ?"
+                " AND action IN ('ANNOTATION_CREATED', 'ANNOTATIONS_CREATED')",
+                (project_id, since),
+            ).fetchone()
+        return int(row[0])
+
     def pending_counts(self) -> dict[int, int]:
         """Unprocessed events per project."""
         with self._lock:

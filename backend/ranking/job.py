@@ -288,12 +288,13 @@ def rank_project(
         timings["select"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
+        head = sorted(queued, key=lambda q: q.position)[: queue.queue_length or None]
         published = publish_queue(
             label_studio,
             project_id,
             project,
             run.model_version,
-            [(q.task_id, desired[q.task_id]) for q in sorted(queued, key=lambda q: q.position)],
+            [(q.task_id, desired[q.task_id]) for q in head],
             progress=lambda done, total, elapsed: run.notify(
                 run.report("write", done, total, elapsed)
             ),
@@ -303,7 +304,7 @@ def rank_project(
         timings["switch"] = time.perf_counter() - tick - published.import_s
         tick = time.perf_counter()
         path = store_ranking(
-            settings.model_dir, run, target, strategy.name, queued, desired, detections
+            settings.model_dir, run, target, strategy.name, queued, desired, detections, len(head)
         )
         timings["switch"] += time.perf_counter() - tick
         tick = time.perf_counter()
@@ -483,9 +484,11 @@ def store_ranking(
     queued: Sequence[QueuedTask],
     desired: Mapping[int, DesiredPrediction],
     detections: Detections,
+    written: int,
 ) -> Path:
-    """Write the ranked predictions, and the queue version they carry, for `/setup` and
-    `/predict`; returns the file."""
+    """Write the ranked predictions, the queue version they carry and how many of the queue's
+    first tasks Label Studio holds (`written`), for `/setup` and `/predict`; returns the
+    file."""
     entries = {
         str(q.task_id): ranking_entry(
             result=desired[q.task_id].result,
@@ -504,6 +507,7 @@ def store_ranking(
         strategy=strategy,
         created_at=time.time(),
         tasks=entries,
+        written=written,
     )
     return save_ranking(ranking_path(model_dir, run.project_id, run.model_version), document)
 

@@ -12,6 +12,12 @@ Studio, or as attributes of the RectangleLabels tag (extra params win):
     al_aggregation  max | mean | sum: box scores -> image score (uncertainty strategies)
     al_batch_size   tasks ordered by the full strategy each ranking (default 100); the rest of
                     the queue follows by score
+    al_queue_length how many of the queue's first tasks each ranking writes to Label Studio
+                    (default 2000; 0: every task). Label Studio serves them first, in order;
+                    the other tasks are answered from the stored ranking when Label Studio
+                    asks (`/predict`), and a ranking runs again once half of the written ones
+                    are annotated. Label Studio spends about 5 ms per prediction deleted and
+                    recounts every task it imports to, so this bounds each ranking's writes
     al_audit        true (default) | false: the audit slice. The tasks whose id hash falls in
                     the validation share (TRAIN_VAL_PERCENT) are never ranked by the strategy;
                     they take every (100 / TRAIN_VAL_PERCENT)-th place of the queue in random
@@ -55,6 +61,7 @@ KEYS = (
     "al_lambda",
     "al_aggregation",
     "al_batch_size",
+    "al_queue_length",
     "al_audit",
     "al_per_second",
     "al_near_duplicates",
@@ -66,6 +73,7 @@ DEFAULT_STRATEGY = "hybrid"
 COLD_START_STRATEGY = "typiclust"  # before the first promoted model, on the project encoder
 DEFAULT_LAMBDA = 0.5  # hybrid's weight of uncertainty
 DEFAULT_BATCH_SIZE = 100
+DEFAULT_QUEUE_LENGTH = 2000  # tasks written to Label Studio per ranking (0: all)
 DEFAULT_AUDIT = True
 DEFAULT_PER_SECOND = False
 DEFAULT_NEAR_DUPLICATES = 0.0
@@ -86,6 +94,7 @@ class QueueConfig:
     batch_size: int = DEFAULT_BATCH_SIZE
     flip_pass: bool = False  # the strategy uses flip disagreement: detect on mirrors too
     embedding: str = DETECTOR_EMBEDDING  # al_embedding: whose embeddings diversity uses
+    queue_length: int = DEFAULT_QUEUE_LENGTH  # al_queue_length: the head written (0: all)
 
     def build(self) -> Any:
         """The strategy object (strategies.get_strategy)."""
@@ -165,15 +174,19 @@ def queue_config(
         params["dup_relative"] = near
     if _flag(raw, "al_audit", DEFAULT_AUDIT):
         params["audit_share"] = val_percent / 100.0
-    batch_size = DEFAULT_BATCH_SIZE
-    if "al_batch_size" in raw:
-        batch_size = int(_number(raw["al_batch_size"], "al_batch_size", 1, 100_000))
-        if float(raw["al_batch_size"]) != batch_size:
-            raise BadRequest(f"al_batch_size must be an integer, got {raw['al_batch_size']!r}")
+    batch_size = _integer(raw, "al_batch_size", DEFAULT_BATCH_SIZE, 1, 100_000)
+    queue_length = _integer(raw, "al_queue_length", DEFAULT_QUEUE_LENGTH, 0, 10_000_000)
     embedding = str(raw.get("al_embedding", DETECTOR_EMBEDDING)).strip().lower()
     if embedding not in EMBEDDINGS:
         raise BadRequest(f"al_embedding must be one of {', '.join(EMBEDDINGS)}, got {embedding!r}")
-    config = QueueConfig(strategy, params, batch_size, flip_pass=flip > 0, embedding=embedding)
+    config = QueueConfig(
+        strategy,
+        params,
+        batch_size,
+        flip_pass=flip > 0,
+        embedding=embedding,
+        queue_length=queue_length,
+    )
     try:
         config.build()
     except ValueError as exc:
@@ -191,6 +204,16 @@ def _number(value: Any, name: str, lo: float, hi: float) -> float:
     if not lo <= number <= hi:
         raise BadRequest(f"{name} must be between {lo:g} and {hi:g}, got {number:g}")
     return number
+
+
+def _integer(raw: Mapping[str, Any], name: str, default: int, lo: int, hi: int) -> int:
+    """A whole-number option between `lo` and `hi`."""
+    if name not in raw:
+        return default
+    number = _number(raw[name], name, lo, hi)
+    if number != int(number):
+        raise BadRequest(f"{name} must be an integer, got {raw[name]!r}")
+    return int(number)
 
 
 def _flag(raw: Mapping[str, Any], name: str, default: bool) -> bool:

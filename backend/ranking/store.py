@@ -5,7 +5,7 @@ One JSON file per project and model version, in the project's ranking folder
 Label Studio serves the queue it describes:
 
     {"project_id": 4, "model_version": "v3", "queue_version": "v3.q2", "strategy": "hybrid",
-     "created_at": <unix s>, "n_ranked": 2,
+     "created_at": <unix s>, "n_ranked": 2, "written": 2,
      "tasks": {"11": {"result": [<regions>], "score": 0.0, "rank": 0, "strategy_rank": 0,
                       "strategy_score": 0.93, "ref": "<image>"},
                ...}}
@@ -72,8 +72,10 @@ def ranking_document(
     strategy: str,
     created_at: float,
     tasks: Mapping[str, dict[str, Any]],
+    written: int,
 ) -> dict[str, Any]:
-    """The whole file: `tasks` maps each ranked task id (a string) to its `ranking_entry`."""
+    """The whole file: `tasks` maps each ranked task id (a string) to its `ranking_entry`;
+    `written` of them, the queue's first, are imported into Label Studio."""
     return {
         "project_id": project_id,
         "model_version": model_version,
@@ -81,6 +83,7 @@ def ranking_document(
         "strategy": strategy,
         "created_at": created_at,
         "n_ranked": len(tasks),
+        "written": written,
         "tasks": dict(tasks),
     }
 
@@ -141,6 +144,18 @@ def precomputed_prediction(
         "score": entry["score"],
         "model_version": queue,
     }
+
+
+def newest_ranking(model_dir: Path, project_id: int) -> dict[str, Any] | None:
+    """The project's most recently written ranking, whichever model made it, or None."""
+    folder = ModelDir(Path(model_dir)).project(project_id).ranking
+    if not folder.is_dir():
+        return None
+    files = [(p.stat(), p) for p in folder.iterdir() if p.name.endswith(_SUFFIX)]
+    if not files:
+        return None
+    stat, path = max(files, key=lambda pair: pair[0].st_mtime_ns)
+    return _read_ranking(str(path), stat.st_mtime_ns, stat.st_size)
 
 
 def remove_other_rankings(model_dir: Path, project_id: int, keep_version: str) -> list[Path]:

@@ -77,7 +77,7 @@ class QueueWorld:
         for task_id in self.task_ids[:N_SEED_LABELED]:
             self.annotate(task_id)
 
-    def rank(self, **kwargs: Any) -> RankSummary:
+    def rank(self, queue_length: int = 0, **kwargs: Any) -> RankSummary:
         return rank_project(
             settings=self.settings,
             detectors=self.detectors,
@@ -85,7 +85,7 @@ class QueueWorld:
             label_studio=self.client,
             registry=self.registry,
             project_id=self.project_id,
-            queue=QueueConfig(batch_size=N_IMAGES),
+            queue=QueueConfig(batch_size=N_IMAGES, queue_length=queue_length),
             **kwargs,
         )
 
@@ -234,6 +234,28 @@ def listed_in_view(world: QueueWorld, view_id: int) -> list[int]:
     )
     assert answer.status_code == 200, answer.text
     return [int(t["id"]) for t in answer.json()["tasks"]]
+
+
+def test_with_a_queue_length_label_studio_holds_the_head_and_the_backend_answers_the_rest(
+    world: QueueWorld,
+) -> None:
+    summary = world.rank(queue_length=4)
+
+    ranking = load_ranking(world.settings.model_dir, world.project_id, "v1")
+    assert ranking is not None and (ranking["written"], ranking["n_ranked"]) == (4, 10)
+    queue = sorted(ranking["tasks"], key=lambda t: ranking["tasks"][t]["rank"])
+    queue = [int(t) for t in queue]
+    head, rest = queue[:4], queue[4:]
+    assert summary.imported == 4 and world.model_versions() == {"v1.q1": 4}
+    assert {t for t, found in world.of_version("v1.q1").items() if found} == set(head)
+    assert world.next_task()["id"] == head[0]
+    # the tab lists the head in order, then the tasks without a queue prediction
+    listed = listed_in_view(world, summary.view_id or 0)
+    assert listed[:4] == head and sorted(listed[4:]) == sorted(rest)
+    # a task past the head is answered from the stored ranking, under the queue version
+    answer = precomputed_prediction(world.settings.model_dir, world.project_id, rest[0], "v1")
+    assert answer is not None and answer["model_version"] == "v1.q1"
+    assert answer["score"] == pytest.approx(4 / 10)
 
 
 def test_reranking_switches_to_a_new_version_and_removes_old_ones_keeping_annotated(

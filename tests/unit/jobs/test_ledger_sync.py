@@ -136,6 +136,7 @@ def test_a_queue_prediction_is_recorded_under_its_model_with_its_queue_position(
         strategy="hybrid",
         created_at=0.0,
         tasks=tasks,
+        written=len(tasks),
     )
     save_ranking(ranking_path(world.services.settings.model_dir, 3, "v2"), document)
     for annotation_id, parent in ((1, 6), (2, 7), (3, 8)):

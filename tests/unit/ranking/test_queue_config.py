@@ -4,7 +4,7 @@ import pytest
 
 from backend.errors import BadRequest
 from backend.ranking import queue_config as module
-from backend.ranking.queue_config import QueueConfig
+from backend.ranking.queue_config import DEFAULT_QUEUE_LENGTH, QueueConfig
 
 
 def queue_config(extra: dict, tags: dict | None = None) -> QueueConfig:
@@ -34,6 +34,12 @@ def test_near_duplicates_is_a_fraction_of_the_neighbour_distance() -> None:
 def test_the_audit_slice_is_the_validation_share_and_can_be_turned_off() -> None:
     assert module.queue_config({}, val_percent=10).params["audit_share"] == 0.1
     assert "audit_share" not in queue_config({"al_audit": "false"}).params
+
+
+def test_queue_length_defaults_to_a_bounded_head_and_zero_means_every_task() -> None:
+    assert queue_config({}).queue_length == DEFAULT_QUEUE_LENGTH > 0
+    assert queue_config({"al_queue_length": "500"}).queue_length == 500
+    assert queue_config({"al_queue_length": 0}).queue_length == 0
 
 
 @pytest.mark.parametrize(
@@ -96,6 +102,9 @@ def test_aggregation_reaches_the_right_parameter(extra: dict, params: dict) -> N
         ({"al_strategy": "dua", "al_aggregation": "max"}, "does not apply"),
         ({"al_batch_size": 0}, "between 1 and"),
         ({"al_batch_size": 2.5}, "integer"),
+        ({"al_queue_length": -1}, "al_queue_length must be between 0 and"),
+        ({"al_queue_length": "many"}, "al_queue_length must be a number"),
+        ({"al_queue_length": 10.5}, "integer"),
         ({"al_audit": 2}, "al_audit must be true or false"),
         ({"al_near_duplicates": 2}, "al_near_duplicates must be between 0 and 1"),
         ({"al_uncertainty": "vibes"}, "al_uncertainty must be one of"),

@@ -99,12 +99,13 @@ def test_the_file_format_is_what_predict_and_people_read() -> None:
         strategy="hybrid",
         created_at=12.5,
         tasks={"11": entry},
+        written=1,
     )
 
     assert json.dumps(document, separators=(",", ":")) == (
         '{"project_id":4,"model_version":"v3","queue_version":"v3.q2","strategy":"hybrid",'
-        '"created_at":12.5,"n_ranked":1,"tasks":{"11":{"result":[{"from_name":"label",'
-        '"value":{"x":1}}],"score":0.25,"rank":1,"strategy_rank":4,"strategy_score":0.75,'
+        '"created_at":12.5,"n_ranked":1,"written":1,"tasks":{"11":{"result":[{'
+        '"from_name":"label","value":{"x":1}}],"score":0.25,"rank":1,"strategy_rank":4,"strategy_score":0.75,'
         '"ref":"/data/a.jpg"}}}'
     )
 

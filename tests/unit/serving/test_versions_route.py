@@ -80,6 +80,7 @@ def test_a_ranked_live_version_is_listed_under_its_queue_version(
         strategy="hybrid",
         created_at=0.0,
         tasks={},
+        written=0,
     )
     save_ranking(ranking_path(model_dir, 5, "v2"), document)
 
