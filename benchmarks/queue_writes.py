@@ -3,14 +3,15 @@ one-by-one writes they replaced, measured in the same run against the same Label
 
 A real Label Studio 1.23 (started as the tests start it) gets N tasks whose image URLs are
 never downloaded: the ranking's detections count as cached, so what is timed is its Label
-Studio side. Each ranking writes one prediction per task (two boxes, the queue score), in a
-new order each time.
+Studio side. Each ranking orders the N tasks anew and writes one prediction (two boxes, the
+queue score) for each of the first L (`--queue-length`, the product's `al_queue_length`:
+default 2,000; 0: all N).
 
 * fetch: `list_tasks`, the ranking's first stage, over the N tasks.
 * queue versions (the product, `backend.ranking.publish`): three rankings of one model. Each
   publishes a new queue version (bulk import in chunks, counted, then one PATCH switching the
   project) and removes the old ones; the first two remove nothing (the version served until a
-  switch stays one ranking longer), the third removes the first (N predictions, one DELETE):
+  switch stays one ranking longer), the third removes the first (L predictions, one DELETE):
   the steady state of every re-rank.
 * one by one (the design before queue versions): one `POST /api/predictions/` per task with
   its cluster (a ranking after retraining) and one `PATCH` of score and cluster per task (a
@@ -20,7 +21,8 @@ new order each time.
 
 The ratios compare the two designs' re-ranks, with and without the fetch.
 
-    python -m benchmarks.queue_writes [--tasks 10000] [--subset 300] [--out FILE]
+    python -m benchmarks.queue_writes [--tasks 10000] [--queue-length 2000] [--subset 300]
+        [--out FILE]
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from backend.labelstudio.client import LabelStudioClient
 from backend.labelstudio.predictions import DesiredPrediction, list_tasks, read_project
 from backend.labelstudio.versions import retired_versions
 from backend.ranking.publish import publish_queue, remove_old_versions
+from backend.ranking.queue_config import DEFAULT_QUEUE_LENGTH
 from devkit.datagen import CLASSES
 from devkit.local_label_studio import LocalLabelStudio
 
@@ -174,16 +177,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--subset", type=int, default=300, help="tasks the one-by-one writes are timed on"
     )
+    parser.add_argument(
+        "--queue-length",
+        type=int,
+        default=DEFAULT_QUEUE_LENGTH,
+        help="tasks each ranking writes, the queue's head (0: all; default %(default)s)",
+    )
     parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args(argv)
-    if args.tasks < 1 or not 1 <= args.subset <= args.tasks:
-        parser.error("need 1 <= --subset <= --tasks")
+    written = min(args.queue_length or args.tasks, args.tasks)
+    if args.tasks < 1 or not 1 <= args.subset <= args.tasks or args.queue_length < 0:
+        parser.error("need 1 <= --subset <= --tasks and --queue-length >= 0")
 
     work = Path(tempfile.mkdtemp(prefix="queue-writes-"))
     steps: list[Timed] = []
     rng = np.random.default_rng(0)
     print(
-        f"queue writes: {args.tasks} tasks, one-by-one subset {args.subset}; "
+        f"queue writes: {args.tasks} tasks, {written} written per ranking, "
+        f"one-by-one subset {args.subset}; "
         f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f} at start",
         flush=True,
     )
@@ -205,8 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("queue versions (bulk import + switch, then removal):", flush=True)
         for ranking in (1, 2, 3):
             before = read_project(client, project_id)
-            wanted = queue(task_ids, boxes, seed=ranking)
-            with timed(meter, f"ranking {ranking}: publish (import + switch)", args.tasks, steps):
+            wanted = queue(task_ids, boxes, seed=ranking)[:written]
+            with timed(meter, f"ranking {ranking}: publish (import + switch)", written, steps):
                 published = publish_queue(client, project_id, before, MODEL_VERSION, wanted)
             old = retired_versions(published.before, published.version, before.model_version)
             removing = sum(published.before[v] for v in old)
@@ -264,6 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         ]
                     ),
                     "tasks": args.tasks,
+                    "written": written,
                     "subset": args.subset,
                     "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
                     "steps": [asdict(s) for s in steps],
@@ -308,7 +320,7 @@ def summarise(steps: Sequence[Timed], n: int, subset: int) -> dict[str, float]:
 
 def print_summary(f: dict[str, float]) -> None:
     print(
-        "\nre-rank of the whole project (steady state), writes only:\n"
+        "\nre-rank (steady state), writes only; one by one writes every task:\n"
         f"  queue versions  {f['new_rerank_writes_s']:8.1f} s  (publish {f['new_publish_s']:.1f}"
         f" + remove {f['new_remove_s']:.1f}); LS CPU {f['new_rerank_ls_cpu_s']:.1f} s\n"
         f"  one by one      {f['old_rerank_writes_s_extrapolated']:8.1f} s  (PATCH, extrapolated);"
