@@ -3,8 +3,10 @@ rough rectangle or click in /predict's `params.context`, and show what comes bac
 
 A rectangle: the detector runs on a crop around it (the rectangle and CROP_MARGIN of its size
 on each side), which its letterbox scales up to the model's input size, so small objects snap
-too. The answer is the detection that overlaps the rectangle most, labeled as the annotator
-chose, or by the model when the rectangle carries no label of the control.
+too. The answer is the detection that overlaps the rectangle best, weighed by confidence,
+labeled as the annotator chose, or by the model when the rectangle carries no label of the
+control. When no detection in the crop is sure (MODEL_SCORE_THRESHOLD), the whole image's
+detections compete too: a crop can mislead the model where the whole picture does not.
 A click (KeyPointLabels): the detections of the whole image that contain the point; the
 smallest of them (the innermost object) is the answer, labeled by the model.
 """
@@ -110,10 +112,11 @@ def shifted(boxes: Sequence[Box], dx: float, dy: float) -> list[Box]:
 
 
 def best_overlap(boxes: Sequence[Box], region: UserRegion) -> Box | None:
-    """The box overlapping the rectangle most (IoU at least MIN_IOU; ties: confidence)."""
-    scored = [(_iou(b, region), b.conf, b) for b in boxes]
-    scored = [s for s in scored if s[0] >= MIN_IOU]
-    return max(scored, key=lambda s: (s[0], s[1]))[2] if scored else None
+    """Of the boxes overlapping the rectangle at least MIN_IOU, the one with the highest IoU
+    times confidence: a box the model barely believes in does not win over a sure one
+    nearby just because it fits the rough stroke a little better."""
+    scored = [(_iou(b, region) * b.conf, b) for b in boxes if _iou(b, region) >= MIN_IOU]
+    return max(scored, key=lambda s: s[0])[1] if scored else None
 
 
 def innermost(boxes: Sequence[Box], region: UserRegion) -> Box | None:

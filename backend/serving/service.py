@@ -285,7 +285,7 @@ class MLService:
                 continue
             detector = self.detectors.get(sources[control.from_name])
             mine = [r for r in drawn if str(r.get("to_name", "")) == to_name]
-            regions += self._snap(detector, control, image, mine)
+            regions += self._snap(detector, control, image, mine, self.settings.score_threshold)
         logger.info(
             "project=%s task=%s assist: %d region(s) drawn, %d answered in %.3fs",
             project,
@@ -302,22 +302,28 @@ class MLService:
         control: BoxControl,
         image: LoadedImage,
         drawn: Sequence[Mapping[str, Any]],
+        sure: float,
     ) -> list[dict[str, Any]]:
         """The detector's box for each of one image's drawn regions (none where it finds
-        nothing there)."""
+        nothing there); a rectangle's crop without a box of confidence `sure` or more lets
+        the whole image's boxes compete."""
         width, height = image.width, image.height
-        whole: list[Box] | None = None  # the whole image's boxes, for clicks
+
+        @functools.cache
+        def whole() -> list[Box]:  # the whole image's boxes, detected once if needed
+            return list(detector.predict([image.pixels])[0].boxes)
+
         answers = []
         for region in user_regions(drawn, width, height):
             if region.is_point:
-                if whole is None:
-                    whole = list(detector.predict([image.pixels])[0].boxes)
-                box = innermost(whole, region)
+                box = innermost(whole(), region)
             else:
                 x0, y0, x1, y1 = crop_window(region, width, height)
                 crop = np.ascontiguousarray(image.pixels[y0:y1, x0:x1])
                 found = shifted(detector.predict([crop])[0].boxes, x0, y0)
                 box = best_overlap(found, region)
+                if box is None or box.conf < sure:
+                    box = best_overlap([*found, *whole()], region)
             if box is None or not 0 <= box.class_id < len(detector.names):
                 continue
             model_label = control.label_for(detector.names[box.class_id])
