@@ -15,7 +15,6 @@ its assets from (a mirror or a local server can stand in for it).
 
 from __future__ import annotations
 
-import inspect
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +26,11 @@ from backend.models.offline import prepare_ultralytics
 logger = logging.getLogger(__name__)
 
 MIN_WEIGHTS_BYTES = 10_000  # a smaller body is an error page, not a checkpoint
+
+# The GitHub release ultralytics fetches its assets from: the default of `release` in
+# ultralytics.utils.downloads.attempt_download_asset. It must follow the ultralytics pin in
+# requirements.txt; tests/unit/models/test_pretrained.py fails when the two part.
+ULTRALYTICS_RELEASE = "v8.4.0"
 
 
 class WeightsDownloadRefused(ConfigError):
@@ -58,7 +62,6 @@ def download_named(name: str, settings: Settings, into: Path) -> Path:
     from ultralytics.utils.downloads import (  # noqa: PLC0415  (after prepare_ultralytics)
         GITHUB_ASSETS_NAMES,
         GITHUB_ASSETS_REPO,
-        attempt_download_asset,
         safe_download,
     )
 
@@ -67,9 +70,7 @@ def download_named(name: str, settings: Settings, into: Path) -> Path:
             f"{name} is not one of ultralytics' released weights (e.g. yolo11n.pt, yolov8s.pt); "
             "set WEIGHTS_URL to download it from elsewhere, or MODEL_PATH to a file"
         )
-    # The release ultralytics itself downloads its assets from (attempt_download_asset's).
-    release = inspect.signature(attempt_download_asset).parameters["release"].default
-    base = f"https://github.com/{GITHUB_ASSETS_REPO}/releases/download/{release}"
+    base = f"https://github.com/{GITHUB_ASSETS_REPO}/releases/download/{ULTRALYTICS_RELEASE}"
     url = f"{settings.weights_url or base}/{name}"
     into.mkdir(parents=True, exist_ok=True)
     logger.info("downloading pretrained weights %s from %s into %s", name, url, into)

@@ -7,6 +7,7 @@ fetches it. Each test counts the requests, so "nothing was downloaded" is checke
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +16,11 @@ import pytest
 from backend.cli import main
 from backend.config import Settings
 from backend.errors import ConfigError
-from backend.models.pretrained import WeightsDownloadRefused, WeightsUnavailable
+from backend.models.pretrained import (
+    ULTRALYTICS_RELEASE,
+    WeightsDownloadRefused,
+    WeightsUnavailable,
+)
 from backend.services import build_services
 from devkit.datagen import CLASSES
 from tests.support.http_fixture import CannedServer, canned_http_server
@@ -40,6 +45,15 @@ def env(tmp_path: Path, release: CannedServer, monkeypatch: pytest.MonkeyPatch) 
         "WEIGHTS_URL": release.url + "/",
         "TRAINING": "0",
     }
+
+
+def test_the_release_tag_follows_the_installed_ultralytics(ultralytics_dir: Path) -> None:
+    """An ultralytics upgrade that moves its assets to a new release fails here, rather than
+    downloads carrying on from the old one."""
+    from ultralytics.utils.downloads import attempt_download_asset
+
+    release = inspect.signature(attempt_download_asset).parameters["release"].default
+    assert ULTRALYTICS_RELEASE == release
 
 
 def test_model_path_is_a_name_only_when_no_such_file_exists(
