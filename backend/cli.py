@@ -23,7 +23,7 @@ from backend.jobs.scheduler import BackgroundTrainer
 from backend.jobs.worker import run_worker
 from backend.logs import configure_logging
 from backend.models.handout import FORMATS, live_file
-from backend.models.pretrained import download_named, resolve_named_weights
+from backend.models.pretrained import download_named
 from backend.ranking.job import rank_as_configured
 from backend.ranking.progress import RankProgress
 from backend.services import build_services
@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder to put them in (default: MODEL_DIR/pretrained; for an image, the "
         "PRETRAINED_DIR it reads)",
     )
-    fetch.set_defaults(handler=_weights, resolve_weights=False)
+    fetch.set_defaults(handler=_weights)
     return parser
 
 
@@ -337,8 +337,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
         configure_logging(settings.log_level)
-        if getattr(args, "resolve_weights", True):  # before `serve` forks: one download
-            settings = resolve_named_weights(settings)
         return int(args.handler(args, settings))
     except (BackendError, LookupError, FileNotFoundError, ValueError) as exc:
         print(f"ls-active-yolo: error: {exc}", file=sys.stderr)

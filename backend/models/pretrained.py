@@ -16,11 +16,13 @@ its assets from (a mirror or a local server can stand in for it).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import replace
 from pathlib import Path
 
 from backend.config import WEIGHTS_NAME, Settings
 from backend.errors import ConfigError
+from backend.files import exclusive_lock
 from backend.models.offline import prepare_ultralytics
 
 logger = logging.getLogger(__name__)
@@ -86,7 +88,9 @@ def download_named(name: str, settings: Settings, into: Path) -> Path:
 def resolve_named_weights(settings: Settings) -> Settings:
     """`settings` with MODEL_PATH's named weights resolved to a file (downloaded if allowed).
 
-    Unchanged when MODEL_PATH is unset, a file, or already resolved.
+    Unchanged when MODEL_PATH is unset, a file, or already resolved. Every process resolves
+    for itself (`build_services`): processes starting together (gunicorn's workers) take
+    turns under a file lock, so the first downloads and the others find its file.
     """
     name = settings.model_name
     if name is None or settings.model_path is not None:
@@ -104,6 +108,15 @@ def resolve_named_weights(settings: Settings) -> Settings:
                 f"by default: set ALLOW_WEIGHT_DOWNLOADS=1 to download {name}, put the file at "
                 f"{places}, or point MODEL_PATH at a weights file"
             )
-        found = download_named(name, settings, settings.paths.pretrained)
+        with exclusive_lock(settings.paths.pretrained_lock, wait=_retry_later):
+            found = find_named(name, settings)  # downloaded while this process waited?
+            if found is None:
+                found = download_named(name, settings, settings.paths.pretrained)
     logger.info("MODEL_PATH %s: %s", name, found)
     return replace(settings, model_path=found)
+
+
+def _retry_later() -> bool:
+    """Between tries for the download lock: another process is downloading; wait for it."""
+    time.sleep(0.5)
+    return True
