@@ -23,7 +23,7 @@ from backend.jobs.scheduler import BackgroundTrainer
 from backend.jobs.worker import run_worker
 from backend.logs import configure_logging
 from backend.models.handout import FORMATS, live_file
-from backend.models.pretrained import download_named
+from backend.models.pretrained import download_named, resolve_named_weights
 from backend.ranking.job import rank_as_configured
 from backend.ranking.progress import RankProgress
 from backend.services import build_services
@@ -32,6 +32,9 @@ from backend.training.onnx_export import export_promoted, export_version, export
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    # Before gunicorn forks (its workers inherit the resolved path): a refused or failed
+    # download is this command's one-line error, not a worker that fails to boot.
+    settings = resolve_named_weights(settings)
     overrides = {"host": args.host, "port": args.port}
     overrides.update(workers=args.workers, threads=args.threads)
     serve(replace(settings, **{k: v for k, v in overrides.items() if v is not None}))

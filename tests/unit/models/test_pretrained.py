@@ -91,6 +91,9 @@ def test_a_name_is_refused_at_start_up_unless_downloads_are_allowed(
         monkeypatch.setenv(name, value)
     assert main(["models", "list", "--project", "1"]) == 2
     assert "ALLOW_WEIGHT_DOWNLOADS=1" in capsys.readouterr().err
+    # `serve` too, before gunicorn starts a worker
+    assert main(["serve", "--port", "9"]) == 2
+    assert "ALLOW_WEIGHT_DOWNLOADS=1" in capsys.readouterr().err
     assert release.paths == []
     assert not settings.paths.pretrained.exists() or not any(settings.paths.pretrained.iterdir())
 
