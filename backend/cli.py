@@ -32,6 +32,9 @@ from backend.training.onnx_export import export_promoted, export_version, export
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    # Before gunicorn forks (its workers inherit the resolved path): a refused or failed
+    # download is this command's one-line error, not a worker that fails to boot.
+    settings = resolve_named_weights(settings)
     overrides = {"host": args.host, "port": args.port}
     overrides.update(workers=args.workers, threads=args.threads)
     serve(replace(settings, **{k: v for k, v in overrides.items() if v is not None}))
@@ -328,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder to put them in (default: MODEL_DIR/pretrained; for an image, the "
         "PRETRAINED_DIR it reads)",
     )
-    fetch.set_defaults(handler=_weights, resolve_weights=False)
+    fetch.set_defaults(handler=_weights)
     return parser
 
 
@@ -337,8 +340,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
         configure_logging(settings.log_level)
-        if getattr(args, "resolve_weights", True):  # before `serve` forks: one download
-            settings = resolve_named_weights(settings)
         return int(args.handler(args, settings))
     except (BackendError, LookupError, FileNotFoundError, ValueError) as exc:
         print(f"ls-active-yolo: error: {exc}", file=sys.stderr)

@@ -141,7 +141,7 @@ class Settings:
     # allowed (backend/models/pretrained.py), which sets model_path
     allow_weight_downloads: bool = False  # ALLOW_WEIGHT_DOWNLOADS: download a named MODEL_PATH
     weights_url: str | None = None  # WEIGHTS_URL: where named weights are downloaded from
-    # (<WEIGHTS_URL>/<name>); unset = ultralytics' GitHub release of the installed version
+    # (<WEIGHTS_URL>/<name>); unset = the GitHub release of the pinned ultralytics
     pretrained_dir: Path | None = None  # PRETRAINED_DIR: read-only folder of named weights
     # (an image's baked WEIGHTS), looked in before MODEL_DIR/pretrained
     model_yaml: str = "yolo11n.yaml"  # MODEL_YAML: architecture for a randomly initialised model

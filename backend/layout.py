@@ -10,6 +10,7 @@ asks this module for a path instead of spelling it, so the layout can be read he
     .ultralytics/                        ultralytics' settings, offline (models/offline.py)
     pretrained/<name>.pt                 named weights downloaded for MODEL_PATH=<name>.pt
                                          (models/pretrained.py; only when allowed)
+    pretrained.lock                      flock: one process downloads them at a time
     .health-probe                        /health's write test
     projects/<id>/LIVE                   the live version's name (models/registry.py)
     projects/<id>/history.jsonl          promotions and rollbacks
@@ -171,6 +172,11 @@ class ModelDir:
     def pretrained(self) -> Path:
         """Named pretrained weights downloaded for MODEL_PATH (ALLOW_WEIGHT_DOWNLOADS)."""
         return self.root / "pretrained"
+
+    @property
+    def pretrained_lock(self) -> Path:
+        """flock held while named weights are downloaded (one download at a time)."""
+        return self.root / "pretrained.lock"
 
     @property
     def health_probe(self) -> Path:

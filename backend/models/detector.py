@@ -18,7 +18,6 @@ A label config's `model_path` therefore names weights only inside MODELS_ROOT (s
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import os
 import threading
@@ -34,6 +33,7 @@ import numpy as np
 
 from backend.config import Settings
 from backend.errors import LabelConfigError, ModelError
+from backend.files import file_sha256
 from backend.models.offline import prepare_ultralytics
 from backend.models.registry import ModelRegistry
 
@@ -267,11 +267,8 @@ def file_version(path: Path) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _hashed_version(path: Path, _mtime_ns: int, _size: int) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return f"{path.stem}-{digest.hexdigest()[:8]}"
+    """Cached by path, mtime and size: a changed file is hashed again."""
+    return f"{path.stem}-{file_sha256(path)[:8]}"
 
 
 class DetectorPool:

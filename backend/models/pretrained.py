@@ -15,18 +15,24 @@ its assets from (a mirror or a local server can stand in for it).
 
 from __future__ import annotations
 
-import inspect
 import logging
+import time
 from dataclasses import replace
 from pathlib import Path
 
 from backend.config import WEIGHTS_NAME, Settings
 from backend.errors import ConfigError
+from backend.files import exclusive_lock
 from backend.models.offline import prepare_ultralytics
 
 logger = logging.getLogger(__name__)
 
 MIN_WEIGHTS_BYTES = 10_000  # a smaller body is an error page, not a checkpoint
+
+# The GitHub release ultralytics fetches its assets from: the default of `release` in
+# ultralytics.utils.downloads.attempt_download_asset. It must follow the ultralytics pin in
+# requirements.txt; tests/unit/models/test_pretrained.py fails when the two part.
+ULTRALYTICS_RELEASE = "v8.4.0"
 
 
 class WeightsDownloadRefused(ConfigError):
@@ -58,7 +64,6 @@ def download_named(name: str, settings: Settings, into: Path) -> Path:
     from ultralytics.utils.downloads import (  # noqa: PLC0415  (after prepare_ultralytics)
         GITHUB_ASSETS_NAMES,
         GITHUB_ASSETS_REPO,
-        attempt_download_asset,
         safe_download,
     )
 
@@ -67,9 +72,7 @@ def download_named(name: str, settings: Settings, into: Path) -> Path:
             f"{name} is not one of ultralytics' released weights (e.g. yolo11n.pt, yolov8s.pt); "
             "set WEIGHTS_URL to download it from elsewhere, or MODEL_PATH to a file"
         )
-    # The release ultralytics itself downloads its assets from (attempt_download_asset's).
-    release = inspect.signature(attempt_download_asset).parameters["release"].default
-    base = f"https://github.com/{GITHUB_ASSETS_REPO}/releases/download/{release}"
+    base = f"https://github.com/{GITHUB_ASSETS_REPO}/releases/download/{ULTRALYTICS_RELEASE}"
     url = f"{settings.weights_url or base}/{name}"
     into.mkdir(parents=True, exist_ok=True)
     logger.info("downloading pretrained weights %s from %s into %s", name, url, into)
@@ -85,7 +88,9 @@ def download_named(name: str, settings: Settings, into: Path) -> Path:
 def resolve_named_weights(settings: Settings) -> Settings:
     """`settings` with MODEL_PATH's named weights resolved to a file (downloaded if allowed).
 
-    Unchanged when MODEL_PATH is unset, a file, or already resolved.
+    Unchanged when MODEL_PATH is unset, a file, or already resolved. Every process resolves
+    for itself (`build_services`): processes starting together (gunicorn's workers) take
+    turns under a file lock, so the first downloads and the others find its file.
     """
     name = settings.model_name
     if name is None or settings.model_path is not None:
@@ -103,6 +108,15 @@ def resolve_named_weights(settings: Settings) -> Settings:
                 f"by default: set ALLOW_WEIGHT_DOWNLOADS=1 to download {name}, put the file at "
                 f"{places}, or point MODEL_PATH at a weights file"
             )
-        found = download_named(name, settings, settings.paths.pretrained)
+        with exclusive_lock(settings.paths.pretrained_lock, wait=_retry_later):
+            found = find_named(name, settings)  # downloaded while this process waited?
+            if found is None:
+                found = download_named(name, settings, settings.paths.pretrained)
     logger.info("MODEL_PATH %s: %s", name, found)
     return replace(settings, model_path=found)
+
+
+def _retry_later() -> bool:
+    """Between tries for the download lock: another process is downloading; wait for it."""
+    time.sleep(0.5)
+    return True

@@ -7,6 +7,9 @@ fetches it. Each test counts the requests, so "nothing was downloaded" is checke
 
 from __future__ import annotations
 
+import inspect
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +18,13 @@ import pytest
 from backend.cli import main
 from backend.config import Settings
 from backend.errors import ConfigError
-from backend.models.pretrained import WeightsDownloadRefused, WeightsUnavailable
+from backend.files import exclusive_lock
+from backend.models.pretrained import (
+    ULTRALYTICS_RELEASE,
+    WeightsDownloadRefused,
+    WeightsUnavailable,
+    resolve_named_weights,
+)
 from backend.services import build_services
 from devkit.datagen import CLASSES
 from tests.support.http_fixture import CannedServer, canned_http_server
@@ -40,6 +49,15 @@ def env(tmp_path: Path, release: CannedServer, monkeypatch: pytest.MonkeyPatch) 
         "WEIGHTS_URL": release.url + "/",
         "TRAINING": "0",
     }
+
+
+def test_the_release_tag_follows_the_installed_ultralytics(ultralytics_dir: Path) -> None:
+    """An ultralytics upgrade that moves its assets to a new release fails here, rather than
+    downloads carrying on from the old one."""
+    from ultralytics.utils.downloads import attempt_download_asset
+
+    release = inspect.signature(attempt_download_asset).parameters["release"].default
+    assert ULTRALYTICS_RELEASE == release
 
 
 def test_model_path_is_a_name_only_when_no_such_file_exists(
@@ -68,10 +86,13 @@ def test_a_name_is_refused_at_start_up_unless_downloads_are_allowed(
     with pytest.raises(WeightsDownloadRefused, match="ALLOW_WEIGHT_DOWNLOADS=1") as refused:
         build_services(settings)
     assert str(settings.paths.pretrained / NAME) in str(refused.value)  # where to put it
-    # The CLI (`serve`, `worker`, ...) stops with the same message before anything starts.
+    # A CLI command stops with the same message (from its build_services) before it starts.
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert main(["models", "list", "--project", "1"]) == 2
+    assert "ALLOW_WEIGHT_DOWNLOADS=1" in capsys.readouterr().err
+    # `serve` too, before gunicorn starts a worker
+    assert main(["serve", "--port", "9"]) == 2
     assert "ALLOW_WEIGHT_DOWNLOADS=1" in capsys.readouterr().err
     assert release.paths == []
     assert not settings.paths.pretrained.exists() or not any(settings.paths.pretrained.iterdir())
@@ -92,6 +113,29 @@ def test_an_allowed_download_lands_in_model_dir_once_and_serves(
     # Found on disk from now on: another process (a web worker, the training child) reuses it.
     again = build_services(Settings.from_env({**env, "ALLOW_WEIGHT_DOWNLOADS": "1"}))
     assert again.settings.model_path == target
+    assert release.paths == [f"/{NAME}"]
+
+
+def test_processes_starting_together_download_once(
+    env: dict[str, str], release: CannedServer
+) -> None:
+    """gunicorn's workers each build their services: they wait for one another's download."""
+    settings = Settings.from_env({**env, "ALLOW_WEIGHT_DOWNLOADS": "1"})
+    resolved: list[Path | None] = []
+
+    def start() -> None:
+        resolved.append(resolve_named_weights(settings).model_path)
+
+    starts = [threading.Thread(target=start) for _ in range(3)]
+    with exclusive_lock(settings.paths.pretrained_lock) as held:  # a download under way
+        assert held
+        for thread in starts:
+            thread.start()
+        time.sleep(1.0)
+        assert release.paths == []  # nobody downloads while another does
+    for thread in starts:
+        thread.join(timeout=60)
+    assert resolved == [settings.paths.pretrained / NAME] * 3
     assert release.paths == [f"/{NAME}"]
 
 

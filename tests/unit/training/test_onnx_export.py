@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,23 @@ from backend.training.onnx_export import (
 from tests.conftest import EXPORTED_PROJECT, ExportedModel, unexported_version
 
 P = EXPORTED_PROJECT
+
+WriteOnnx = Callable[[Path], object]  # writes an exporter's ONNX file at the path it is given
+
+
+@pytest.fixture
+def replace_exporter(monkeypatch: pytest.MonkeyPatch) -> Callable[[WriteOnnx], None]:
+    """Stand in for ultralytics' exporter: `write(path)` makes the ONNX file it returns."""
+
+    def install(write: WriteOnnx) -> None:
+        def export(_weights: Path, size: int | None, workdir: Path) -> tuple[Path, int]:
+            path = workdir / "weights.onnx"
+            write(path)
+            return path, size or 160
+
+        monkeypatch.setattr(onnx_export, "export_onnx", export)
+
+    return install
 
 
 def test_a_promoted_version_gets_an_onnx_that_passes_its_check(
@@ -70,14 +88,16 @@ def test_a_promoted_version_gets_an_onnx_that_passes_its_check(
 
 
 def test_a_version_exported_once_is_not_exported_again(
-    exported_model: ExportedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    exported_model: ExportedModel,
+    tmp_path: Path,
+    replace_exporter: Callable[[WriteOnnx], None],
 ) -> None:
     settings = Settings(model_dir=exported_model.copy(tmp_path / "models"))
 
-    def refuse(*_args: object) -> None:
+    def refuse(_path: Path) -> None:
         raise AssertionError("exported again")
 
-    monkeypatch.setattr(onnx_export, "export_onnx", refuse)
+    replace_exporter(refuse)
     registry = ModelRegistry(settings.model_dir)
     again = export_promoted(settings, registry, P, "v1", tmp_path / "none", True)
     assert again == exported_model.record
@@ -96,13 +116,13 @@ def test_a_mismatching_export_fails_its_check_and_the_version_stays_live(
     promoted_v2: tuple[Settings, ModelRegistry],
     tmp_path: Path,
     image_root: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    replace_exporter: Callable[[WriteOnnx], None],
 ) -> None:
     settings, registry = promoted_v2
     good = registry.get(P, "v1").onnx
     assert good is not None
 
-    def skewed_export(_weights: Path, size: int | None, workdir: Path) -> tuple[Path, int]:
+    def skewed(path: Path) -> None:
         """A real export whose weights came out 3% off (an operator exported wrongly)."""
         model = onnx.load(str(good))
         kernels = {node.input[1] for node in model.graph.node if node.op_type == "Conv"}
@@ -110,11 +130,9 @@ def test_a_mismatching_export_fails_its_check_and_the_version_stays_live(
             if tensor.name in kernels:
                 values = numpy_helper.to_array(tensor) * np.float32(1.03)
                 tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
-        path = workdir / "weights.onnx"
         onnx.save(model, str(path))
-        return path, size or 160
 
-    monkeypatch.setattr(onnx_export, "export_onnx", skewed_export)
+    replace_exporter(skewed)
     pictures = tmp_path / "pictures"
     pictures.mkdir()
     for picture in sorted((image_root / "shapes").glob("*.jpg"))[:2]:
@@ -136,18 +154,11 @@ def test_a_mismatching_export_fails_its_check_and_the_version_stays_live(
 
 def test_an_export_that_breaks_is_recorded_not_raised(
     promoted_v2: tuple[Settings, ModelRegistry],
-    tmp_path: Path,
     image_root: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    replace_exporter: Callable[[WriteOnnx], None],
 ) -> None:
     settings, registry = promoted_v2
-
-    def truncated_export(_weights: Path, size: int | None, workdir: Path) -> tuple[Path, int]:
-        path = workdir / "weights.onnx"
-        path.write_bytes(b"\x08\x07\x12\x04half")  # a cut-off protobuf
-        return path, size or 160
-
-    monkeypatch.setattr(onnx_export, "export_onnx", truncated_export)
+    replace_exporter(lambda path: path.write_bytes(b"\x08\x07\x12\x04half"))  # cut-off protobuf
     killed = settings.paths.project(P).export_scratch("killed-mid-way")
     killed.mkdir()
     (killed / "weights.onnx").write_bytes(b"half")
