@@ -23,6 +23,10 @@ The ratios compare the two designs' re-ranks, with and without the fetch.
 
     python -m benchmarks.queue_writes [--tasks 10000] [--queue-length 2000] [--subset 300]
         [--out FILE]
+
+Label Studio inherits the environment, so its feature flags can be set for a run, e.g.
+`fflag_fix_back_4620_memory_efficient_predictions_import_08012025_short=true` (an import then
+recounts only the tasks it touches, not every task of the project).
 """
 
 from __future__ import annotations
@@ -171,6 +175,11 @@ def import_tasks(ls: LocalLabelStudio, project_id: int, n: int) -> list[int]:
     return task_ids
 
 
+def ls_flags() -> dict[str, str]:
+    """The Label Studio feature flags this environment sets (Label Studio inherits it)."""
+    return {k: v for k, v in os.environ.items() if k.startswith(("fflag_", "ff_", "feat_"))}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=10_000, help="tasks in the project")
@@ -195,7 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"queue writes: {args.tasks} tasks, {written} written per ranking, "
         f"one-by-one subset {args.subset}; "
-        f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f} at start",
+        f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f} at start; Label Studio feature "
+        f"flags from the environment: {ls_flags() or 'none'}",
         flush=True,
     )
     with LocalLabelStudio(work / "ls", work / "docs") as ls:
@@ -276,6 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     ),
                     "tasks": args.tasks,
                     "written": written,
+                    "label_studio_flags": ls_flags(),
                     "subset": args.subset,
                     "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
                     "steps": [asdict(s) for s in steps],
