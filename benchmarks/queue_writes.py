@@ -5,7 +5,7 @@ A real Label Studio 1.23 (started as the tests start it) gets N tasks whose imag
 never downloaded: the ranking's detections count as cached, so what is timed is its Label
 Studio side. Each ranking orders the N tasks anew and writes one prediction (two boxes, the
 queue score) for each of the first L (`--queue-length`, the product's `al_queue_length`:
-default 2,000; 0: all N).
+default 1,000; 0: all N).
 
 * fetch: `list_tasks`, the ranking's first stage, over the N tasks.
 * queue versions (the product, `backend.ranking.publish`): three rankings of one model. Each
@@ -21,7 +21,7 @@ default 2,000; 0: all N).
 
 The ratios compare the two designs' re-ranks, with and without the fetch.
 
-    python -m benchmarks.queue_writes [--tasks 10000] [--queue-length 2000] [--subset 300]
+    python -m benchmarks.queue_writes [--tasks 10000] [--queue-length 1000] [--subset 300]
         [--out FILE]
 
 Label Studio inherits the environment, so its feature flags can be set for a run, e.g.

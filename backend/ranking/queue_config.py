@@ -13,7 +13,7 @@ Studio, or as attributes of the RectangleLabels tag (extra params win):
     al_batch_size   tasks ordered by the full strategy each ranking (default 100); the rest of
                     the queue follows by score
     al_queue_length how many of the queue's first tasks each ranking writes to Label Studio
-                    (default 2000; 0: every task). Label Studio serves them first, in order;
+                    (default 1000; 0: every task). Label Studio serves them first, in order;
                     the other tasks are answered from the stored ranking when Label Studio
                     asks (`/predict`), and a ranking runs again once half of the written ones
                     are annotated. Label Studio spends about 5 ms per prediction deleted and
@@ -73,7 +73,7 @@ DEFAULT_STRATEGY = "hybrid"
 COLD_START_STRATEGY = "typiclust"  # before the first promoted model, on the project encoder
 DEFAULT_LAMBDA = 0.5  # hybrid's weight of uncertainty
 DEFAULT_BATCH_SIZE = 100
-DEFAULT_QUEUE_LENGTH = 2000  # tasks written to Label Studio per ranking (0: all)
+DEFAULT_QUEUE_LENGTH = 1000  # tasks written to Label Studio per ranking (0: all)
 DEFAULT_AUDIT = True
 DEFAULT_PER_SECOND = False
 DEFAULT_NEAR_DUPLICATES = 0.0
