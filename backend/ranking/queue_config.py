@@ -16,7 +16,7 @@ Studio, or as attributes of the RectangleLabels tag (extra params win):
                     (default 1000; 0: every task). Label Studio serves them first, in order;
                     the other tasks are answered from the stored ranking when Label Studio
                     asks (`/predict`), and a ranking runs again once half of the written ones
-                    are annotated. Label Studio spends about 5 ms per prediction deleted and
+                    are annotated. Label Studio spends 5-10 ms per prediction deleted and
                     recounts every task it imports to, so this bounds each ranking's writes
     al_audit        true (default) | false: the audit slice. The tasks whose id hash falls in
                     the validation share (TRAIN_VAL_PERCENT) are never ranked by the strategy;
