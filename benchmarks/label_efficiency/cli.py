@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks.label_efficiency", description=DESCRIPTION
     )
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="smoke test, under 3 minutes (CI)")
+    size.add_argument("--quick", action="store_true", help="smoke test, about 3 minutes (CI)")
     size.add_argument(
         "--medium", action="store_true", help="one scenario, random vs queue (<= 15 minutes)"
     )

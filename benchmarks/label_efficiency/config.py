@@ -196,7 +196,7 @@ class BenchConfig:
 
     @classmethod
     def quick(cls) -> BenchConfig:
-        """Smoke-sized (under 3 minutes on 2 CPU cores): checks the whole path, not a result."""
+        """Smoke-sized (about 3 minutes on 2 CPU cores): checks the whole path, not a result."""
         return cls(
             strategies=(RANDOM, DEFAULT_STRATEGY, COLDSTART),
             seeds=(0,),

@@ -453,7 +453,7 @@ def test_quick_run_writes_every_output(tmp_path: Path) -> None:
         ],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=480,  # about 190 s alone on 2 cores; more while other tests load them
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
