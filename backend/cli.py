@@ -145,6 +145,7 @@ def _rank(args: argparse.Namespace, settings: Settings) -> int:
         ("al_strategy", args.strategy),
         ("al_lambda", args.lam),
         ("al_batch_size", args.batch_size),
+        ("al_queue_length", args.queue_length),
     ):
         if value is not None:
             overrides[key] = value
@@ -165,7 +166,7 @@ def _rank(args: argparse.Namespace, settings: Settings) -> int:
         f"project {summary.project_id}: ranked {summary.n_ranked} unlabeled tasks "
         f"({summary.n_labeled} labeled, {summary.n_failed} failed) with {summary.strategy} "
         f"on model {summary.model_version} in {summary.timings.get('total', 0.0):.1f}s; "
-        f"queue {summary.queue_version}: {summary.imported} predictions imported; "
+        f"queue {summary.queue_version}: its first {summary.imported} tasks imported; "
         f"removed {', '.join(summary.removed_versions) or 'no old queue version'}"
     )
     print("top of the queue: " + ", ".join(str(t) for t in summary.top_task_ids[:10]))
@@ -279,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--strategy", help="e.g. hybrid, entropy, kcenter, dua, random")
     rank.add_argument("--lam", type=float, help="hybrid: weight of uncertainty (0..1)")
     rank.add_argument("--batch-size", type=int, help="tasks picked by the full strategy")
+    rank.add_argument(
+        "--queue-length", type=int, help="tasks written to Label Studio, the queue's head (0: all)"
+    )
     rank.set_defaults(handler=_rank)
 
     worker = commands.add_parser(
