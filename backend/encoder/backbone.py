@@ -12,7 +12,7 @@ the neck reads (P3, P4 and P5 for YOLO11), so every scale the detector uses is t
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +63,12 @@ def pretrain_backbone(
     seconds: float,
     seed: int = 0,
     max_steps: int | None = None,
+    before_step: Callable[[], None] | None = None,
 ) -> TrainReport:
     """Build `yaml`'s detector from random weights, train its backbone contrastively on
     `images` ((n, S, S, 3) uint8 RGB, S a multiple of 32) for at most `seconds`, and save the
     whole model as an ultralytics checkpoint at `out` (a fine-tune's parent: its backbone
-    transfers, the rest stays as built)."""
+    transfers, the rest stays as built). What `before_step` raises stops it, saving nothing."""
     from ultralytics import YOLO  # noqa: PLC0415  (the caller prepared ultralytics)
 
     torch.manual_seed(seed)
@@ -83,6 +84,7 @@ def pretrain_backbone(
         batch_size=_BATCH,
         max_steps=max_steps,
         view_size=size,
+        before_step=before_step,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(f".{out.name}.staging")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -164,11 +165,13 @@ def train_contrastive(
     batch_size: int,
     max_steps: int | None,
     view_size: int,
+    before_step: Callable[[], None] | None = None,
 ) -> TrainReport:
     """SimCLR on (n, S, S, 3) uint8 RGB `images` (n >= 2; made float a batch at a time):
     `features` then `projector` must tell each random view's partner among the batch, until
     `seconds` have passed or MAX_EPOCHS epochs (or `max_steps`) were seen. Leaves `features`
-    in eval mode; seeded by `seed`."""
+    in eval mode; seeded by `seed`. `before_step` is called before each step: what it raises
+    (a cancelled run) stops the training."""
     n = images.shape[0]
     if n < 2:
         raise ValueError(f"contrastive training needs at least 2 images, got {n}")
@@ -184,6 +187,8 @@ def train_contrastive(
     losses: list[float] = []
     started = time.perf_counter()
     while len(losses) < steps and (not losses or time.perf_counter() - started < seconds):
+        if before_step is not None:
+            before_step()
         chosen = to_tensor(images[torch.randperm(n, generator=generator)[:batch].numpy()])
         v1 = random_views(chosen, generator, view_size)
         v2 = random_views(chosen, generator, view_size)

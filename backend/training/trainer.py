@@ -222,7 +222,13 @@ def train_and_register(
         # A first model has no trained size of its own: one chosen from the data.
         image_size = image_size or stats.scratch_image_size()
         parent_weights, parent, pretraining = first_parent(
-            settings, loader, project_id, data_yaml, unlabeled, image_size
+            settings,
+            loader,
+            project_id,
+            data_yaml,
+            unlabeled,
+            image_size,
+            cancel_check(settings, project_id, run_id),
         )
         # From a random init the validation fitness of a few dozen images climbs late and
         # noisily: early stopping alone ended one measured run at epoch 53 (0.05 mAP shown).
@@ -348,6 +354,7 @@ def first_parent(
     data_yaml: Path,
     unlabeled: Sequence[str],
     image_size: int,
+    check_cancelled: Callable[[], None] | None = None,
 ) -> tuple[Path | None, str, dict[str, Any] | None]:
     """Where a first model starts: MODEL_YAML's backbone pretrained on the project's pictures
     (`backend.encoder.backbone`), else random weights; with the pretraining's report when it
@@ -357,7 +364,8 @@ def first_parent(
     failed first run does not pay again: on the run's training pictures (their labels unused;
     the validation split stays unseen) and up to PRETRAIN_MAX_IMAGES unlabeled ones (a seeded
     sample; unreadable ones skipped), at the first model's size (at most PRETRAIN_MAX_SIZE),
-    for BACKBONE_PRETRAIN_SECONDS. Measured: benchmarks/scratch_recipe.py.
+    for BACKBONE_PRETRAIN_SECONDS, stopped by what `check_cancelled` raises (a cancelled
+    run). Measured: benchmarks/scratch_recipe.py.
     """
     backbone = settings.paths.project(project_id).backbone(settings.model_yaml)
     report = None
@@ -374,6 +382,7 @@ def first_parent(
                 pictures,
                 backbone,
                 seconds=settings.backbone_pretrain_seconds,
+                before_step=check_cancelled,
             )
             report = asdict(trained)
             logger.info(
@@ -405,6 +414,18 @@ def _pretraining_pictures(
             yield np.ascontiguousarray(loader.load(ref).pixels[..., ::-1])  # BGR -> RGB
         except ImageError as exc:
             logger.info("pretraining picture %s skipped: %s", ref, exc)
+
+
+def cancel_check(settings: Settings, project_id: int, run_id: int) -> Callable[[], None]:
+    """A check to call between training steps: raises TrainingCancelled once the run's
+    project is flagged for cancelling (`ls-active-yolo train cancel`)."""
+    flag = settings.paths.project(project_id).cancel_flag
+
+    def check() -> None:
+        if flag.exists():
+            raise TrainingCancelled(f"project {project_id} run {run_id} cancelled")
+
+    return check
 
 
 def stop_rule(params: TrainParams, started: float, context: str) -> Callable[[Any], None]:
@@ -447,12 +468,11 @@ def _fine_tune(
 
     model = YOLO(str(parent) if parent is not None else settings.model_yaml, task="detect")
     image_size = image_size or trained_image_size(model) or stats.scratch_image_size()
-    flag = settings.paths.project(project_id).cancel_flag
+    check_cancelled = cancel_check(settings, project_id, run_id)
     started = time.monotonic()
 
     def on_batch_end(_trainer: Any) -> None:
-        if flag.exists():
-            raise TrainingCancelled(f"project {project_id} run {run_id} cancelled")
+        check_cancelled()
 
     def on_epoch_end(trainer: Any) -> None:
         done = trainer.epoch + 1
