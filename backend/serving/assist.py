@@ -115,7 +115,8 @@ def best_overlap(boxes: Sequence[Box], region: UserRegion) -> Box | None:
     """Of the boxes overlapping the rectangle at least MIN_IOU, the one with the highest IoU
     times confidence: a box the model barely believes in does not win over a sure one
     nearby just because it fits the rough stroke a little better."""
-    scored = [(_iou(b, region) * b.conf, b) for b in boxes if _iou(b, region) >= MIN_IOU]
+    overlaps = [(_iou(b, region), b) for b in boxes]
+    scored = [(iou * b.conf, b) for iou, b in overlaps if iou >= MIN_IOU]
     return max(scored, key=lambda s: s[0])[1] if scored else None
 
 
